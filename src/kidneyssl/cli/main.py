@@ -1,0 +1,92 @@
+"""The ``kidneyssl`` command: one executable, verb subcommands.
+
+Each subcommand lives in ``kidneyssl.cli.<verb>`` and exposes ``add_arguments(parser)`` and
+``run(args) -> int``. Modules are imported only when their verb runs, so ``kidneyssl --help`` and
+``kidneyssl check`` do not pay for importing torch. The CLI layer holds no numerics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: verb -> one-line help. Order is the order of a typical workflow.
+COMMANDS: dict[str, str] = {
+    "synth": "write a synthetic KiTS19-layout dataset of kidney phantoms",
+    "check": "validate a KiTS19-layout dataset (one line per problem)",
+    "prepare": "resample, window, normalise and pad a dataset into a cache",
+    "pretrain": "train the siamese network on the left/right kidney proxy task",
+    "train": "train the segmentation network (from scratch or a pretrained encoder)",
+    "experiment": "the paper's MwS vs MwoS comparison, with report",
+    "demo": "synthesise phantoms and run the experiment at demo scale on a CPU",
+    "predict": "segment kidneys in new scans with a trained model",
+    "evaluate": "score predictions against ground truth (Dice, HD, HD95, BL%)",
+}
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, with every subcommand's options (imports each subcommand module)."""
+    from kidneyssl import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="kidneyssl",
+        description="Self-supervised pretraining and 3-D kidney segmentation in CT "
+        "(Dhere & Sivaswamy, 'Self-supervised learning for segmentation').",
+    )
+    parser.add_argument("--version", action="version", version=f"kidneyssl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for verb, help_text in COMMANDS.items():
+        p = sub.add_parser(verb, help=help_text, description=help_text)
+        _add_common(p)
+        module = importlib.import_module(f"kidneyssl.cli.{verb}")
+        module.add_arguments(p)
+    return parser
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Log to stderr; INFO by default, WARNING with --quiet, DEBUG with --verbose."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    root = logging.getLogger("kidneyssl")
+    root.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``kidneyssl`` console script. Returns the process exit status."""
+    from kidneyssl.errors import KidneySSLError
+    from kidneyssl.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 1
+    configure_logging(args.quiet, args.verbose)
+    module = importlib.import_module(f"kidneyssl.cli.{args.command}")
+    try:
+        return int(module.run(args) or 0)
+    except (KidneySSLError, ConfigError) as err:
+        print(f"kidneyssl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"kidneyssl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

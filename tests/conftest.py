@@ -1,0 +1,38 @@
+"""Shared fixtures. Real-data tests use ../shared (beside the checkout) and skip when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("KIDNEYSSL_SHARED", REPO.parent / "shared"))
+
+# Progress bars off in tests (their output only clutters failures).
+os.environ.setdefault("KIDNEYSSL_NO_PROGRESS", "1")
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The ../shared folder; skips the test when it is absent (fresh clone without data)."""
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data folder {SHARED} not present")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def kits_masks_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "kits19-masks"
+    if not (path / "case_00000" / "segmentation.nii.gz").is_file():
+        pytest.skip(f"{path} has no KiTS19 masks")
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_ct_dir(shared_dir: Path) -> Path:
+    path = shared_dir / "real-ct"
+    if not (path / "example_ct_sm.nii.gz").is_file():
+        pytest.skip(f"{path} has no real CT")
+    return path
