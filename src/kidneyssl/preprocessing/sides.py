@@ -1,0 +1,404 @@
+"""Patient-left/right halves of a canonical volume, and fixed-size kidney crops.
+
+All arrays here are on a canonical ``(Z, Y, X)`` grid (:mod:`kidneyssl.io.geometry`): axis 2 is
+the lateral axis and runs towards the patient's LEFT, so columns ``x < split_x`` form the
+patient-RIGHT half and columns ``x >= split_x`` the patient-LEFT half. The paper trains on the
+two halves of each volume cut along the sagittal plane; the proxy task uses one crop per kidney.
+
+Split rule (:func:`find_split_x`):
+
+* **With a mask** (training data): the sagittal plane is chosen so that no kidney is cut. Connected
+  components of ``label > 0`` (26-connectivity; specks smaller than ``min_fraction`` of the largest
+  component are ignored) are scored per candidate plane by the number of voxels a plane would cut
+  off from their component, ``sum_c min(left_c, right_c)``. Among planes that leave kidney tissue on
+  both sides, the one with the fewest cut voxels wins, ties broken by the distance to the reference
+  midline (see below); "both sides" means each side holds the majority of components weighing at
+  least ``min_side_fraction`` of the largest one. So two kidneys are separated in the gap between them closest to the midline,
+  even when one of them crosses the image midline. When no such plane exists (a single kidney), the
+  kidney is assigned to the side of the midline that holds its centroid and the plane is moved the
+  least distance from the midline that keeps it whole on that side.
+* **Without a mask** (inference): the reference midline itself. With an ``image``, that is the
+  body's lateral centre, the median x of the body voxels; body voxels are those above
+  ``lo + 0.25 * (p99 - lo)`` where ``lo`` is the image minimum (the lower HU window clips air and
+  fat to it) and ``p99`` its 99th percentile, exact zeros (zero padding) excluded. Without an image,
+  the image midline ``W // 2``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from kidneyssl.io.geometry import LATERAL_AXIS, Side
+
+__all__ = [
+    "KidneyLocation",
+    "HalfPad",
+    "body_midline_x",
+    "find_split_x",
+    "locate_kidneys",
+    "split_halves",
+    "stitch_halves",
+    "half_bounds",
+    "pad_to_multiple",
+    "unpad",
+    "crop_padded",
+    "kidney_crop",
+]
+
+#: Components smaller than this fraction of the largest kidney component are ignored as specks.
+MIN_FRACTION = 0.005
+#: Each half must hold this fraction of the largest component for a case to count as bilateral.
+MIN_SIDE_FRACTION = 0.1
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class KidneyLocation:
+    """Where one kidney lies on the canonical grid.
+
+    Attributes:
+        center: (z, y, x) voxel index of the centre of ``bbox`` (``(lo + hi) // 2`` per axis).
+        bbox: ((z0, z1), (y0, y1), (x0, x1)), half-open voxel ranges holding the kidney.
+        voxels: number of kidney voxels (specks excluded).
+    """
+
+    center: tuple[int, int, int]
+    bbox: tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+    voxels: int
+
+    def to_dict(self) -> dict:
+        return {"center": list(self.center), "bbox": [list(b) for b in self.bbox], "voxels": self.voxels}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "KidneyLocation":
+        return cls(
+            center=tuple(int(v) for v in data["center"]),  # type: ignore[arg-type]
+            bbox=tuple((int(a), int(b)) for a, b in data["bbox"]),  # type: ignore[arg-type]
+            voxels=int(data["voxels"]),
+        )
+
+
+def _check_3d(array: np.ndarray, name: str) -> None:
+    if array.ndim != 3:
+        raise ValueError(f"{name} must be a 3-D (Z, Y, X) array, got shape {array.shape}")
+
+
+def body_midline_x(image: np.ndarray) -> int:
+    """Lateral centre of the body in a canonical ``(Z, Y, X)`` image: median x of body voxels.
+
+    Body voxels are above ``lo + 0.25 * (p99 - lo)`` (``lo`` = image minimum), zeros (padding)
+    excluded. Falls back to the image midline ``X // 2`` when no voxel qualifies. Works on HU or
+    z-scored images alike (the rule only uses the image's own intensity range).
+    """
+    _check_3d(image, "image")
+    width = image.shape[LATERAL_AXIS]
+    # Subsample for speed: the median column of a body is insensitive to it.
+    sub = np.asarray(image[::2, ::2, :], dtype=np.float32)
+    values = sub[sub != 0]
+    if values.size == 0:
+        return width // 2
+    lo = float(values.min())
+    hi = float(np.percentile(values, 99))
+    if hi <= lo:
+        return width // 2
+    body = (sub > lo + 0.25 * (hi - lo)) & (sub != 0)
+    counts = body.sum(axis=(0, 1)).astype(np.int64)
+    total = int(counts.sum())
+    if total == 0:
+        return width // 2
+    # Median column: the first x at which the cumulative count reaches half of the body.
+    return int(np.searchsorted(np.cumsum(counts), (total + 1) / 2)) + 0
+
+
+def _components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray, list[int]]:
+    """Label 26-connected components; return the labels and the ids of non-speck components."""
+    labels, n = ndimage.label(mask, structure=_STRUCTURE_26)
+    if n == 0:
+        return labels, []
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    keep = [i for i in range(1, n + 1) if sizes[i] >= min_fraction * sizes.max()]
+    return labels, keep
+
+
+def find_split_x(
+    label: np.ndarray | None,
+    image: np.ndarray | None = None,
+    min_fraction: float = MIN_FRACTION,
+    min_side_fraction: float = MIN_SIDE_FRACTION,
+) -> int:
+    """Lateral split plane of a canonical ``(Z, Y, X)`` volume (rule in the module docstring).
+
+    Args:
+        label: kidney mask or KiTS labels (kidney = ``label > 0``), or ``None`` at inference.
+        image: the image on the same grid, used for the body's lateral centre (optional).
+        min_fraction: components below this fraction of the largest are ignored as specks.
+        min_side_fraction: kidney mass each side must hold, as a fraction of the largest
+            component, for the case to count as having two kidneys.
+
+    Returns:
+        ``split_x`` in ``[1, X - 1]`` (``[0, X]`` for ``X < 2``): columns ``x < split_x`` are the
+        patient-RIGHT half, ``x >= split_x`` the patient-LEFT half.
+
+    Raises:
+        ValueError: when neither array is given, an array is not 3-D, or the shapes differ.
+    """
+    if label is None and image is None:
+        raise ValueError("find_split_x needs a label, an image, or both")
+    if label is not None:
+        _check_3d(label, "label")
+    if image is not None:
+        _check_3d(image, "image")
+        if label is not None and label.shape != image.shape:
+            raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+    shape = (label if label is not None else image).shape  # type: ignore[union-attr]
+    width = shape[LATERAL_AXIS]
+    lo_s, hi_s = (1, width - 1) if width >= 2 else (0, width)
+    midline = body_midline_x(image) if image is not None else width // 2
+    midline = int(np.clip(midline, lo_s, hi_s))
+    if label is None:
+        return midline
+
+    mask = np.asarray(label) > 0
+    labels, keep = _components(mask, min_fraction)
+    if not keep:
+        return midline
+
+    # Per-component voxel counts per column -> voxels left of each candidate plane s = 0..width.
+    xs = np.nonzero(labels)[LATERAL_AXIS]
+    comp = labels[mask]
+    hist = np.zeros((len(keep), width), dtype=np.int64)
+    for row, cid in enumerate(keep):
+        hist[row] = np.bincount(xs[comp == cid], minlength=width)
+    n_total = hist.sum(axis=1, keepdims=True)
+    left_of = np.concatenate([np.zeros((len(keep), 1), np.int64), np.cumsum(hist, axis=1)], axis=1)
+    cut = np.minimum(left_of, n_total - left_of).sum(axis=0)  # (width + 1,)
+    candidates = np.arange(width + 1)
+    in_range = (candidates >= lo_s) & (candidates <= hi_s)
+    # A plane is "bilateral" when each side holds the majority of components that together weigh
+    # at least ``min_side_fraction`` of the largest component (kidney tissue on both sides).
+    majority_right = 2 * left_of > n_total  # (components, planes): component mostly at x < s
+    largest = int(n_total.max())
+    mass_r = (majority_right * n_total).sum(axis=0)
+    mass_l = (~majority_right * n_total).sum(axis=0)
+    need = min_side_fraction * largest
+    bilateral = (mass_r >= need) & (mass_l >= need) & in_range
+    if bilateral.any():
+        cost = np.where(bilateral, cut, np.iinfo(np.int64).max)
+        best = cost.min()
+        ties = np.nonzero(cost == best)[0]
+        return int(ties[np.argmin(np.abs(ties - midline))])
+
+    # Single kidney (or one clump): keep it whole on the side of the midline holding its centroid.
+    centroid_x = float((hist.sum(axis=0) * np.arange(width)).sum() / max(1, int(n_total.sum())))
+    x_min = int(np.nonzero(hist.sum(axis=0))[0].min())
+    x_max = int(np.nonzero(hist.sum(axis=0))[0].max())
+    if centroid_x < midline:  # patient-right kidney: must lie in x < split_x
+        split = max(midline, x_max + 1)
+    else:  # patient-left kidney: must lie in x >= split_x
+        split = min(midline, x_min)
+    return int(np.clip(split, lo_s, hi_s))
+
+
+def locate_kidneys(
+    label: np.ndarray, split_x: int, min_fraction: float = MIN_FRACTION
+) -> dict[Side, KidneyLocation]:
+    """Locate the kidney of each half of a canonical ``(Z, Y, X)`` label array.
+
+    Kidney voxels are ``label > 0``; the RIGHT kidney is the part at ``x < split_x``, the LEFT one
+    at ``x >= split_x``. 26-connected components smaller than ``min_fraction`` of the largest
+    component (over both halves) are dropped as specks; a side with nothing left is absent.
+    """
+    _check_3d(label, "label")
+    width = label.shape[LATERAL_AXIS]
+    if not 0 <= split_x <= width:
+        raise ValueError(f"split_x {split_x} outside [0, {width}]")
+    mask = np.asarray(label) > 0
+    # Label each half on its own, so a component cut by the plane counts once per side.
+    labels_r, n_r = ndimage.label(mask[:, :, :split_x], structure=_STRUCTURE_26)
+    labels_l, n_l = ndimage.label(mask[:, :, split_x:], structure=_STRUCTURE_26)
+    sizes_r = np.bincount(labels_r.ravel(), minlength=n_r + 1)[1:]
+    sizes_l = np.bincount(labels_l.ravel(), minlength=n_l + 1)[1:]
+    largest = max([0, *sizes_r.tolist(), *sizes_l.tolist()])
+    found: dict[Side, KidneyLocation] = {}
+    for side, labels, sizes, offset in (
+        (Side.RIGHT, labels_r, sizes_r, 0),
+        (Side.LEFT, labels_l, sizes_l, split_x),
+    ):
+        keep = np.nonzero(sizes >= max(1, min_fraction * largest))[0] + 1
+        if keep.size == 0:
+            continue
+        kept = np.isin(labels, keep)
+        coords = np.nonzero(kept)
+        bbox = tuple(
+            (int(c.min()) + (offset if axis == LATERAL_AXIS else 0),
+             int(c.max()) + 1 + (offset if axis == LATERAL_AXIS else 0))
+            for axis, c in enumerate(coords)
+        )
+        center = tuple((a + b) // 2 for a, b in bbox)
+        found[side] = KidneyLocation(center=center, bbox=bbox, voxels=int(coords[0].size))  # type: ignore[arg-type]
+    return found
+
+
+# --- halves --------------------------------------------------------------------------------------
+
+
+def half_bounds(split_x: int, width: int, overlap: int = 0) -> dict[Side, tuple[int, int]]:
+    """Column ranges ``[x0, x1)`` of each half: RIGHT ``[0, split_x + overlap)``, LEFT
+    ``[split_x - overlap, width)``, clipped to the grid. ``overlap`` extra columns across the plane
+    give each half context; :func:`stitch_halves` keeps only each side's own columns."""
+    if not 0 <= split_x <= width:
+        raise ValueError(f"split_x {split_x} outside [0, {width}]")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    return {
+        Side.RIGHT: (0, min(width, split_x + overlap)),
+        Side.LEFT: (max(0, split_x - overlap), width),
+    }
+
+
+def split_halves(array: np.ndarray, split_x: int, overlap: int = 0) -> dict[Side, np.ndarray]:
+    """Cut an array along its last (lateral) axis into patient-RIGHT and patient-LEFT halves.
+
+    Args:
+        array: ``(..., Z, Y, X)`` canonical array (leading channel axes allowed).
+        split_x: plane from :func:`find_split_x`.
+        overlap: extra columns each half carries across the plane (context), clipped to the grid.
+
+    Returns:
+        ``{Side.RIGHT: array[..., x0:x1], Side.LEFT: ...}`` with the ranges of :func:`half_bounds`
+        (views into ``array``, not copies).
+    """
+    bounds = half_bounds(split_x, array.shape[-1], overlap)
+    return {side: array[..., x0:x1] for side, (x0, x1) in bounds.items()}
+
+
+def stitch_halves(
+    halves: Mapping[Side, np.ndarray], split_x: int, width: int, overlap: int = 0
+) -> np.ndarray:
+    """Inverse of :func:`split_halves`: the full ``(..., X=width)`` array from its two halves.
+
+    Each half contributes its own side's columns only (RIGHT: ``x < split_x``; LEFT: the rest), so
+    ``stitch_halves(split_halves(a, s, o), s, a.shape[-1], o)`` equals ``a`` exactly.
+
+    Raises:
+        ValueError: a half is missing, has the wrong width (un-pad first), or leading shapes differ.
+    """
+    bounds = half_bounds(split_x, width, overlap)
+    for side in (Side.RIGHT, Side.LEFT):
+        if side not in halves:
+            raise ValueError(f"stitch_halves needs both halves, {side.value} is missing")
+        x0, x1 = bounds[side]
+        if halves[side].shape[-1] != x1 - x0:
+            raise ValueError(
+                f"{side.value} half has width {halves[side].shape[-1]}, expected {x1 - x0} "
+                f"(split_x={split_x}, width={width}, overlap={overlap}); remove padding first"
+            )
+    right, left = halves[Side.RIGHT], halves[Side.LEFT]
+    if right.shape[:-1] != left.shape[:-1]:
+        raise ValueError(f"half shapes differ outside the lateral axis: {right.shape} vs {left.shape}")
+    own_left_start = split_x - bounds[Side.LEFT][0]
+    return np.concatenate([right[..., :split_x], left[..., own_left_start:]], axis=-1)
+
+
+@dataclass(frozen=True)
+class HalfPad:
+    """Zero padding added after the end of each of the last three axes: ``(pz, py, px)``."""
+
+    after: tuple[int, int, int]
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int = 16) -> tuple[np.ndarray, HalfPad]:
+    """Zero-pad the last three axes of ``array`` at their ends up to a multiple of ``multiple``.
+
+    The network downsamples four times, so every input axis must be a multiple of 16. Returns the
+    padded array (the input itself when nothing is needed) and the :class:`HalfPad` that
+    :func:`unpad` inverts. (``numpy.pad`` does the work; MONAI's ``DivisiblePad`` would centre the
+    padding, which then has to be recorded per side: padding at the end keeps the record trivial.)
+    """
+    if array.ndim < 3:
+        raise ValueError(f"pad_to_multiple needs an array with >= 3 axes, got shape {array.shape}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    after = tuple((-int(n)) % multiple for n in array.shape[-3:])
+    pad = HalfPad(after=after)  # type: ignore[arg-type]
+    if not any(after):
+        return array, pad
+    widths = [(0, 0)] * (array.ndim - 3) + [(0, a) for a in after]
+    return np.pad(array, widths, mode="constant", constant_values=0), pad
+
+
+def unpad(array: np.ndarray, pad: HalfPad) -> np.ndarray:
+    """Remove the padding recorded by :func:`pad_to_multiple` (a view)."""
+    z, y, x = array.shape[-3:]
+    pz, py, px = pad.after
+    return array[..., : z - pz, : y - py, : x - px]
+
+
+# --- kidney crops --------------------------------------------------------------------------------
+
+
+def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
+    """Copy the box ``[start, start + size)`` of the last three axes, zero where it leaves the array.
+
+    Only the in-bounds part is read, so memory-mapped arrays stay on disk except for the box.
+    """
+    if len(start) != 3 or len(size) != 3:
+        raise ValueError(f"start and size must have 3 entries, got {start!r} and {size!r}")
+    if any(int(s) < 1 for s in size):
+        raise ValueError(f"crop size must be positive, got {tuple(size)}")
+    dims = array.shape[-3:]
+    out = np.zeros(array.shape[:-3] + tuple(int(s) for s in size), dtype=array.dtype)
+    src, dst = [], []
+    for st, sz, n in zip(start, size, dims):
+        st, sz = int(st), int(sz)
+        a, b = max(st, 0), min(st + sz, n)
+        if a >= b:
+            return out  # the box misses the array entirely
+        src.append(slice(a, b))
+        dst.append(slice(a - st, b - st))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def kidney_crop(
+    image: np.ndarray,
+    center: Sequence[int],
+    size: Sequence[int] = (64, 112, 112),
+    label: np.ndarray | None = None,
+    mask_outside: bool = False,
+) -> np.ndarray:
+    """Fixed-size crop of a canonical ``(Z, Y, X)`` image centred on a kidney, zero-padded.
+
+    The box starts at ``center - size // 2`` on each axis (so a box of even size covers the
+    kidney's bbox exactly when the bbox has that size); parts outside the volume are zeros.
+
+    Args:
+        image: ``(Z, Y, X)`` array (e.g. a memory-mapped cache image).
+        center: (z, y, x) voxel index, e.g. :attr:`KidneyLocation.center`.
+        size: crop size (z, y, x) in voxels (paper: 64 x 112 x 112 at 3.22 x 1.62 x 1.62 mm;
+            ``PreprocessConfig.crop_size``).
+        label: labels on the same grid, needed for ``mask_outside``. Kidney = ``label > 0``; pass a
+            label restricted to one half to keep the other kidney out.
+        mask_outside: zero every voxel outside the kidney mask (the authors' code). Default off:
+            the paper's text passes the whole region around the kidney.
+
+    Returns:
+        ``size``-shaped array of ``image``'s dtype.
+    """
+    _check_3d(image, "image")
+    if len(center) != 3:
+        raise ValueError(f"center must be (z, y, x), got {center!r}")
+    start = [int(c) - int(s) // 2 for c, s in zip(center, size)]
+    crop = crop_padded(image, start, size)
+    if mask_outside:
+        if label is None:
+            raise ValueError("mask_outside=True needs the label array")
+        if label.shape != image.shape:
+            raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
+        crop[crop_padded(label, start, size) == 0] = 0
+    return crop
