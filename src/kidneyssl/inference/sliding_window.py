@@ -1,0 +1,242 @@
+"""Run a segmentation network over a whole preprocessed volume: on the two lateral halves when they
+fit a memory budget (as at training), else with MONAI's Gaussian-blended sliding window.
+
+All arrays here are on the preprocessed canonical grid ``(Z, Y, X)`` (axis 2 = patient right ->
+left, see :mod:`kidneyssl.io.geometry`). The network is any ``predictor`` callable mapping a
+``(B, 1, z, y, x)`` float tensor to ``(B, 1, z, y, x)`` logits; the result is sigmoid
+probabilities, so halves, windows and test-time flips are averaged as probabilities.
+
+Why halves by default rather than the whole volume: the network normalises with GroupNorm, whose
+statistics are taken over the whole input, so its output depends on the field of view. It was
+trained on half volumes, so half volumes (with some context across the split plane) are the
+in-distribution input. ``strategy="whole"`` is available for experiments.
+
+Test-time flipping (``cfg.tta_flip``) averages over all combinations of flips along
+``tta_axes``; the default is the lateral axis only. Mirroring left/right turns a patient-right
+half into something laid out like a patient-left half (kidney on the outer side, spine at the
+inner edge), which the segmentation network sees in training, whereas flips along z
+(head/feet) or y (front/back) produce upside-down anatomy it never sees (training does not
+augment with them). Pass ``tta_axes=(0, 1, 2)`` for nnU-Net-style mirroring of every axis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import math
+from typing import Any, Callable, Literal, Sequence
+
+import numpy as np
+
+from kidneyssl.config import InferenceConfig, ModelConfig
+from kidneyssl.io.geometry import LATERAL_AXIS
+
+__all__ = [
+    "Strategy",
+    "PAPER_BYTES_PER_VOXEL",
+    "estimate_bytes_per_voxel",
+    "half_bounds",
+    "choose_strategy",
+    "probability_predictor",
+    "infer_volume",
+]
+
+log = logging.getLogger(__name__)
+
+Strategy = Literal["auto", "whole", "halves", "sliding"]
+
+#: Peak activation memory (bytes per input voxel) of ``DenseUNet3D`` with the paper's
+#: ``ModelConfig`` (16 initial features, growth 16) in ``torch.inference_mode`` on CPU, float32.
+#: Measured with ``benchmarks/bench_predict.py --measure-factor`` (peak RSS increase of a forward
+#: pass on a 96x256x160 input in a fresh process); includes the input and output tensors.
+PAPER_BYTES_PER_VOXEL = 600.0
+_PAPER_FULL_RES_CHANNELS = 16 + 2 * 16  # init features + first dense block's growth
+
+
+def estimate_bytes_per_voxel(model_cfg: ModelConfig | None = None) -> float:
+    """Peak activation memory per input voxel for a model of ``model_cfg`` (bytes).
+
+    The peak is reached at full resolution, where the input convolution and the first dense
+    block's concatenated features live, so the measured paper figure is scaled by that channel
+    count. ``None`` gives the paper model's figure.
+    """
+    if model_cfg is None:
+        return PAPER_BYTES_PER_VOXEL
+    channels = model_cfg.init_features + model_cfg.block_layers[0] * model_cfg.growth_rate
+    return PAPER_BYTES_PER_VOXEL * max(channels, 1) / _PAPER_FULL_RES_CHANNELS
+
+
+def _ceil_to(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def half_bounds(width: int, split_x: int, context: int, multiple: int = 16) -> tuple[slice, slice]:
+    """Lateral extents ``(right, left)`` of the two half volumes along x.
+
+    The patient-right half is ``x < split_x``, the patient-left half ``x >= split_x``; each
+    extends at least ``context`` voxels across the plane, and further up to the next multiple of
+    ``multiple`` (real image context rather than zero padding), clamped to the volume.
+
+    Args:
+        width: size of the lateral axis (a multiple of ``multiple``).
+        split_x: split plane, ``0 <= split_x <= width``.
+        context: voxels of context across the plane, ``>= 0``.
+    """
+    if not 0 <= split_x <= width:
+        raise ValueError(f"split_x={split_x} outside the lateral extent [0, {width}]")
+    right_stop = min(width, _ceil_to(max(split_x + context, 1), multiple))
+    left_start = max(0, width - _ceil_to(max(width - split_x + context, 1), multiple))
+    return slice(0, right_stop), slice(left_start, width)
+
+
+def choose_strategy(shape: Sequence[int], split_x: int, cfg: InferenceConfig, spacing_x_mm: float | None,
+                    bytes_per_voxel: float, strategy: Strategy = "auto") -> Strategy:
+    """The strategy ``infer_volume`` uses: ``strategy`` unless it is ``auto``, in which case halves
+    when the larger half's estimated activation memory fits ``cfg.memory_budget_mb``, else the
+    sliding window."""
+    if strategy != "auto":
+        return strategy
+    z, y, x = (int(s) for s in shape)
+    context = _context_voxels(cfg, spacing_x_mm)
+    right, left = half_bounds(x, split_x, context)
+    largest = max(right.stop - right.start, left.stop - left.start)
+    need_mb = z * y * largest * bytes_per_voxel / 2**20
+    if need_mb <= cfg.memory_budget_mb:
+        return "halves"
+    log.info("half volume %dx%dx%d needs ~%.0f MB > budget %d MB: sliding window", z, y, largest,
+             need_mb, cfg.memory_budget_mb)
+    return "sliding"
+
+
+def _context_voxels(cfg: InferenceConfig, spacing_x_mm: float | None) -> int:
+    if spacing_x_mm is None or spacing_x_mm <= 0:
+        return 0
+    return int(math.ceil(cfg.half_overlap_mm / spacing_x_mm))
+
+
+def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    axes = tuple(sorted(set(int(a) for a in axes)))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def probability_predictor(predictor: Callable[[Any], Any], tta_axes: Sequence[int] = (),
+                          bf16: bool = False) -> Callable[[Any], Any]:
+    """Wrap a logits ``predictor`` into one returning float32 sigmoid probabilities.
+
+    Args:
+        predictor: ``(B, 1, z, y, x)`` tensor -> logits tensor of the same shape (or an object
+            with a ``.logits`` attribute, e.g. ``SegmentationOutput``).
+        tta_axes: spatial axes (0 = z, 1 = y, 2 = x) to flip for test-time augmentation;
+            probabilities are averaged over every combination of flips (2**len(axes) passes).
+        bf16: run the predictor under ``torch.autocast`` with bfloat16 (CPU or CUDA).
+    """
+    import torch
+
+    flips = _flip_sets(tta_axes)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.autocast(x.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        total: torch.Tensor | None = None
+        for flip in flips:
+            dims = [2 + a for a in flip]
+            xin = torch.flip(x, dims) if dims else x
+            with autocast:
+                out = predictor(xin)
+            logits = getattr(out, "logits", out)
+            prob = torch.sigmoid(logits.float())
+            if dims:
+                prob = torch.flip(prob, dims)
+            total = prob if total is None else total.add_(prob)
+        assert total is not None
+        return total.div_(len(flips)) if len(flips) > 1 else total
+
+    return run
+
+
+def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: InferenceConfig,
+                 split_x: int | None = None, device: Any = "cpu", sw_device: Any = None,
+                 progress: bool = False, *, spacing_mm: Sequence[float] | None = None,
+                 strategy: Strategy = "auto", bytes_per_voxel: float = PAPER_BYTES_PER_VOXEL,
+                 bf16: bool = False, tta_axes: Sequence[int] = (LATERAL_AXIS,),
+                 pad_multiple: int = 16) -> np.ndarray:
+    """Kidney probabilities for a whole preprocessed volume.
+
+    Args:
+        predictor: ``(B, 1, z, y, x)`` float tensor -> logits of the same shape, e.g.
+            ``lambda x: model(x).logits`` for a model in ``eval()`` mode.
+        image: preprocessed canonical ``(Z, Y, X)`` float32 array (normally padded to a multiple
+            of 16; other sizes are zero-padded here and cropped back).
+        cfg: threshold-independent settings used here: ``memory_budget_mb``, ``sw_roi_size``,
+            ``sw_overlap``, ``half_overlap_mm``, ``tta_flip``.
+        split_x: lateral split plane (x < split_x is the patient-right half); ``None`` finds it
+            from the image with :func:`kidneyssl.preprocessing.sides.find_split_x`.
+        device: where outputs are stitched (sliding window) and where inputs live.
+        sw_device: where the network runs; ``None`` means ``device``. E.g. ``sw_device="cuda"``,
+            ``device="cpu"`` runs windows on the GPU and stitches on the CPU.
+        progress: a progress bar over sliding windows.
+        spacing_mm: grid spacing (z, y, x) in mm, to convert ``cfg.half_overlap_mm`` to voxels;
+            ``None`` means no context across the split plane beyond rounding to 16.
+        strategy: ``auto`` (halves if they fit the budget, else sliding window), ``halves``,
+            ``sliding`` or ``whole``.
+        bytes_per_voxel: activation memory estimate per input voxel (see
+            :func:`estimate_bytes_per_voxel`).
+        bf16: bfloat16 autocast.
+        tta_axes: axes flipped when ``cfg.tta_flip`` is on (default: lateral only; see module doc).
+        pad_multiple: size multiple the network needs.
+
+    Returns:
+        ``(Z, Y, X)`` float32 probabilities in [0, 1], on the CPU.
+    """
+    import torch
+
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"image must be a 3-D (Z, Y, X) array, got shape {image.shape}")
+    shape = tuple(int(s) for s in image.shape)
+    padded_shape = tuple(_ceil_to(s, pad_multiple) for s in shape)
+    if padded_shape != shape:
+        image = np.pad(image, [(0, p - s) for p, s in zip(padded_shape, shape)])
+    run_device = torch.device(sw_device if sw_device is not None else device)
+    out_device = torch.device(device)
+    prob_fn = probability_predictor(predictor, tta_axes if cfg.tta_flip else (), bf16=bf16)
+    spacing_x = float(spacing_mm[LATERAL_AXIS]) if spacing_mm is not None else None
+
+    if strategy in ("auto", "halves") and split_x is None:
+        from kidneyssl.preprocessing.sides import find_split_x
+
+        split_x = int(find_split_x(None, image[:, :, : shape[2]]))
+    chosen = choose_strategy(padded_shape, split_x if split_x is not None else padded_shape[2] // 2, cfg,
+                             spacing_x, bytes_per_voxel, strategy)
+    log.debug("inference strategy %s on %s (split_x=%s)", chosen, padded_shape, split_x)
+
+    with torch.inference_mode():
+        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        if chosen == "whole":
+            prob = prob_fn(x.to(run_device))[0, 0].to("cpu")
+        elif chosen == "halves":
+            assert split_x is not None
+            right, left = half_bounds(padded_shape[2], int(split_x), _context_voxels(cfg, spacing_x),
+                                      pad_multiple)
+            prob = torch.empty(padded_shape, dtype=torch.float32)
+            p_right = prob_fn(x[..., right].to(run_device))[0, 0].to("cpu")
+            prob[..., :split_x] = p_right[..., : split_x - right.start]
+            del p_right
+            p_left = prob_fn(x[..., left].to(run_device))[0, 0].to("cpu")
+            prob[..., split_x:] = p_left[..., split_x - left.start:]
+            del p_left
+        elif chosen == "sliding":
+            from monai.inferers import sliding_window_inference
+
+            roi = tuple(min(int(r), s) for r, s in zip(cfg.sw_roi_size, padded_shape))
+            prob = sliding_window_inference(
+                x.to(out_device), roi_size=roi, sw_batch_size=1, predictor=prob_fn,
+                overlap=cfg.sw_overlap, mode="gaussian", padding_mode="constant", cval=0.0,
+                sw_device=run_device, device=out_device, progress=progress,
+            )[0, 0].to("cpu")
+        else:
+            raise ValueError(f"unknown strategy {strategy!r}; use auto, whole, halves or sliding")
+    out = prob.numpy()
+    if padded_shape != shape:
+        out = out[: shape[0], : shape[1], : shape[2]]
+    return np.ascontiguousarray(out, dtype=np.float32)
