@@ -164,3 +164,14 @@ def test_windows_on_gpu_stitching_on_cpu(box_predictor, blob_image):  # pragma: 
     gpu = infer_volume(box_predictor, blob_image, cfg, split_x=32, strategy="sliding",
                        device="cpu", sw_device="cuda")
     np.testing.assert_allclose(gpu, cpu, atol=1e-5)
+
+
+def test_split_found_from_the_image_when_not_given(box_predictor, make_blob_image):
+    from kidneyssl.preprocessing.sides import find_split_x
+
+    img = make_blob_image(shape=(16, 32, 64), seed=3)
+    cfg = InferenceConfig(half_overlap_mm=0.0)
+    auto = infer_volume(box_predictor, img, cfg, split_x=None, spacing_mm=(1, 1, 1))
+    split = find_split_x(None, img)
+    explicit = infer_volume(box_predictor, img, cfg, split_x=split, spacing_mm=(1, 1, 1))
+    np.testing.assert_array_equal(auto, explicit)
