@@ -1,0 +1,180 @@
+"""Building blocks of the paper's networks (section 3.1, Fig. 2-3): GroupNorm-preceded 3-D convs,
+densely connected layers and blocks, the downsampling transition, plain decoder blocks.
+
+Every convolution is preceded by a GroupNorm (the paper: "all convolutional layers are preceded by
+a Group norm layer"), in pre-activation order GN -> ReLU -> conv as in DenseNet. Shapes are
+(B, C, Z, Y, X); all blocks accept the default (contiguous) or ``torch.channels_last_3d`` layout
+and keep it.
+
+MONAI has a 3-D DenseNet (``monai.networks.nets.DenseNet``) but its blocks use BatchNorm, a
+bottleneck 1x1x1 conv and pooling transitions, and it cannot return the per-resolution skips a
+U-Net needs; these few lines are simpler than bending it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+__all__ = [
+    "group_count",
+    "NormActConv",
+    "DenseLayer",
+    "DenseBlock",
+    "Transition",
+    "PlainBlock",
+    "UpBlock",
+]
+
+
+def group_count(channels: int, max_groups: int) -> int:
+    """The largest number of GroupNorm groups ``<= max_groups`` that divides ``channels``.
+
+    ``group_count(87, 8) == 3``; a single channel (the CT input) gets one group.
+    """
+    for groups in range(min(max_groups, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1
+
+
+class NormActConv(nn.Sequential):
+    """GroupNorm -> ReLU -> Conv3d (pre-activation).
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: cubic kernel size (3 or 1; 2 for nothing else here).
+        stride: convolution stride (2 halves every spatial size).
+        norm_groups: maximum GroupNorm groups (clamped with :func:`group_count`).
+        activation: put a ReLU between the norm and the conv. The network input (one CT channel)
+            gets GroupNorm(1, 1) without ReLU so that negative (below-mean) intensities survive.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 norm_groups: int = 8, activation: bool = True) -> None:
+        layers: list[nn.Module] = [nn.GroupNorm(group_count(in_channels, norm_groups), in_channels)]
+        if activation:
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
+                                padding=kernel_size // 2, bias=False))
+        super().__init__(*layers)
+
+
+class DenseLayer(NormActConv):
+    """One densely connected layer: GN -> ReLU -> conv3x3x3 adding ``growth_rate`` channels.
+
+    No 1x1x1 bottleneck (DenseNet-BC): with 16-channel growth and at most ~170 input channels the
+    3x3x3 conv is cheap at the low resolutions where inputs are wide, and a bottleneck of 4 x growth
+    channels would be wider than the input in the expensive full-resolution block.
+    """
+
+    def __init__(self, in_channels: int, growth_rate: int, norm_groups: int) -> None:
+        super().__init__(in_channels, growth_rate, 3, 1, norm_groups)
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` densely connected layers; the output concatenates the input and every layer's
+    new features: (B, C_in, Z, Y, X) -> (B, C_in + num_layers * growth_rate, Z, Y, X).
+
+    Under ``torch.no_grad``/``inference_mode`` the features are written into one preallocated
+    buffer (memory-efficient DenseNet: one allocation, no repeated concatenation). With autograd
+    on, layer inputs are concatenated (in-place writes into a shared buffer would invalidate the
+    tensors saved for backward); ``gradient_checkpointing`` then recomputes each layer in backward
+    instead of storing its normalised input, trading ~30% more compute for memory.
+    """
+
+    def __init__(self, in_channels: int, num_layers: int, growth_rate: int, norm_groups: int,
+                 gradient_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.growth_rate = growth_rate
+        self.out_channels = in_channels + num_layers * growth_rate
+        self.gradient_checkpointing = gradient_checkpointing
+        self.layers = nn.ModuleList(
+            DenseLayer(in_channels + i * growth_rate, growth_rate, norm_groups) for i in range(num_layers)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.is_grad_enabled():
+            return self._forward_buffered(x)
+        features = x
+        for layer in self.layers:
+            if self.gradient_checkpointing:
+                new = cp.checkpoint(layer, features, use_reentrant=False)
+            else:
+                new = layer(features)
+            features = torch.cat([features, new], dim=1)
+        return features
+
+    def _forward_buffered(self, x: Tensor) -> Tensor:
+        batch, _, *spatial = x.shape
+        channels_last = x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d) \
+            and not x.is_contiguous()
+        if channels_last:
+            # Channel slices of a channels-last buffer are strided; the conv would copy them
+            # anyway, so plain concatenation is as fast here.
+            features = x
+            for layer in self.layers:
+                features = torch.cat([features, layer(features)], dim=1)
+            return features
+        buffer = x.new_empty((batch, self.out_channels, *spatial))
+        buffer[:, : self.in_channels] = x
+        end = self.in_channels
+        for layer in self.layers:
+            buffer[:, end: end + self.growth_rate] = layer(buffer[:, :end])
+            end += self.growth_rate
+        return buffer
+
+
+class Transition(nn.Module):
+    """The paper's downsampling after each dense block: a stride-2 3x3x3 conv, then a 1x1x1 conv
+    that combines and reduces the feature maps (both preceded by GroupNorm).
+
+    (B, C_in, Z, Y, X) -> (B, C_out, Z/2, Y/2, X/2).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+        super().__init__()
+        self.down = NormActConv(in_channels, in_channels, 3, 2, norm_groups)
+        self.reduce = NormActConv(in_channels, out_channels, 1, 1, norm_groups)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.reduce(self.down(x))
+
+
+class PlainBlock(nn.Sequential):
+    """The decoder's plain block: two GN -> ReLU -> conv3x3x3, (B, C_in, ...) -> (B, C_out, ...)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+        super().__init__(
+            NormActConv(in_channels, out_channels, 3, 1, norm_groups),
+            NormActConv(out_channels, out_channels, 3, 1, norm_groups),
+        )
+
+
+class UpBlock(nn.Module):
+    """Transpose-conv upsampling (kernel 2, stride 2, preceded by GN -> ReLU), optional U-Net skip
+    concatenation, then a :class:`PlainBlock`.
+
+    Args:
+        in_channels: channels of the coarse input.
+        skip_channels: channels of the skip feature map (0: no skip, as in the reconstruction branch).
+        out_channels: channels after upsampling and after the plain block.
+    """
+
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm_groups: int) -> None:
+        super().__init__()
+        self.skip_channels = skip_channels
+        self.norm = nn.GroupNorm(group_count(in_channels, norm_groups), in_channels)
+        self.up = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=2, stride=2, bias=False)
+        self.block = PlainBlock(out_channels + skip_channels, out_channels, norm_groups)
+
+    def forward(self, x: Tensor, skip: Tensor | None = None) -> Tensor:
+        x = self.up(F.relu(self.norm(x)))
+        if self.skip_channels:
+            if skip is None:
+                raise ValueError("this UpBlock was built with a skip connection; pass `skip`")
+            x = torch.cat([x, skip], dim=1)
+        return self.block(x)
