@@ -71,12 +71,12 @@ class OverlayCase:
     spacing_mm: tuple[float, float, float] | None = None
 
 
-def _new_figure(width_in: float, height_in: float) -> "Figure":
+def _new_figure(width_in: float, height_in: float, layout: str | None = None) -> "Figure":
     # Lazy import; Figure + Agg canvas = no pyplot, no display, no global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
+    fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout=layout)
     FigureCanvasAgg(fig)
     return fig
 
@@ -370,7 +370,8 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
     for case in cases:
         models += [m for m in case.predictions if m not in models]
     ncols = max(1, len(models))
-    fig = _new_figure(3.6 * ncols, 3.6 * len(cases) + 0.8)
+    # constrained layout keeps the two-line titles clear of the fixed-aspect images above them
+    fig = _new_figure(3.6 * ncols, 4.0 * len(cases) + 0.8, layout="constrained")
     for r, case in enumerate(cases):
         gt = np.asarray(case.gt) > 0
         preds = {m: np.asarray(p) > 0 for m, p in case.predictions.items()}
@@ -389,9 +390,10 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
                 continue
             pred = preds[model]
             ax.imshow(_overlay_rgba(gt[z], pred[z]), aspect=aspect, interpolation="nearest")
-            for mask, colour in ((gt[z], GT_COLOUR), (pred[z], PRED_COLOUR)):
+            # ground-truth contour wider and below, so it still shows where the prediction matches it
+            for mask, colour, width in ((gt[z], GT_COLOUR, 2.2), (pred[z], PRED_COLOUR, 0.9)):
                 if mask.any() and not mask.all():
-                    ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=0.9)
+                    ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
             dice = (case.dice or {}).get(model)
             dice = _dice(pred, gt) if dice is None else float(dice)
             ax.set_title(f"{model} - {case.case_id}, z={z}\nDice {dice:.3f}", fontsize=9)
@@ -401,7 +403,6 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
                         fontweight="bold")
     handles = [Patch(color=GT_COLOUR, label="ground truth"), Patch(color=PRED_COLOUR, label="prediction"),
                Patch(color=OVERLAP_COLOUR, label="overlap")]
-    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=9, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle("Axial slices with the largest ground-truth area (cf. paper Fig. 4)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
     return _save(fig, path)
