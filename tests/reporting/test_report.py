@@ -1,0 +1,141 @@
+"""Tests of kidneyssl.reporting.report: Table 1 values, report files, Markdown/HTML contents."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kidneyssl.reporting.figures import OverlayCase
+from kidneyssl.reporting.report import (
+    TABLE1_COLUMNS,
+    table1_markdown,
+    table1_rows,
+    write_experiment_report,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAN = math.nan
+
+
+def _row(case_id, dice, hd, hd95, bl, nhd, empty_pred=False, empty_gt=False):
+    return {"case_id": case_id, "dice": dice, "hd_mm": hd, "hd95_mm": hd95, "bl_pct": bl, "nhd": nhd,
+            "pred_voxels": 0.0 if empty_pred else 100.0, "gt_voxels": 0.0 if empty_gt else 100.0,
+            "empty_pred": empty_pred, "empty_gt": empty_gt}
+
+
+@pytest.fixture()
+def per_case():
+    return {
+        "MwoS": [
+            _row("case_00001", 0.8, 10.0, 4.0, 10.0, 0.2),
+            _row("case_00002", 0.9, 20.0, 6.0, 20.0, 0.4),
+            _row("case_00003", 0.0, NAN, NAN, 100.0, NAN, empty_pred=True),  # a missed kidney
+        ],
+        "MwS": [
+            _row("case_00001", 0.9, 8.0, 3.0, 12.0, 0.3),
+            _row("case_00002", 0.95, 12.0, None, 14.0, 0.3),  # None (JSON null) counts as missed
+        ],
+    }
+
+
+def _table(path: Path) -> dict[tuple[str, str], dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == TABLE1_COLUMNS
+        return {(r["model"], r["metric"]): r for r in reader}
+
+
+def _overlay() -> OverlayCase:
+    z, y, x = np.mgrid[:8, :24, :24]
+    gt = ((z - 4) ** 2 + (y - 12) ** 2 + (x - 6) ** 2) < 16
+    return OverlayCase("case_00001", (x + y).astype(np.float32), gt, {"MwoS": np.roll(gt, 1, axis=2), "MwS": gt})
+
+
+def test_table1_mean_sd_counts(per_case):
+    rows = {(r["model"], r["metric"]): r for r in table1_rows(per_case)}
+    assert len(rows) == 10
+    dice = rows["MwoS", "dice"]
+    assert dice["mean"] == pytest.approx(1.7 / 3)
+    assert dice["sd"] == pytest.approx(np.std([0.8, 0.9, 0.0], ddof=1))  # 0.49329
+    assert dice["sd"] == pytest.approx(0.4932883, abs=1e-6)
+    assert (dice["n"], dice["n_missed"], dice["n_cases"], dice["paper_value"]) == (3, 0, 3, 0.907)
+    hd = rows["MwoS", "hd_mm"]
+    assert (hd["mean"], hd["sd"], hd["n"], hd["n_missed"]) == (pytest.approx(15.0), pytest.approx(math.sqrt(50)), 2, 1)
+    assert math.isnan(hd["paper_value"])
+    assert rows["MwoS", "nhd"]["paper_value"] == 0.303 and rows["MwS", "bl_pct"]["paper_value"] == 12.9
+    one = rows["MwS", "hd95_mm"]  # a single finite value: mean = it, sd undefined
+    assert (one["mean"], one["n"], one["n_missed"]) == (3.0, 1, 1) and math.isnan(one["sd"])
+
+
+def test_table1_markdown_layout(per_case):
+    md = table1_markdown(table1_rows(per_case))
+    lines = md.strip().splitlines()
+    assert lines[0] == "| Metric | MwoS | MwS | paper MwoS | paper MwS |"
+    assert lines[2].startswith("| DC | 0.567 ± 0.493 (n=3) | 0.925 ± 0.035 (n=2) | 0.907 | 0.931 |")
+    assert "| HD (mm) | 15.0 ± 7.1 (n=2, 1 missed) |" in md
+    assert "| normalised HD | 0.300 ± 0.141 (n=2, 1 missed) | 0.300 ± 0.000 (n=2) | 0.303 | 0.291 |" in md
+
+
+def test_write_experiment_report_files_and_contents(tmp_path, per_case):
+    histories = {
+        "MwoS": [{"epoch": e, "train_loss": 1.0 - 0.1 * e, "val_dice": 0.5 + 0.05 * e, "seconds": 2.0}
+                 for e in range(6)],
+        "MwS": [{"epoch": e, "train_loss": 0.9 - 0.1 * e, "val_dice": 0.6 + 0.05 * e, "seconds": 2.5}
+                for e in range(6)],
+    }
+    histories["MwoS"][3]["val_dice"] = NAN
+    config = {"name": "demo", "preprocess": {"spacing_mm": (6.44, 3.24, 3.24)},
+              "train": {"epochs": 6, "bce_weight_start": 0.6, "dice_weight_start": 0.4,
+                        "bce_weight_end": 0.1, "dice_weight_end": 0.9}}
+    report = write_experiment_report(tmp_path / "report", per_case, histories, [_overlay()], config,
+                                     timings={"pretrain": 61.0, "train MwS": 15.0})
+    out = tmp_path / "report"
+    assert report == out / "report.md"
+    for name in ("table1.csv", "table1.md", "fig4_overlays.png", "fig5_dice_curves.png", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0, name
+    for name in ("fig4_overlays.png", "fig5_dice_curves.png"):
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert not list(out.glob(".*tmp*")), "atomic temporary file left behind"
+
+    table = _table(out / "table1.csv")
+    assert float(table["MwoS", "dice"]["mean"]) == pytest.approx(1.7 / 3)
+    assert table["MwoS", "hd95_mm"]["n_missed"] == "1" and table["MwoS", "hd95_mm"]["n"] == "2"
+    assert table["MwS", "dice"]["label"] == "DC"
+
+    md = report.read_text()
+    assert "](fig4_overlays.png)" in md and "](fig5_dice_curves.png)" in md
+    assert (out / "table1.md").read_text().strip() in md
+    assert "| MwoS | 3 | 1 | 0 | case_00003 |" in md  # missed case counted and named
+    assert "| MwoS | 6 | 0.750 (epoch 5) | 0.750 |" in md  # peak val Dice skips the NaN epoch
+    assert "| pretrain | 61.0 s (0:01:01) |" in md
+    assert "voxel spacing (mm, z y x): `6.44, 3.24, 3.24`" in md
+    assert "`0.6/0.4` at the first epoch to `0.1/0.9`" in md
+    assert "0.907" in md and "Normalised HD" in md
+
+    page = (out / "report.html").read_text()
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+    assert len(images) == 2
+    assert all(base64.b64decode(img)[:8] == PNG_MAGIC for img in images)
+    assert base64.b64decode(images[0]) == (out / "fig5_dice_curves.png").read_bytes()
+    assert not re.search(r'src="(?!data:)', page), "HTML must not reference external files"
+    assert "<td>case_00003</td>" in page and "0.567 ± 0.493 (n=3)" in page
+
+
+def test_report_single_epoch_nan_metrics_no_overlays(tmp_path):
+    per_case = {"MwoS": [_row("c1", 0.0, NAN, NAN, NAN, NAN, empty_pred=True)],
+                "MwS": [_row("c1", 0.5, 3.0, 2.0, 5.0, 0.1)]}
+    histories = {"MwoS": [{"epoch": 0, "val_dice": NAN}], "MwS": [{"epoch": 0, "val_dice": 0.5}]}
+    report = write_experiment_report(tmp_path, per_case, histories, [], {})
+    md = report.read_text()
+    assert "Fig. 4 left out" in md and "fig4_overlays.png" not in md
+    assert not (tmp_path / "fig4_overlays.png").exists()
+    assert "| HD (mm) | – ± – (n=0, 1 missed) | 3.0 ± – (n=1) | – | – |" in md
+    table = _table(tmp_path / "table1.csv")
+    assert table["MwoS", "bl_pct"]["mean"] == "nan" and table["MwoS", "bl_pct"]["n_missed"] == "1"
+    assert len(re.findall("data:image/png;base64,", (tmp_path / "report.html").read_text())) == 1
