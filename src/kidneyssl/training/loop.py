@@ -1,0 +1,146 @@
+"""Epoch functions shared by siamese pretraining and segmentation training.
+
+One optimiser step consumes ``accumulate`` items on each of ``world_size`` ranks, so the global
+batch is ``accumulate * world_size`` items; gradients are averaged over all of them (DDP averages
+over ranks, and each micro-step's loss is divided by ``accumulate``). GroupNorm makes per-item
+statistics independent of batch composition, so 1 process accumulating 2 items and 2 processes
+with 1 item each take the same steps up to float rounding.
+
+Data order is a pure function of ``(seed, epoch)`` through ``DistributedSampler.set_epoch``, for 1
+process as for N, so a resumed run replays exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from kidneyssl.progress import progress
+from kidneyssl.training.distributed import DistContext, all_reduce_sum
+
+__all__ = ["EpochResult", "epoch_order", "train_one_epoch", "build_optimizer", "build_grad_scaler",
+           "autocast_context"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    """Mean training loss (and named loss parts) over every item of every rank in one epoch."""
+
+    loss: float
+    parts: dict[str, float]
+    items: int
+    steps: int
+
+
+def epoch_order(n_items: int, epoch: int, seed: int, ctx: DistContext, shuffle: bool = True) -> list[int]:
+    """This rank's item indices for ``epoch``: a ``DistributedSampler`` permutation seeded with
+    ``seed + epoch`` (padded by repetition so that every rank runs the same number of steps)."""
+    from torch.utils.data import DistributedSampler
+
+    if n_items < 1:
+        raise ValueError("no items to train on")
+    sampler = DistributedSampler(range(n_items), num_replicas=ctx.world_size, rank=ctx.rank,
+                                 shuffle=shuffle, seed=int(seed), drop_last=False)
+    sampler.set_epoch(int(epoch))
+    return list(sampler)
+
+
+def build_optimizer(model: Any, lr: float, weight_decay: float) -> Any:
+    """Adam with L2 weight decay, as in the paper (Adam, lr 1e-3, weight decay 1e-2)."""
+    import torch
+
+    return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def build_grad_scaler(amp: bool, device: Any) -> Any | None:
+    """A CUDA ``GradScaler`` when mixed precision is on and the device is CUDA, else None."""
+    if not amp or getattr(device, "type", str(device)) != "cuda":
+        return None
+    import torch
+
+    return torch.amp.GradScaler("cuda")
+
+
+def autocast_context(amp: bool, device: Any) -> Any:
+    """float16 autocast on CUDA when ``amp``; a no-op elsewhere (CPU training stays float32)."""
+    if not amp or getattr(device, "type", str(device)) != "cuda":
+        return contextlib.nullcontext()
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
+                    optimizer: Any, ctx: DistContext, *, accumulate: int = 1, scaler: Any | None = None,
+                    amp: bool = False, total: int | None = None, desc: str = "train") -> EpochResult:
+    """Run one epoch of optimisation.
+
+    Args:
+        model: the (possibly DDP-wrapped) module, in training mode.
+        items: this rank's items in order (from :func:`epoch_order`).
+        compute_loss: ``(model, item) -> (loss tensor, {part: float}, n_items_in_item)``; the loss is
+            the mean over the item's samples.
+        optimizer: the optimiser; stepped every ``accumulate`` items and after the last one.
+        accumulate: items per optimiser step on this rank.
+        scaler: a ``GradScaler`` for CUDA mixed precision, or None.
+        amp: run forward passes under float16 autocast (CUDA only).
+        total: number of items, for the progress bar.
+
+    Returns:
+        :class:`EpochResult` with the loss averaged over all ranks' items (sum of per-item means
+        weighted by their sample counts / total samples).
+    """
+    if accumulate < 1:
+        raise ValueError(f"accumulate must be >= 1, got {accumulate}")
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = 0.0
+    count = 0
+    part_sums: dict[str, float] = {}
+    steps = 0
+    items = list(items) if total is None else items
+    total = len(items) if total is None else total  # type: ignore[arg-type]
+    n_groups = math.ceil(total / accumulate)
+    for i, item in enumerate(progress(items, desc=desc, total=total, unit="item", leave=False)):
+        group_end = (i + 1) % accumulate == 0 or i + 1 == total
+        # The last group may be shorter: scale its micro-losses by its own size.
+        group_size = accumulate if (i // accumulate) < n_groups - 1 else total - (n_groups - 1) * accumulate
+        sync = contextlib.nullcontext() if group_end or not hasattr(model, "no_sync") else model.no_sync()
+        with sync:
+            with autocast_context(amp, ctx.device):
+                loss, parts, n = compute_loss(model, item)
+            scaled = loss / group_size
+            if scaler is not None:
+                scaler.scale(scaled).backward()
+            else:
+                scaled.backward()
+        if group_end:
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            from kidneyssl.errors import KidneySSLError
+
+            raise KidneySSLError(f"training loss became {value} at item {i}; lower the learning rate "
+                                 "or check the input data")
+        loss_sum += value * n
+        count += n
+        for key, v in parts.items():
+            part_sums[key] = part_sums.get(key, 0.0) + float(v) * n
+    keys = sorted(part_sums)
+    reduced = all_reduce_sum([loss_sum, count] + [part_sums[k] for k in keys], ctx)
+    total_count = max(reduced[1], 1.0)
+    return EpochResult(loss=reduced[0] / total_count,
+                       parts={k: reduced[2 + j] / total_count for j, k in enumerate(keys)},
+                       items=int(reduced[1]), steps=steps)
+

@@ -1,0 +1,272 @@
+"""Run folders: what a training run writes, how it refuses to clobber another run, and the split.
+
+A run folder holds::
+
+    run.json        {"kind", "status": "running"|"finished", "cache", "init", "epochs_done", ...}
+    config.yaml     the resolved ExperimentConfig of the run
+    split.json      {"seed", "val_fraction", "train": [...], "val": [...]} (case ids)
+    history.jsonl   one JSON object per finished epoch
+    history.png     the history plot, refreshed every epoch
+    last.pt         checkpoint after every epoch (atomic), used by --resume
+    best.pt         checkpoint of the best validation epoch
+
+The 80/20 split is a pure function of (sorted case ids, val_fraction, seed), so MwS and MwoS trained
+on the same cache with the same seed share it; ``--split`` passes one explicitly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kidneyssl.errors import KidneySSLError, RunFolderError
+from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
+
+__all__ = ["Split", "make_split", "save_split", "load_split", "RunFolder", "RUN_FILES"]
+
+log = logging.getLogger(__name__)
+
+#: Files a training run writes; ``--force`` removes exactly these (never anything else).
+RUN_FILES = ("run.json", "config.yaml", "split.json", "history.jsonl", "history.png", "last.pt",
+             "best.pt")
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/validation split of case ids."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    seed: int
+    val_fraction: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "val_fraction": self.val_fraction, "train": list(self.train),
+                "val": list(self.val)}
+
+
+def make_split(case_ids: Sequence[str], val_fraction: float, seed: int, min_val: int = 2) -> Split:
+    """Seeded random split: ``round(n * val_fraction)`` validation cases, the rest for training.
+
+    Raises:
+        KidneySSLError: no cases, fewer than ``min_val`` validation cases, or no training case.
+    """
+    ids = sorted(set(case_ids))
+    if not ids:
+        raise KidneySSLError("the dataset has no annotated cases: nothing to train on")
+    n_val = int(round(len(ids) * val_fraction))
+    if n_val < min_val:
+        raise KidneySSLError(
+            f"{len(ids)} annotated case(s) with val_fraction {val_fraction} give {n_val} validation "
+            f"case(s); at least {min_val} are needed (add cases or raise train.val_fraction)"
+        )
+    if n_val >= len(ids):
+        raise KidneySSLError(f"val_fraction {val_fraction} leaves no training case out of {len(ids)}")
+    order = np.random.default_rng(int(seed)).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return Split(tuple(train), tuple(val), int(seed), float(val_fraction))
+
+
+def save_split(split: Split, path: str | Path) -> None:
+    """Write ``split`` as JSON (atomic)."""
+    atomic_write_json(Path(path), split.to_dict())
+
+
+def load_split(path: str | Path, available: Sequence[str] | None = None, min_val: int = 2) -> Split:
+    """Read a split file; with ``available``, every listed case must be in it.
+
+    Raises:
+        KidneySSLError: missing/invalid file, unknown case ids, overlap, too few validation cases.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+        split = Split(tuple(data["train"]), tuple(data["val"]), int(data.get("seed", -1)),
+                      float(data.get("val_fraction", 0.0)))
+    except FileNotFoundError as err:
+        raise KidneySSLError(f"{path}: split file not found") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise KidneySSLError(f"{path}: not a split file (expected JSON with 'train' and 'val' lists)") from err
+    if set(split.train) & set(split.val):
+        raise KidneySSLError(f"{path}: cases in both train and val: {sorted(set(split.train) & set(split.val))}")
+    if len(split.val) < min_val:
+        raise KidneySSLError(f"{path}: {len(split.val)} validation case(s); at least {min_val} are needed")
+    if not split.train:
+        raise KidneySSLError(f"{path}: no training cases")
+    if available is not None:
+        missing = sorted(set(split.train + split.val) - set(available))
+        if missing:
+            raise KidneySSLError(f"{path}: case(s) {missing[:5]} are not annotated cases of the cache")
+    return split
+
+
+class RunFolder:
+    """One training run's folder (see the module docstring for its files)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- paths --------------------------------------------------------------------------------
+    @property
+    def last(self) -> Path:
+        return self.path / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.pt"
+
+    @property
+    def history_path(self) -> Path:
+        return self.path / "history.jsonl"
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / "split.json"
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    # -- state --------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any] | None:
+        """``run.json`` as a dict, or None when the folder holds no run."""
+        marker = self.path / "run.json"
+        if not marker.is_file():
+            return None
+        try:
+            return json.loads(marker.read_text())
+        except ValueError as err:
+            raise RunFolderError(f"{marker}: unreadable run marker ({err}); use --force to start over") from err
+
+    def write_info(self, info: dict[str, Any]) -> None:
+        atomic_write_json(self.path / "run.json", info)
+
+    def is_finished(self, kind: str) -> bool:
+        info = self.info()
+        return bool(info and info.get("kind") == kind and info.get("status") == "finished"
+                    and self.last.is_file())
+
+    def claim(self, kind: str, *, resume: bool, force: bool) -> dict[str, Any] | None:
+        """Check the folder may be used for a run of ``kind``; returns the existing ``run.json``
+        when resuming. Call on every rank (read-only); only rank 0 should then write.
+
+        Raises:
+            RunFolderError: the folder holds another run (and neither --resume nor --force), or
+                --resume finds no resumable run of this kind.
+        """
+        info = self.info()
+        if resume:
+            if info is None or not self.last.is_file():
+                raise RunFolderError(f"{self.path}: nothing to resume (no run.json/last.pt); drop --resume")
+            if info.get("kind") != kind:
+                raise RunFolderError(f"{self.path}: holds a {info.get('kind')!r} run, not a {kind!r} run")
+            return info
+        if force or not self.path.exists():
+            return None
+        if not self.path.is_dir():
+            raise RunFolderError(f"{self.path}: exists and is not a folder")
+        if any(self.path.iterdir()):
+            what = f"a {info.get('kind')!r} run ({info.get('status')})" if info else "other files"
+            raise RunFolderError(
+                f"{self.path}: output folder already holds {what}; use --resume to continue it, "
+                "--force to start over, or choose another --out"
+            )
+        return None
+
+    def reset(self) -> None:
+        """Remove the files a run writes (``--force``); other files in the folder are kept."""
+        for name in RUN_FILES:
+            target = self.path / name
+            if target.is_file():
+                target.unlink()
+        for tmp in self.path.glob(".*.tmp*"):
+            tmp.unlink(missing_ok=True)
+
+    # -- history ------------------------------------------------------------------------------
+    def read_history(self) -> list[dict[str, Any]]:
+        if not self.history_path.is_file():
+            return []
+        rows = []
+        for line in self.history_path.read_text().splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a torn last line from a killed run
+                    break
+        return rows
+
+    def write_history(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite ``history.jsonl`` (atomic) with ``rows``."""
+        atomic_write_text(self.history_path, "".join(json.dumps(r) + "\n" for r in rows))
+
+    def truncate_history(self, epochs_done: int) -> list[dict[str, Any]]:
+        """Keep rows of epochs ``< epochs_done`` (rows written after the last checkpoint go)."""
+        rows = [r for r in self.read_history() if int(r.get("epoch", -1)) < epochs_done]
+        self.write_history(rows)
+        return rows
+
+
+def remove_tree(path: str | Path) -> None:
+    """Remove a folder tree (used by ``experiment --force`` on its own stage folders only)."""
+    shutil.rmtree(Path(path), ignore_errors=True)
+
+
+__all__.append("remove_tree")
+
+
+def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: bool, force: bool,
+              extend_epochs: int, is_main: bool) -> tuple[Any, dict[str, Any] | None]:
+    """Decide the config of a run about to start, resume or be extended.
+
+    Args:
+        folder: the run folder.
+        kind: ``"siamese"`` or ``"segmentation"``.
+        cfg: the ExperimentConfig resolved from the command line (used for a new run).
+        section: ``"pretrain"`` or ``"train"``: whose ``epochs`` ``extend_epochs`` adds to.
+        resume: continue an interrupted run exactly, with the run's saved ``config.yaml``.
+        force: start over in a folder that holds a run (its run files are removed).
+        extend_epochs: continue a run with this many more epochs (the loss-weight schedule is
+            stretched over the new total from the next epoch on); 0 for no extension.
+        is_main: rank 0 (only it removes files).
+
+    Returns:
+        ``(config to use, run.json of the existing run or None for a new run)``.
+
+    Raises:
+        RunFolderError: see :meth:`RunFolder.claim`; also --extend-epochs on an unfinished run.
+    """
+    import dataclasses
+
+    from kidneyssl.config import load_config
+
+    if resume and extend_epochs:
+        raise RunFolderError("--resume and --extend-epochs are separate modes; use one")
+    if extend_epochs < 0:
+        raise RunFolderError(f"--extend-epochs must be positive, got {extend_epochs}")
+    info = folder.claim(kind, resume=resume or extend_epochs > 0, force=force)
+    if info is None:
+        if force and is_main and folder.path.is_dir():
+            folder.reset()
+        return cfg, None
+    saved = load_config(folder.config_path)
+    if extend_epochs:
+        if info.get("status") != "finished":
+            raise RunFolderError(f"{folder.path}: the run has not finished; use --resume to continue it")
+        sec = getattr(saved, section)
+        saved = dataclasses.replace(saved, **{section: dataclasses.replace(sec, epochs=sec.epochs + extend_epochs)})
+        log.info("extending %s by %d epochs to %d (loss schedule recomputed over the new total)",
+                 folder.path, extend_epochs, getattr(saved, section).epochs)
+    else:
+        log.info("resuming %s with its saved config.yaml", folder.path)
+    return saved, info
+
+
+__all__.append("begin_run")

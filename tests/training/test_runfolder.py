@@ -1,0 +1,80 @@
+"""Run folders: seeded split, refuse/force/resume rules, history truncation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kidneyssl.config import load_preset, save_config
+from kidneyssl.errors import KidneySSLError, RunFolderError
+from kidneyssl.training.runfolder import RunFolder, begin_run, load_split, make_split, save_split
+
+IDS = [f"case_{i:05d}" for i in range(10)]
+
+
+def test_make_split_is_seeded_80_20_and_disjoint() -> None:
+    a = make_split(IDS, 0.2, seed=0)
+    assert len(a.val) == 2 and len(a.train) == 8
+    assert set(a.val).isdisjoint(a.train) and set(a.val) | set(a.train) == set(IDS)
+    assert make_split(list(reversed(IDS)), 0.2, seed=0) == a  # order of the input does not matter
+    others = {make_split(IDS, 0.2, seed=s).val for s in range(1, 8)}
+    assert any(v != a.val for v in others)
+
+
+def test_make_split_errors() -> None:
+    with pytest.raises(KidneySSLError, match="no annotated cases"):
+        make_split([], 0.2, 0)
+    with pytest.raises(KidneySSLError, match="at least 2 are needed"):
+        make_split(IDS[:5], 0.2, 0)  # 1 validation case
+
+
+def test_split_round_trip_and_validation(tmp_path: Path) -> None:
+    split = make_split(IDS, 0.3, seed=4)
+    save_split(split, tmp_path / "split.json")
+    assert load_split(tmp_path / "split.json", available=IDS) == split
+    with pytest.raises(KidneySSLError, match="not annotated cases"):
+        load_split(tmp_path / "split.json", available=IDS[:3])
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(KidneySSLError, match="not a split file"):
+        load_split(tmp_path / "bad.json")
+
+
+def test_claim_refuses_other_run_unless_resume_or_force(tmp_path: Path) -> None:
+    cfg = load_preset("demo")
+    folder = RunFolder(tmp_path / "run")
+    assert begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+                     extend_epochs=0, is_main=True) == (cfg, None)
+    folder.path.mkdir()
+    folder.write_info({"kind": "segmentation", "status": "running"})
+    save_config(cfg, folder.config_path)
+    (folder.path / "notes.txt").write_text("mine")
+    with pytest.raises(RunFolderError, match="--resume"):
+        folder.claim("segmentation", resume=False, force=False)
+    with pytest.raises(RunFolderError, match="nothing to resume"):
+        folder.claim("segmentation", resume=True, force=False)  # no last.pt yet
+    folder.last.write_bytes(b"x")
+    with pytest.raises(RunFolderError, match="not a 'siamese' run"):
+        folder.claim("siamese", resume=True, force=False)
+    with pytest.raises(RunFolderError, match="has not finished"):
+        begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+                  extend_epochs=3, is_main=True)
+    folder.write_info({"kind": "segmentation", "status": "finished"})
+    extended, info = begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+                               extend_epochs=3, is_main=True)
+    assert extended.train.epochs == cfg.train.epochs + 3 and info["status"] == "finished"
+    cfg2, info = begin_run(folder, "segmentation", cfg, section="train", resume=False, force=True,
+                           extend_epochs=0, is_main=True)
+    assert info is None
+    assert not folder.last.exists() and not (folder.path / "run.json").exists()
+    assert (folder.path / "notes.txt").read_text() == "mine"  # --force removes only run files
+
+
+def test_history_truncation_drops_rows_after_last_checkpoint(tmp_path: Path) -> None:
+    folder = RunFolder(tmp_path)
+    folder.write_history([{"epoch": e, "train_loss": 1.0 / (e + 1)} for e in range(4)])
+    with folder.history_path.open("a") as fh:
+        fh.write('{"epoch": 4, "train_lo')  # torn line from a killed run
+    assert [r["epoch"] for r in folder.read_history()] == [0, 1, 2, 3]
+    assert [r["epoch"] for r in folder.truncate_history(2)] == [0, 1]
+    assert [r["epoch"] for r in folder.read_history()] == [0, 1]
