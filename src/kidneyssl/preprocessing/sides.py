@@ -114,6 +114,18 @@ def body_midline_x(image: np.ndarray) -> int:
     return int(np.searchsorted(np.cumsum(counts), (total + 1) / 2)) + 0
 
 
+def _nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
+    """Bounding box of a boolean (Z, Y, X) mask, or None when it is empty (speeds up labelling:
+    kidneys fill a small part of a CT volume)."""
+    box = []
+    for axis in range(3):
+        hits = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
 def _components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray, list[int]]:
     """Label 26-connected components; return the labels and the ids of non-speck components."""
     labels, n = ndimage.label(mask, structure=_STRUCTURE_26)
@@ -163,13 +175,17 @@ def find_split_x(
     if label is None:
         return midline
 
-    mask = np.asarray(label) > 0
+    full_mask = np.asarray(label) > 0
+    box = _nonzero_box(full_mask)
+    if box is None:
+        return midline
+    mask = full_mask[box]
     labels, keep = _components(mask, min_fraction)
     if not keep:
         return midline
 
     # Per-component voxel counts per column -> voxels left of each candidate plane s = 0..width.
-    xs = np.nonzero(labels)[LATERAL_AXIS]
+    xs = np.nonzero(mask)[LATERAL_AXIS] + box[LATERAL_AXIS].start
     comp = labels[mask]
     hist = np.zeros((len(keep), width), dtype=np.int64)
     for row, cid in enumerate(keep):
@@ -218,27 +234,31 @@ def locate_kidneys(
     if not 0 <= split_x <= width:
         raise ValueError(f"split_x {split_x} outside [0, {width}]")
     mask = np.asarray(label) > 0
+    box = _nonzero_box(mask)
+    if box is None:
+        return {}
+    # Work inside the mask's bounding box; offsets bring coordinates back to the full grid.
+    lo = [b.start for b in box]
+    x_cut = int(np.clip(split_x - lo[LATERAL_AXIS], 0, box[LATERAL_AXIS].stop - lo[LATERAL_AXIS]))
+    sub = mask[box]
     # Label each half on its own, so a component cut by the plane counts once per side.
-    labels_r, n_r = ndimage.label(mask[:, :, :split_x], structure=_STRUCTURE_26)
-    labels_l, n_l = ndimage.label(mask[:, :, split_x:], structure=_STRUCTURE_26)
+    labels_r, n_r = ndimage.label(sub[:, :, :x_cut], structure=_STRUCTURE_26)
+    labels_l, n_l = ndimage.label(sub[:, :, x_cut:], structure=_STRUCTURE_26)
     sizes_r = np.bincount(labels_r.ravel(), minlength=n_r + 1)[1:]
     sizes_l = np.bincount(labels_l.ravel(), minlength=n_l + 1)[1:]
     largest = max([0, *sizes_r.tolist(), *sizes_l.tolist()])
     found: dict[Side, KidneyLocation] = {}
-    for side, labels, sizes, offset in (
+    for side, labels, sizes, x_offset in (
         (Side.RIGHT, labels_r, sizes_r, 0),
-        (Side.LEFT, labels_l, sizes_l, split_x),
+        (Side.LEFT, labels_l, sizes_l, x_cut),
     ):
         keep = np.nonzero(sizes >= max(1, min_fraction * largest))[0] + 1
         if keep.size == 0:
             continue
         kept = np.isin(labels, keep)
         coords = np.nonzero(kept)
-        bbox = tuple(
-            (int(c.min()) + (offset if axis == LATERAL_AXIS else 0),
-             int(c.max()) + 1 + (offset if axis == LATERAL_AXIS else 0))
-            for axis, c in enumerate(coords)
-        )
+        offsets = [lo[0], lo[1], lo[2] + x_offset]
+        bbox = tuple((int(c.min()) + o, int(c.max()) + 1 + o) for c, o in zip(coords, offsets))
         center = tuple((a + b) // 2 for a, b in bbox)
         found[side] = KidneyLocation(center=center, bbox=bbox, voxels=int(coords[0].size))  # type: ignore[arg-type]
     return found

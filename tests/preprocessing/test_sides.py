@@ -1,0 +1,278 @@
+"""Left/right split plane, kidney location, halves that stitch back exactly, kidney crops."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from kidneyssl.io.geometry import Geometry, Side, Volume, to_canonical
+from kidneyssl.preprocessing.sides import (
+    HalfPad,
+    KidneyLocation,
+    body_midline_x,
+    crop_padded,
+    find_split_x,
+    half_bounds,
+    kidney_crop,
+    locate_kidneys,
+    pad_to_multiple,
+    split_halves,
+    stitch_halves,
+    unpad,
+)
+
+
+def _mask(width: int = 64, boxes: list[tuple[slice, slice, slice]] = ()) -> np.ndarray:
+    m = np.zeros((12, 20, width), dtype=np.uint8)
+    for box in boxes:
+        m[box] = 1
+    return m
+
+
+def _whole(mask: np.ndarray, split_x: int) -> None:
+    """Every connected component lies wholly on one side of the plane."""
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    for i in range(1, n + 1):
+        xs = np.nonzero(labels == i)[2]
+        assert xs.max() < split_x or xs.min() >= split_x, (i, xs.min(), xs.max(), split_x)
+
+
+# --- split plane ---------------------------------------------------------------------------------
+
+
+def test_two_kidneys_split_in_gap_at_midline():
+    m = _mask(64, [np.s_[2:10, 4:14, 10:22], np.s_[3:9, 5:15, 42:54]])
+    assert find_split_x(m) == 32  # the image midline lies in the gap [22, 42]
+    locs = locate_kidneys(m, 32)
+    assert locs[Side.RIGHT] == KidneyLocation(center=(6, 9, 16), bbox=((2, 10), (4, 14), (10, 22)), voxels=960)
+    assert locs[Side.LEFT] == KidneyLocation(center=(6, 10, 48), bbox=((3, 9), (5, 15), (42, 54)), voxels=720)
+
+
+def test_kidney_crossing_midline_stays_whole():
+    # Patient-right kidney spans columns 12..39, across the image midline 32; left kidney 44..55.
+    m = _mask(64, [np.s_[2:10, 4:14, 12:40], np.s_[3:9, 5:15, 44:56]])
+    split = find_split_x(m)
+    assert split == 40  # the gap [40, 44] clamped towards the midline
+    _whole(m, split)
+    locs = locate_kidneys(m, split)
+    assert locs[Side.RIGHT].bbox[2] == (12, 40) and locs[Side.LEFT].bbox[2] == (44, 56)
+
+
+def test_overlapping_projections_cut_least_tissue():
+    # x ranges overlap (different z): no clean plane; the cut through the thinner kidney wins.
+    m = _mask(64, [np.s_[0:4, 0:4, 10:34], np.s_[6:12, 5:20, 31:54]])
+    split = find_split_x(m)
+    assert split == 31  # cuts 3 columns of the small (4x4) kidney rather than 3 of the big one
+    locs = locate_kidneys(m, split)
+    assert set(locs) == {Side.LEFT, Side.RIGHT}
+    assert locs[Side.RIGHT].voxels == 4 * 4 * 21
+
+
+@pytest.mark.parametrize(
+    "box, side, expected",
+    [
+        (np.s_[2:10, 4:14, 28:50], Side.LEFT, 28),  # left kidney crossing the midline 32
+        (np.s_[2:10, 4:14, 10:36], Side.RIGHT, 36),  # right kidney crossing the midline
+        (np.s_[2:10, 4:14, 40:50], Side.LEFT, 32),  # well inside the left half: the midline
+    ],
+)
+def test_single_kidney_kept_on_its_side(box, side, expected):
+    m = _mask(64, [box])
+    m[5, 5, 2] = 1  # a 1-voxel speck on the far right is ignored
+    split = find_split_x(m)
+    assert split == expected
+    locs = locate_kidneys(m, split)
+    assert list(locs) == [side]
+    assert locs[side].voxels == int(m.sum()) - 1
+
+
+def test_specks_do_not_move_the_plane_or_make_a_kidney():
+    m = _mask(64, [np.s_[2:10, 4:14, 10:22], np.s_[3:9, 5:15, 42:54]])
+    m[1, 1, 30:34] = 1  # 4-voxel speck straddling the midline
+    assert find_split_x(m) == 32
+    locs = locate_kidneys(m, 32)
+    assert locs[Side.RIGHT].voxels == 960 and locs[Side.LEFT].voxels == 720
+
+
+def test_mask_free_split_uses_body_centre():
+    image = np.full((8, 30, 64), -1.0, dtype=np.float32)
+    zz, yy, xx = np.mgrid[0:8, 0:30, 0:64]
+    image[((yy - 15) / 12.0) ** 2 + ((xx - 40) / 18.0) ** 2 <= 1] = 1.5
+    assert body_midline_x(image) == 40
+    assert find_split_x(None, image) == 40
+    padded = np.pad(image, ((0, 0), (0, 0), (0, 16)))  # zero padding does not count as body
+    assert find_split_x(None, padded) == 40
+    # With a mask, the reference midline is the body centre: a lone kidney left of it is "right".
+    m = np.zeros(image.shape, np.uint8)
+    m[2:6, 10:20, 30:36] = 1
+    assert find_split_x(m, image) == 40
+    assert list(locate_kidneys(m, 40)) == [Side.RIGHT]
+
+
+def test_split_without_anything_or_with_empty_mask():
+    with pytest.raises(ValueError, match="needs a label"):
+        find_split_x(None, None)
+    assert find_split_x(np.zeros((4, 5, 30), np.uint8)) == 15
+    with pytest.raises(ValueError, match="differs"):
+        find_split_x(np.zeros((4, 5, 30), np.uint8), np.zeros((4, 5, 31), np.float32))
+    assert locate_kidneys(np.zeros((4, 5, 30), np.uint8), 15) == {}
+
+
+def test_kidney_location_round_trips_through_dict():
+    loc = KidneyLocation(center=(1, 2, 3), bbox=((0, 2), (1, 4), (2, 5)), voxels=7)
+    assert KidneyLocation.from_dict(loc.to_dict()) == loc
+
+
+# --- halves --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split_x", [0, 1, 17, 32, 63, 64])
+@pytest.mark.parametrize("overlap", [0, 5, 40])
+def test_halves_stitch_back_exactly(split_x, overlap):
+    rng = np.random.default_rng(split_x * 100 + overlap)
+    a = rng.normal(size=(3, 5, 64)).astype(np.float32)
+    halves = split_halves(a, split_x, overlap)
+    assert halves[Side.RIGHT].shape[-1] == min(64, split_x + overlap)
+    assert halves[Side.LEFT].shape[-1] == 64 - max(0, split_x - overlap)
+    np.testing.assert_array_equal(halves[Side.RIGHT][..., :split_x], a[..., :split_x])
+    back = stitch_halves(halves, split_x, 64, overlap)
+    assert back.dtype == a.dtype
+    np.testing.assert_array_equal(back, a)
+
+
+def test_stitch_takes_each_sides_own_columns_and_checks_widths():
+    a = np.arange(2 * 3 * 10, dtype=np.float32).reshape(1, 2, 3, 10)  # a leading channel axis
+    halves = {s: h.copy() for s, h in split_halves(a, 4, overlap=2).items()}
+    halves[Side.RIGHT][..., 4:] = -1  # overlap columns of the right half belong to the left side
+    halves[Side.LEFT][..., :2] = -1
+    np.testing.assert_array_equal(stitch_halves(halves, 4, 10, overlap=2), a)
+    assert half_bounds(4, 10, 2) == {Side.RIGHT: (0, 6), Side.LEFT: (2, 10)}
+    with pytest.raises(ValueError, match="width"):
+        stitch_halves({Side.RIGHT: a[..., :5], Side.LEFT: a[..., 4:]}, 4, 10)
+    with pytest.raises(ValueError, match="missing"):
+        stitch_halves({Side.RIGHT: a[..., :4]}, 4, 10)
+    with pytest.raises(ValueError, match="outside"):
+        split_halves(a, 11)
+
+
+def test_pad_to_multiple_and_unpad():
+    a = np.ones((2, 17, 32, 21), dtype=np.float32)
+    padded, pad = pad_to_multiple(a, 16)
+    assert padded.shape == (2, 32, 32, 32)
+    assert pad == HalfPad(after=(15, 0, 11))
+    assert padded[:, 17:].sum() == 0 and padded[..., 21:].sum() == 0
+    np.testing.assert_array_equal(unpad(padded, pad), a)
+    same, none = pad_to_multiple(np.ones((16, 32, 48)), 16)
+    assert none.after == (0, 0, 0) and same.shape == (16, 32, 48)
+
+
+# --- crops ---------------------------------------------------------------------------------------
+
+
+def test_crop_inside_equals_slice():
+    image = np.arange(10 * 12 * 14, dtype=np.float32).reshape(10, 12, 14)
+    crop = kidney_crop(image, center=(5, 6, 7), size=(4, 6, 8))
+    np.testing.assert_array_equal(crop, image[3:7, 3:9, 3:11])
+
+
+def test_crop_at_volume_borders_is_zero_padded():
+    image = np.arange(1, 5 * 6 * 7 + 1, dtype=np.float32).reshape(5, 6, 7)
+    crop = kidney_crop(image, center=(0, 0, 0), size=(2, 2, 2))  # box starts at (-1, -1, -1)
+    assert crop.shape == (2, 2, 2)
+    assert crop[1, 1, 1] == image[0, 0, 0] == 1.0
+    assert crop[0].sum() == 0 and crop[:, 0].sum() == 0 and crop[:, :, 0].sum() == 0
+    far = kidney_crop(image, center=(4, 5, 6), size=(4, 4, 4))  # box [2, 6) x [3, 7) x [4, 8)
+    np.testing.assert_array_equal(far[:3, :3, :3], image[2:5, 3:6, 4:7])
+    assert far[3].sum() == 0 and far[:, 3].sum() == 0 and far[:, :, 3].sum() == 0
+    assert not kidney_crop(image, center=(50, 50, 50), size=(2, 2, 2)).any()
+    assert crop_padded(image, (-3, 0, 0), (3, 2, 2)).sum() == 0
+
+
+def test_crop_mask_outside():
+    image = np.full((6, 6, 6), 2.0, dtype=np.float32)
+    label = np.zeros((6, 6, 6), dtype=np.uint8)
+    label[2:4, 2:4, 2:4] = 2  # tumour counts as kidney
+    crop = kidney_crop(image, (3, 3, 3), (4, 4, 4), label=label, mask_outside=True)
+    assert crop.sum() == 2.0 * 8 and crop[1:3, 1:3, 1:3].min() == 2.0
+    assert kidney_crop(image, (3, 3, 3), (4, 4, 4), label=label).sum() == 2.0 * 64  # default: off
+    with pytest.raises(ValueError, match="needs the label"):
+        kidney_crop(image, (3, 3, 3), (4, 4, 4), mask_outside=True)
+
+
+# --- real data -----------------------------------------------------------------------------------
+
+
+def _canonical_mask(path, stride: int = 2) -> tuple[np.ndarray, Geometry]:
+    nib = pytest.importorskip("nibabel")
+    img = nib.load(str(path))
+    array = np.asarray(img.dataobj, dtype=np.uint8)
+    vol, _ = to_canonical(Volume(array, Geometry(img.affine, array.shape)))
+    geometry = vol.geometry
+    if stride > 1:  # in-plane stride keeps the test fast; the affine follows
+        affine = geometry.affine.copy()
+        affine[:3, 1:3] *= stride
+        array = vol.array[:, ::stride, ::stride]
+        geometry = Geometry(affine, array.shape)
+    else:
+        array = vol.array
+    return np.ascontiguousarray(array), geometry
+
+
+def _world_x(geometry: Geometry, center) -> float:
+    return float((geometry.affine @ np.array([*center, 1.0]))[0])
+
+
+def test_real_ct_sides_match_anatomical_labels(real_ct_dir):
+    # example_seg: 2 = right kidney, 3 = left kidney; stored RAS, so reorientation is exercised.
+    seg, geometry = _canonical_mask(real_ct_dir / "example_seg.nii.gz", stride=1)
+    nib = pytest.importorskip("nibabel")
+    ct = nib.load(str(real_ct_dir / "example_ct_sm.nii.gz"))
+    ct_vol, _ = to_canonical(Volume(np.asarray(ct.dataobj, dtype=np.float32), Geometry(ct.affine, ct.shape)))
+    assert geometry.axcodes == ("I", "P", "L")
+    kidneys = np.isin(seg, (2, 3)).astype(np.uint8)
+    for image in (None, ct_vol.array):
+        split = find_split_x(kidneys, image)
+        right_x = np.nonzero(seg == 2)[2]
+        left_x = np.nonzero(seg == 3)[2]
+        assert right_x.max() < split <= left_x.min()
+        locs = locate_kidneys(kidneys, split)
+        assert locs[Side.RIGHT].voxels == int((seg == 2).sum())
+        assert locs[Side.LEFT].voxels == int((seg == 3).sum())
+    # RAS+ world x grows towards the patient's right: the right kidney has the larger world x.
+    assert _world_x(geometry, locs[Side.RIGHT].center) > _world_x(geometry, locs[Side.LEFT].center) + 50
+    assert find_split_x(None, ct_vol.array) == body_midline_x(ct_vol.array)
+
+
+@pytest.mark.parametrize(
+    "case, sides",
+    [
+        ("case_00005", {Side.LEFT}),  # a single kidney
+        ("case_00040", {Side.LEFT, Side.RIGHT}),  # right kidney crosses the image midline
+        ("case_00056", {Side.LEFT, Side.RIGHT}),  # right kidney crosses the image midline
+        ("case_00004", {Side.LEFT, Side.RIGHT}),
+        ("case_00021", {Side.LEFT, Side.RIGHT}),
+    ],
+)
+def test_kits_masks_keep_each_kidney_whole(kits_masks_dir, case, sides):
+    mask, geometry = _canonical_mask(kits_masks_dir / case / "segmentation.nii.gz")
+    split = find_split_x(mask)
+    locs = locate_kidneys(mask, split)
+    assert set(locs) == sides
+    # Every non-speck component lies wholly in one half ...
+    labels, n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    for i in np.nonzero(sizes >= 0.005 * sizes.max())[0]:
+        x = boxes[i][2]
+        assert x.stop <= split or x.start >= split
+    # ... and the halves hold all kidney voxels but specks.
+    assert sum(loc.voxels for loc in locs.values()) >= 0.99 * int((mask > 0).sum())
+    if len(locs) == 2:
+        # Patient-left kidney at larger x; in world RAS+ coordinates at smaller x.
+        assert locs[Side.LEFT].center[2] > locs[Side.RIGHT].center[2]
+        assert _world_x(geometry, locs[Side.LEFT].center) < _world_x(geometry, locs[Side.RIGHT].center)
+    if case in ("case_00040", "case_00056"):
+        width = mask.shape[2]
+        right = locs[Side.RIGHT].bbox[2]
+        assert right[0] < width // 2 < right[1]  # it really crosses the image midline
