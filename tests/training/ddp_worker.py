@@ -1,0 +1,62 @@
+"""Worker for tests/training/test_distributed.py: a few epochs of segmentation training on a tiny
+fixed dataset, run as 1 process (gradient accumulation) or under torchrun (DDP, gloo).
+
+Usage: python ddp_worker.py OUT_JSON ACCUMULATE EPOCHS
+Writes (rank 0): {"losses": [...], "params": [...flattened weights...], "gathered": [...], "world": N}
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main(out: str, accumulate: int, epochs: int) -> None:
+    import torch
+
+    from kidneyssl.config import ModelConfig, SegTrainConfig
+    from kidneyssl.losses import BCEDiceLoss, segmentation_loss
+    from kidneyssl.models import build_segmentation_model
+    from kidneyssl.training.distributed import gather_objects, init_distributed, shard, shutdown_distributed
+    from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
+    from kidneyssl.training.seeding import configure_determinism, seed_everything
+
+    configure_determinism(True, threads=1)
+    ctx = init_distributed("cpu")
+    gen = torch.Generator().manual_seed(0)
+    data = [(torch.randn(1, 16, 16, 16, generator=gen), (torch.rand(1, 16, 16, 16, generator=gen) > 0.7).float())
+            for _ in range(6)]
+    seed_everything(0)
+    model = build_segmentation_model(ModelConfig(init_features=4, growth_rate=4, norm_groups=2, embedding_dim=8,
+                                                 reconstruction=True))
+    train_cfg = SegTrainConfig(epochs=epochs)
+    criterion = BCEDiceLoss(train_cfg.pos_weight)
+    optimizer = build_optimizer(model, 1e-3, 1e-2)
+    net = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
+    losses = []
+    for epoch in range(epochs):
+        def compute(m, item, epoch=epoch):
+            x, y = item
+            loss = segmentation_loss(m(x[None]), x[None], y[None], epoch, epochs, train_cfg, criterion)
+            return loss["total"], {"bce": float(loss["bce"])}, 1
+
+        order = epoch_order(len(data), epoch, 0, ctx)
+        result = train_one_epoch(net, (data[i] for i in order), compute, optimizer, ctx,
+                                 accumulate=accumulate, total=len(order))
+        losses.append(result.loss)
+    # Validation-style gather with uneven shards (5 cases over 2 ranks: 3 + 2) must not hang.
+    gathered = gather_objects([i * 10 for i in shard(list(range(5)), ctx)], ctx)
+    if ctx.is_main:
+        params = torch.cat([p.detach().flatten() for p in model.parameters()]).tolist()
+        with open(out, "w") as fh:
+            json.dump({"losses": losses, "params": params, "gathered": gathered,
+                       "world": ctx.world_size}, fh)
+    shutdown_distributed(ctx)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
