@@ -241,7 +241,15 @@ def test_real_ct_sides_match_anatomical_labels(real_ct_dir):
         assert locs[Side.LEFT].voxels == int((seg == 3).sum())
     # RAS+ world x grows towards the patient's right: the right kidney has the larger world x.
     assert _world_x(geometry, locs[Side.RIGHT].center) > _world_x(geometry, locs[Side.LEFT].center) + 50
-    assert find_split_x(None, ct_vol.array) == body_midline_x(ct_vol.array)
+    # The mask-free plane (inference) separates the kidneys too: on raw HU, and on the windowed
+    # image, where it does not change under z-scoring and zero padding (the preprocessed grid).
+    windowed = np.clip(ct_vol.array, -80, 300)
+    zscored = np.pad((windowed - windowed.mean()) / windowed.std(), ((0, 2), (0, 11), (0, 6)))
+    for image in (ct_vol.array, windowed):
+        mask_free = find_split_x(None, image)
+        assert mask_free == body_midline_x(image)
+        assert np.nonzero(seg == 2)[2].max() < mask_free <= np.nonzero(seg == 3)[2].min()
+    assert find_split_x(None, zscored) == find_split_x(None, windowed)
 
 
 @pytest.mark.parametrize(

@@ -125,6 +125,15 @@ class KidneyPairDataset:
         self.crop_size = tuple(int(c) for c in crop_size)
         self.mask_outside = bool(mask_outside)
         self.items = kidney_items(cache, self.case_ids)
+        # Kidney centres and split planes, read once from the cases' metadata.
+        self._centers: dict[KidneyItem, tuple[int, int, int]] = {}
+        self._split_x: dict[str, int] = {}
+        for cid in dict.fromkeys(c for c, _ in self.items):
+            meta = cache.load(cid, mmap=True).meta
+            self._split_x[cid] = int(meta["split_x"])
+            for side in (Side.RIGHT, Side.LEFT):
+                if side.value in meta["kidneys"]:
+                    self._centers[(cid, side)] = tuple(int(v) for v in meta["kidneys"][side.value]["center"])
         if not self.items:
             raise KidneySSLError(f"no located kidney in the {len(self.case_ids)} cases given for pairs")
         self.epoch = -1
@@ -144,8 +153,9 @@ class KidneyPairDataset:
 
     def crop(self, case_id: str, side: Side) -> np.ndarray:
         """The ``crop_size`` float32 crop of one kidney, as fed to the network."""
+        side = Side(side)
         case = self.cache.load(case_id, mmap=True)
-        center = case.meta["kidneys"][Side(side).value]["center"]
+        center = self._centers[(case_id, side)]
         image = case.image
         if not self.mask_outside:
             return kidney_crop(image, center, self.crop_size).astype(np.float32, copy=False)
@@ -156,7 +166,8 @@ class KidneyPairDataset:
         kidney = crop_padded(case.label, start, self.crop_size) > 0
         # Keep only this side's half: columns x < split_x are the patient-right half.
         x = np.arange(start[LATERAL_AXIS], start[LATERAL_AXIS] + self.crop_size[LATERAL_AXIS])
-        own = x < int(case.meta["split_x"]) if Side(side) is Side.RIGHT else x >= int(case.meta["split_x"])
+        split_x = self._split_x[case_id]
+        own = x < split_x if side is Side.RIGHT else x >= split_x
         kidney &= own[None, None, :]
         crop[~kidney] = 0
         return crop

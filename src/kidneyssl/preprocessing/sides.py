@@ -7,21 +7,25 @@ two halves of each volume cut along the sagittal plane; the proxy task uses one 
 
 Split rule (:func:`find_split_x`):
 
-* **With a mask** (training data): the sagittal plane is chosen so that no kidney is cut. Connected
-  components of ``label > 0`` (26-connectivity; specks smaller than ``min_fraction`` of the largest
-  component are ignored) are scored per candidate plane by the number of voxels a plane would cut
-  off from their component, ``sum_c min(left_c, right_c)``. Among planes that leave kidney tissue on
-  both sides, the one with the fewest cut voxels wins, ties broken by the distance to the reference
-  midline (see below); "both sides" means each side holds the majority of components weighing at
-  least ``min_side_fraction`` of the largest one. So two kidneys are separated in the gap between them closest to the midline,
-  even when one of them crosses the image midline. When no such plane exists (a single kidney), the
-  kidney is assigned to the side of the midline that holds its centroid and the plane is moved the
-  least distance from the midline that keeps it whole on that side.
+* **With a mask** (training data): the sagittal plane is chosen so that no kidney is cut.
+  Connected components of ``label > 0`` (26-connectivity; specks smaller than ``min_fraction`` of
+  the largest component are ignored) are scored per candidate plane by the number of voxels the
+  plane cuts off from their component, ``sum_c min(left_c, right_c)``. Among planes that leave
+  kidney tissue on both sides (each side holds the majority of components weighing at least
+  ``min_side_fraction`` of the largest one), the one with the fewest cut voxels wins, ties broken
+  by the distance to the reference midline (below). So two kidneys are separated in the gap
+  between them closest to the midline, even when one of them crosses the image midline. When no
+  such plane exists (a single kidney), the kidney is assigned to the side of the midline holding
+  its centroid and the plane moves the least distance from the midline that keeps it whole.
 * **Without a mask** (inference): the reference midline itself. With an ``image``, that is the
   body's lateral centre, the median x of the body voxels; body voxels are those above
-  ``lo + 0.25 * (p99 - lo)`` where ``lo`` is the image minimum (the lower HU window clips air and
-  fat to it) and ``p99`` its 99th percentile, exact zeros (zero padding) excluded. Without an image,
-  the image midline ``W // 2``.
+  ``lo + 0.25 * (p99 - lo)`` where ``lo`` is the image minimum and ``p99`` its 99th percentile,
+  exact zeros (zero padding) excluded. On the preprocessed grid (HU window [-80, 300], so air and
+  fat sit at the minimum) that is soft tissue above ~15 HU; the rule is unchanged by z-scoring and
+  zero padding, so ``prepare`` and ``predict`` agree. Without an image: the image midline ``X // 2``.
+
+The mask-free plane is what inference must use; on the real RAS CT in ``../shared/real-ct`` it
+separates the kidneys as well (tests). The masked plane only differs where a kidney would be cut.
 """
 
 from __future__ import annotations
