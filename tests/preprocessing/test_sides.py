@@ -284,3 +284,21 @@ def test_kits_masks_keep_each_kidney_whole(kits_masks_dir, case, sides):
         width = mask.shape[2]
         right = locs[Side.RIGHT].bbox[2]
         assert right[0] < width // 2 < right[1]  # it really crosses the image midline
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])  # seed 0: a phantom with a single (right) kidney
+def test_phantom_sides_match_the_anatomy(seed):
+    phantoms = pytest.importorskip("kidneyssl.phantoms")
+    image, label = phantoms.generate_case(seed, "demo")
+    truth = set(phantoms.sample_anatomy(seed).kidneys)
+    image, _ = to_canonical(image)
+    label, _ = to_canonical(label)
+    windowed = np.clip(image.array, -80, 300)
+    split = find_split_x(label.array, windowed)
+    locs = locate_kidneys(label.array, split)
+    assert set(locs) == truth
+    _whole(label.array, split)
+    # The mask-free plane (what inference uses) keeps the phantom's kidneys on their sides too.
+    mask_free = find_split_x(None, windowed)
+    assert set(locate_kidneys(label.array, mask_free)) == truth
+    _whole(label.array, mask_free)
