@@ -53,3 +53,110 @@ def blob_image() -> np.ndarray:
 @pytest.fixture
 def make_blob_image():
     return two_blob_image
+
+
+# --- scans on disk and checkpoints ------------------------------------------------------------
+
+CANONICAL = ("I", "P", "L")
+
+
+def canonical_affine(spacing) -> np.ndarray:
+    """RAS+ affine of a canonical (I, P, L) array with ``spacing`` (z, y, x) mm."""
+    sz, sy, sx = spacing
+    aff = np.eye(4)
+    aff[:3, :3] = [[0.0, 0.0, -sx], [0.0, -sy, 0.0], [-sz, 0.0, 0.0]]
+    aff[:3, 3] = [40.0, 60.0, 100.0]
+    return aff
+
+
+def reorient(array: np.ndarray, affine: np.ndarray, axcodes) -> tuple[np.ndarray, np.ndarray]:
+    """The same physical image stored with other axis codes (exact: permute and flip)."""
+    from nibabel import orientations as nio
+
+    ornt = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(tuple(axcodes)))
+    out = np.ascontiguousarray(nio.apply_orientation(array, ornt))
+    new_aff = affine @ nio.inv_ornt_aff(ornt, array.shape)
+    assert nio.aff2axcodes(new_aff) == tuple(axcodes)
+    return out, new_aff
+
+
+def kidney_scan(shape=(40, 64, 80), spacing=(2.5, 1.5, 2.0), speck: bool = False, seed: int = 0):
+    """Canonical (Z, Y, X) int16 CT-like scan with two bright 'kidneys', and their mask.
+
+    Right kidney at low x, left at high x (canonical x runs towards patient left).
+    """
+    rng = np.random.default_rng(seed)
+    z, y, x = np.meshgrid(*[np.arange(s) * sp for s, sp in zip(shape, spacing)], indexing="ij")
+    img = rng.normal(-40.0, 15.0, size=shape)
+    mask = np.zeros(shape, np.uint8)
+    extent = [s * sp for s, sp in zip(shape, spacing)]
+    for cx in (0.25 * extent[2], 0.75 * extent[2]):
+        r = ((z - extent[0] / 2) / 22.0) ** 2 + ((y - extent[1] * 0.55) / 16.0) ** 2 + ((x - cx) / 14.0) ** 2
+        mask[r < 1.0] = 1
+    img[mask > 0] = rng.normal(250.0, 15.0, size=int(mask.sum()))
+    if speck:  # a bright 9 mm cube on the patient-right side, apart from the kidney
+        zc, yc = int(0.15 * shape[0]), int(0.2 * shape[1])
+        xc = int(0.35 * shape[2])
+        sl = tuple(slice(c, c + int(round(9.0 / sp))) for c, sp in zip((zc, yc, xc), spacing))
+        img[sl] = 250.0
+    return img.astype(np.int16), mask, canonical_affine(spacing)
+
+
+@pytest.fixture
+def make_kidney_scan():
+    return kidney_scan
+
+
+@pytest.fixture
+def reorient_fn():
+    return reorient
+
+
+class BoxModel(torch.nn.Module):
+    """A 'segmentation model' whose logits are a box filter of the input: meaningful masks
+    (bright blobs) without training. Returns SegmentationOutput like DenseUNet3D."""
+
+    def __init__(self, radius: int = 1, gain: float = 8.0, level: float = 3.0):
+        super().__init__()
+        self.inner = BoxFilterPredictor(radius, gain, level)
+
+    def forward(self, x):
+        from kidneyssl.models import SegmentationOutput
+
+        return SegmentationOutput(self.inner(x))
+
+
+@pytest.fixture
+def box_model() -> BoxModel:
+    return BoxModel()
+
+
+def small_config():
+    """Demo model, coarse preprocessing (small arrays), halves by default."""
+    from kidneyssl.config import PreprocessConfig, load_preset
+    import dataclasses
+
+    cfg = load_preset("demo")
+    return dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0)),
+                               inference=dataclasses.replace(cfg.inference, half_overlap_mm=12.0))
+
+
+@pytest.fixture(scope="session")
+def demo_checkpoint(tmp_path_factory):
+    """A segmentation checkpoint of the demo architecture with random (seeded) weights."""
+    from kidneyssl.config import config_to_dict
+    from kidneyssl.models import build_segmentation_model
+    from kidneyssl.training.checkpoint import save_checkpoint
+
+    cfg = small_config()
+    torch.manual_seed(0)
+    model = build_segmentation_model(cfg.model)  # with the reconstruction branch, as trained
+    path = tmp_path_factory.mktemp("ckpt") / "seg.pt"
+    save_checkpoint(path, kind="segmentation", config=config_to_dict(cfg), model_state=model.state_dict(),
+                    epoch=0)
+    return path
+
+
+@pytest.fixture
+def small_cfg():
+    return small_config()

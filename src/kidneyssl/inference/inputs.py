@@ -1,0 +1,163 @@
+"""What ``predict`` reads: a NIfTI file, a KiTS19-layout folder, a folder of NIfTI files, or
+DICOM series folders; and the output id each scan's prediction is named after.
+
+Naming (the KiTS19 submission format for KiTS cases):
+
+- ``case_XXXXX/imaging.nii.gz`` (or the file itself) -> ``prediction_XXXXX.nii.gz``
+- ``<stem>.nii.gz`` / ``<stem>.nii`` -> ``prediction_<stem>.nii.gz``
+- a DICOM series folder ``<name>/`` -> ``prediction_<name>.nii.gz``
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kidneyssl.errors import DataError
+from kidneyssl.io.geometry import Geometry, Volume
+
+__all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series"]
+
+_CASE_RE = re.compile(r"^case_(\d+)$")
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    """One scan to predict.
+
+    Attributes:
+        name: how the scan is called in messages (e.g. ``case_00012`` or a file name).
+        output_id: the ``XXXXX`` of ``prediction_XXXXX.nii.gz``.
+        path: the NIfTI file or DICOM series folder.
+        kind: ``nifti`` or ``dicom``.
+    """
+
+    name: str
+    output_id: str
+    path: Path
+    kind: str = "nifti"
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return (self.path,)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in _NIFTI:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(_NIFTI) and not path.name.startswith(".")
+
+
+def _dicom_series_ids(folder: Path) -> list[str]:
+    if not any(p.is_file() for p in folder.iterdir()):
+        return []
+    import SimpleITK as sitk
+
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+    except RuntimeError:
+        return []
+
+
+def _nifti_input(path: Path) -> PredictionInput:
+    match = _CASE_RE.match(path.parent.name)
+    if path.name.startswith("imaging.") and match:
+        return PredictionInput(path.parent.name, match.group(1), path)
+    return PredictionInput(path.name, _stem(path), path)
+
+
+def find_inputs(input_path: str | Path) -> list[PredictionInput]:
+    """Scans under ``input_path``, sorted by name.
+
+    A KiTS19 case folder without ``imaging.nii.gz`` is still listed (its read then fails with a
+    DataError, reported for that case alone).
+
+    Raises:
+        DataError: ``input_path`` does not exist, holds no scans, or two scans would be written to
+            the same prediction file.
+    """
+    path = Path(input_path)
+    if _is_nifti(path):
+        return [_nifti_input(path)]
+    if not path.is_dir():
+        raise DataError(path, "input", "a NIfTI file, a KiTS19-layout folder, a folder of NIfTI "
+                        "files or DICOM series", "missing" if not path.exists() else "another kind of file")
+    items: list[PredictionInput] = []
+    if _dicom_series_ids(path):
+        items.append(PredictionInput(path.name, path.name, path, "dicom"))
+    for child in sorted(path.iterdir()):
+        if child.name.startswith("."):
+            continue
+        match = _CASE_RE.match(child.name)
+        if child.is_dir() and match:
+            items.append(PredictionInput(child.name, match.group(1), child / "imaging.nii.gz"))
+        elif _is_nifti(child):
+            items.append(_nifti_input(child))
+        elif child.is_dir() and _dicom_series_ids(child):
+            items.append(PredictionInput(child.name, child.name, child, "dicom"))
+    if not items:
+        raise DataError(path, "input", "NIfTI files, case_XXXXX/imaging.nii.gz or DICOM series",
+                        "no scans")
+    seen: dict[str, str] = {}
+    for item in items:
+        if item.output_id in seen:
+            raise DataError(path, "input names", "one scan per prediction name",
+                            f"{seen[item.output_id]} and {item.name} both map to "
+                            f"prediction_{item.output_id}.nii.gz")
+        seen[item.output_id] = item.name
+    return items
+
+
+def read_dicom_series(folder: str | Path) -> Volume:
+    """The first DICOM series in ``folder`` as a :class:`Volume` (nibabel array order and RAS+
+    affine, as :func:`kidneyssl.io.volumes.read_volume` gives for NIfTI).
+
+    Raises:
+        DataError: no readable 3-D series in the folder.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    ids = _dicom_series_ids(folder) if folder.is_dir() else []
+    if not ids:
+        raise DataError(folder, "dicom", "a folder holding a DICOM series", "no series")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        lines = str(err).strip().splitlines()
+        raise DataError(folder, "dicom", "a readable DICOM series",
+                        lines[-1][:200] if lines else "unreadable") from None
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(folder, "dimensions", "a 3-D scalar image", f"size {image.GetSize()}")
+    # SimpleITK: index (i, j, k), LPS world, array returned as (k, j, i). nibabel: array (i, j, k),
+    # RAS world. Same conversion as kidneyssl.io.volumes does for NIfTI (its helper is private).
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine[:3, :3] = lps_to_ras @ direction @ np.diag(np.asarray(image.GetSpacing(), dtype=np.float64))
+    affine[:3, 3] = lps_to_ras @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise DataError(folder, "values", "finite intensities", "NaN or infinite voxels")
+    return Volume(array, Geometry(affine=affine, shape=array.shape))
+
+
+def read_input(item: PredictionInput) -> Volume:
+    """Read one scan (NIfTI through :func:`kidneyssl.io.volumes.read_volume`, or DICOM)."""
+    if item.kind == "dicom":
+        return read_dicom_series(item.path)
+    from kidneyssl.io.volumes import read_volume
+
+    return read_volume(item.path)

@@ -1,0 +1,299 @@
+"""Segment kidneys in new scans with a trained checkpoint, and write masks on the input's grid.
+
+The pipeline of one scan (``predict_volume``), every stage timed:
+
+1. **preprocess** exactly as at training, with the ``PreprocessConfig`` stored in the checkpoint
+   (canonical orientation, resampling, HU window, z-score, padding);
+2. **infer** sigmoid probabilities on that grid (:func:`~kidneyssl.inference.infer_volume`: two
+   lateral halves when they fit the memory budget, else a Gaussian-blended sliding window);
+3. **postprocess** on the same canonical grid: threshold, keep the largest connected component on
+   each side of the lateral split plane, and zero the probabilities outside a one-voxel margin of
+   the kept components (so the mask on the original grid holds no other components, while the
+   kept kidneys' interpolated boundaries are untouched: a trilinear stencil touching a kept
+   component lies entirely inside that margin);
+4. **restore** the probabilities to the original file's grid with trilinear interpolation
+   (``PreprocessRecord.restore``) and threshold there, so the mask has the original resolution
+   rather than the network grid's staircase;
+5. **write** ``prediction_<id>.nii.gz`` (uint8) with exactly the input's shape and affine.
+
+``predict_path`` does this for a NIfTI file, a KiTS19-layout folder, a folder of NIfTI files or
+DICOM series folders; one bad file is reported and the others go on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from kidneyssl.config import ConfigError, ExperimentConfig, InferenceConfig, config_from_dict
+from kidneyssl.errors import CheckpointError, DataError, KidneySSLError
+from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
+from kidneyssl.io.geometry import Geometry, Volume
+
+__all__ = [
+    "PredictionResult",
+    "PredictSummary",
+    "load_model",
+    "predict_volume",
+    "predict_path",
+]
+
+log = logging.getLogger(__name__)
+
+ProbabilityFormat = Literal["float32", "uint8"]
+
+
+@dataclass
+class PredictionResult:
+    """Prediction of one scan, on the ORIGINAL file's grid.
+
+    Attributes:
+        mask: uint8 kidney mask, same shape (and array layout) as the input file.
+        geometry: the input's geometry (write the mask with it).
+        probabilities: float32 kidney probabilities on the same grid (after largest-component
+            filtering when that is on), or ``None`` unless requested.
+        timings: seconds per stage (``preprocess``, ``infer``, ``postprocess``, ``restore``).
+        strategy: ``halves``, ``sliding`` or ``whole``.
+        split_x: lateral split plane on the preprocessed grid.
+    """
+
+    mask: np.ndarray
+    geometry: Geometry
+    probabilities: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    strategy: str = ""
+    split_x: int = 0
+
+
+@dataclass
+class PredictSummary:
+    """Outcome of :func:`predict_path`: written masks, per-case failures, per-case timings."""
+
+    written: dict[str, Path] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def load_model(checkpoint_path: str | Path, device: Any = "cpu") -> tuple[Any, ExperimentConfig]:
+    """Rebuild the segmentation network of a checkpoint, in ``eval()`` mode on ``device``.
+
+    The reconstruction branch (training only) is not built; its weights are ignored.
+
+    Raises:
+        CheckpointError: missing/unreadable file, another checkpoint format, a siamese checkpoint,
+            a config this version cannot read, or weights that do not fit the architecture (the
+            message names the offending keys).
+    """
+    import torch
+
+    from kidneyssl.models import build_segmentation_model
+    from kidneyssl.training.checkpoint import load_checkpoint
+
+    path = Path(checkpoint_path)
+    payload = load_checkpoint(path, kind="segmentation")
+    try:
+        cfg = config_from_dict(ExperimentConfig, payload["config"])
+    except (ConfigError, TypeError) as err:
+        raise CheckpointError(
+            f"{path}: its config cannot be read by this kidneyssl "
+            f"(written by kidneyssl {payload.get('kidneyssl_version', '?')}): {err}") from None
+    model = build_segmentation_model(cfg.model, reconstruction=False)
+    state = {k: v for k, v in payload["model_state"].items() if not k.startswith("reconstruction.")}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]  # in module order: encoder first
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected
+             if k in state and tuple(expected[k].shape) != tuple(getattr(state[k], "shape", ()))]
+    if missing or unexpected or wrong:
+        parts = []
+        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
+            if keys:
+                shown = ", ".join(
+                    f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
+                    if name == "shape mismatch" else k for k in keys[:5])
+                parts.append(f"{len(keys)} {name}: {shown}{', ...' if len(keys) > 5 else ''}")
+        raise CheckpointError(
+            f"{path}: weights do not fit the architecture in its config "
+            f"(kidneyssl {payload.get('kidneyssl_version', '?')}): " + "; ".join(parts))
+    model.load_state_dict(state, strict=True)
+    model.eval().to(torch.device(device))
+    return model, cfg
+
+
+def _dilate_keep_zone(keep: np.ndarray) -> np.ndarray:
+    """``keep`` dilated by one voxel (26-neighbourhood), computed on its bounding box."""
+    from scipy import ndimage
+
+    from kidneyssl.inference.postprocess import bounding_box
+
+    zone = np.zeros(keep.shape, dtype=bool)
+    box = bounding_box(keep)
+    if box is None:
+        return zone
+    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, keep.shape))
+    zone[grown] = ndimage.binary_dilation(keep[grown] > 0, structure=np.ones((3, 3, 3), bool))
+    return zone
+
+
+def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",
+                   sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
+                   strategy: str = "auto", progress: bool = False) -> PredictionResult:
+    """Kidney mask (and optionally probabilities) of ``volume`` on its own grid.
+
+    Args:
+        model: segmentation network in eval mode (returns ``SegmentationOutput``), on
+            ``sw_device or device``.
+        volume: the scan as read from disk (any orientation and spacing).
+        cfg: the checkpoint's config; ``cfg.preprocess`` and ``cfg.inference`` are used.
+        device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
+        keep_probabilities: also return float32 probabilities on the original grid.
+        bf16: bfloat16 autocast for the network.
+        strategy: ``auto``, ``halves``, ``sliding`` or ``whole`` (see ``infer_volume``).
+    """
+    from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
+    from kidneyssl.inference.sliding_window import choose_strategy, estimate_bytes_per_voxel, infer_volume
+    from kidneyssl.preprocessing.pipeline import preprocess_image
+    from kidneyssl.preprocessing.sides import find_split_x
+
+    icfg: InferenceConfig = cfg.inference
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    image, record = preprocess_image(volume, cfg.preprocess)
+    split_x = int(find_split_x(None, image))
+    timings["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    spacing = tuple(float(s) for s in record.spacing_mm)
+    bpv = estimate_bytes_per_voxel(cfg.model)
+    chosen = choose_strategy(image.shape, split_x, icfg, spacing[2], bpv, strategy)  # type: ignore[arg-type]
+    prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
+                        sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=chosen,
+                        bytes_per_voxel=bpv, bf16=bf16)
+    del image
+    timings["infer"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    if icfg.largest_component:
+        keep = largest_component_per_side(threshold_probabilities(prob, icfg.threshold), split_x)
+        prob[~_dilate_keep_zone(keep)] = 0.0
+        del keep
+    timings["postprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    restored = record.restore(prob, order="linear")
+    del prob
+    mask = threshold_probabilities(restored, icfg.threshold)
+    timings["restore"] = time.perf_counter() - t0
+    if tuple(mask.shape) != volume.geometry.shape:  # the data layer's contract; fail loudly if broken
+        raise RuntimeError(f"restored mask shape {mask.shape} differs from the input's {volume.geometry.shape}")
+    probabilities = np.asarray(restored, dtype=np.float32) if keep_probabilities else None
+    del restored
+    return PredictionResult(mask=mask, geometry=volume.geometry, probabilities=probabilities,
+                            timings=timings, strategy=chosen, split_x=split_x)
+
+
+def _write_outputs(result: PredictionResult, item: PredictionInput, out_dir: Path,
+                   probability_format: ProbabilityFormat | None) -> Path:
+    from kidneyssl.io.volumes import write_mask, write_volume
+
+    out = out_dir / f"prediction_{item.output_id}.nii.gz"
+    write_mask(result.mask, out, like=result.geometry)
+    if probability_format is not None and result.probabilities is not None:
+        prob = result.probabilities
+        if probability_format == "uint8":  # 0..255 = probability * 255, rounded
+            prob = np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
+        write_volume(prob, result.geometry, out_dir / f"probability_{item.output_id}.nii.gz")
+    return out
+
+
+def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | Path, *,
+                 device: str = "cpu", sw_device: str | None = None, threads: int | None = None,
+                 tta: bool | None = None, largest_component: bool | None = None,
+                 memory_budget_mb: int | None = None, bf16: bool = False,
+                 save_probabilities: bool = False, probability_format: ProbabilityFormat = "float32",
+                 strategy: str = "auto") -> PredictSummary:
+    """Predict every scan under ``input_path`` and write ``prediction_<id>.nii.gz`` to ``out_dir``.
+
+    Args:
+        model_path: a segmentation checkpoint (its config rebuilds model and preprocessing).
+        input_path: a NIfTI file, a KiTS19-layout folder (``case_XXXXX/imaging.nii.gz`` ->
+            ``prediction_XXXXX.nii.gz``), a folder of NIfTI files (``<stem>.nii.gz`` ->
+            ``prediction_<stem>.nii.gz``) or of DICOM series folders (``<folder>`` ->
+            ``prediction_<folder>.nii.gz``), or one DICOM series folder.
+        threads: ``torch.set_num_threads`` (logged at start); ``None`` leaves torch's default.
+        tta, largest_component, memory_budget_mb: override the checkpoint's ``InferenceConfig``.
+        save_probabilities: also write ``probability_<id>.nii.gz`` (``probability_format``
+            float32, or uint8 = round(255 * p)).
+
+    Returns:
+        :class:`PredictSummary`; ``summary.failed`` maps an input to its error message. A summary
+        ``predict_summary.json`` is written to ``out_dir`` as well.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be used (nothing is predicted).
+        DataError: ``input_path`` holds no scans.
+    """
+    import torch
+
+    from kidneyssl.io.atomic import atomic_write_json
+    from kidneyssl.progress import progress
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    log.info("kidneyssl predict: %d torch threads, device %s%s", torch.get_num_threads(), device,
+             f" (windows on {sw_device})" if sw_device else "")
+    model, cfg = load_model(model_path, sw_device or device)
+    overrides = {k: v for k, v in (("tta_flip", tta), ("largest_component", largest_component),
+                                   ("memory_budget_mb", memory_budget_mb)) if v is not None}
+    if overrides:
+        cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, **overrides))
+    items = find_inputs(input_path)
+    out_dir = Path(out_dir)
+    inputs = {p.resolve() for it in items for p in it.paths}
+    summary = PredictSummary()
+    for item in progress(items, desc="predict", unit="case"):
+        t_case = time.perf_counter()
+        try:
+            target = (out_dir / f"prediction_{item.output_id}.nii.gz").resolve()
+            if target in inputs:
+                raise DataError(target, "output", "an output path that is not an input",
+                                "the input itself", hint="choose another --out folder")
+            t0 = time.perf_counter()
+            volume = read_input(item)
+            read_s = time.perf_counter() - t0
+            result = predict_volume(model, volume, cfg, device=device, sw_device=sw_device,
+                                    keep_probabilities=save_probabilities, bf16=bf16, strategy=strategy)
+            del volume
+            t0 = time.perf_counter()
+            written = _write_outputs(result, item, out_dir, probability_format if save_probabilities else None)
+            result.timings = {"read": read_s, **result.timings, "write": time.perf_counter() - t0,
+                              "total": time.perf_counter() - t_case}
+            summary.written[item.name] = written
+            summary.timings[item.name] = result.timings
+            log.debug("%s: %s (%s, split_x=%d) %s", item.name, written, result.strategy, result.split_x,
+                      {k: round(v, 2) for k, v in result.timings.items()})
+        except KidneySSLError as err:
+            summary.failed[item.name] = str(err)
+            log.error("%s: %s", item.name, err)
+        except (OSError, ValueError, RuntimeError, MemoryError) as err:
+            summary.failed[item.name] = f"{type(err).__name__}: {err}"
+            log.error("%s: unexpected %s: %s", item.name, type(err).__name__, err)
+            log.debug("traceback", exc_info=True)
+    atomic_write_json(out_dir / "predict_summary.json", {
+        "model": str(model_path), "input": str(input_path),
+        "written": {k: str(v) for k, v in summary.written.items()},
+        "failed": summary.failed, "timings_s": summary.timings,
+    })
+    log.info("predicted %d of %d scans into %s%s", len(summary.written), len(items), out_dir,
+             f"; {len(summary.failed)} failed: {', '.join(summary.failed)}" if summary.failed else "")
+    return summary
