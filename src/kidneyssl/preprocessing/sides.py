@@ -115,7 +115,7 @@ def body_midline_x(image: np.ndarray) -> int:
     if total == 0:
         return width // 2
     # Median column: the first x at which the cumulative count reaches half of the body.
-    return int(np.searchsorted(np.cumsum(counts), (total + 1) / 2)) + 0
+    return int(np.searchsorted(np.cumsum(counts), (total + 1) / 2))
 
 
 def _nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
