@@ -78,6 +78,7 @@ class PredictSummary:
     written: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    strategies: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -280,6 +281,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
                               "total": time.perf_counter() - t_case}
             summary.written[item.name] = written
             summary.timings[item.name] = result.timings
+            summary.strategies[item.name] = result.strategy
             log.debug("%s: %s (%s, split_x=%d) %s", item.name, written, result.strategy, result.split_x,
                       {k: round(v, 2) for k, v in result.timings.items()})
         except KidneySSLError as err:
@@ -292,7 +294,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     atomic_write_json(out_dir / "predict_summary.json", {
         "model": str(model_path), "input": str(input_path),
         "written": {k: str(v) for k, v in summary.written.items()},
-        "failed": summary.failed, "timings_s": summary.timings,
+        "failed": summary.failed, "strategy": summary.strategies, "timings_s": summary.timings,
     })
     log.info("predicted %d of %d scans into %s%s", len(summary.written), len(items), out_dir,
              f"; {len(summary.failed)} failed: {', '.join(summary.failed)}" if summary.failed else "")
