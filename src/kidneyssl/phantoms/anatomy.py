@@ -141,7 +141,7 @@ def _kidney(rng: np.random.Generator, side: Side, level_u: float, lateral: float
     m0 = np.cos(hilum) * medial - np.sin(hilum) * _POSTERIOR
     t_axis = _unit(m0 - (m0 @ s_axis) * s_axis)
     r_axis = np.cross(s_axis, t_axis)
-    half = np.array([length / 2.0, rng.normal(29.0, 2.5) * width_scale, rng.normal(23.0, 2.0) * width_scale])
+    half = np.array([length / 2.0, rng.normal(32.0, 2.5) * width_scale, rng.normal(25.0, 2.0) * width_scale])
     center = np.array([level_u, spine_v + rng.normal(3.0, 6.0), sign * lateral])
     cortex_hu, medulla_hu = phase
     hump = float(rng.uniform(0.15, 0.3)) if side is Side.LEFT and rng.random() < 0.25 else 0.0

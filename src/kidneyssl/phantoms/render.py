@@ -212,7 +212,7 @@ def render_hu(anat: PhantomAnatomy, grid: Grid) -> tuple[np.ndarray, np.ndarray]
     canal = _ellipse2d(grid, canal_c, 0.0, 8.5, 10.0)
     arch = _ellipse2d(grid, canal_c + 1.0, 0.0, 15.0, 16.0) & ~canal & (v2 > canal_c - 6.0)
     spinous = (np.abs(w2) < 3.5) & (v2 > canal_c) & (v2 < canal_c + 38.0)
-    transverse = (np.abs(w2) < 48.0) & (np.abs(v2 - canal_c + 6.0) < 4.0)
+    transverse = (np.abs(w2) < 42.0) & (np.abs(v2 - canal_c + 6.0) < 3.0)
     phase = (u - p["vertebra_phase"]) % 34.0
     bone_rows = phase >= 7.0  # 27 mm vertebral bodies, 7 mm discs
     _paint_rows(img, ~bone_rows, vb, 85.0)
