@@ -1,0 +1,253 @@
+"""Read and write NIfTI volumes with their geometry (nibabel's RAS+ affine convention).
+
+Reading goes through SimpleITK, which decompresses a KiTS-size ``.nii.gz`` about 2-3x faster than
+nibabel. This module is the only place that knows SimpleITK's conventions: its direction/origin
+are LPS and its index order is (x, y, z) with the array returned as (z, y, x). We convert them once
+so that :func:`read_volume` returns exactly what ``nibabel.load(path)`` would give: the same array
+axis order (a transposed, zero-copy view of SimpleITK's buffer) and the same RAS+ affine.
+
+SimpleITK (ITK's zlib reader) does **not** notice a truncated or corrupted gzip stream: it returns
+zero-filled or garbled voxels without an error. So every ``.nii.gz`` read is verified against the
+CRC-32 and length stored in the gzip trailer (hashing the decompressed bytes costs ~0.05 s for a
+300 x 512 x 512 int16 volume); anything unusual falls back to a full streaming check with zlib.
+
+Writing uses nibabel (explicit sform and qform from one affine, gzip level 1) through an atomic
+temporary file, and the result reads back identically with nibabel and SimpleITK.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from kidneyssl.errors import DataError
+from kidneyssl.io.atomic import atomic_path
+from kidneyssl.io.geometry import Geometry, Volume
+
+__all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "NIFTI_SUFFIXES"]
+
+log = logging.getLogger(__name__)
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _sitk():
+    import SimpleITK as sitk
+
+    return sitk
+
+
+def _affine_from_sitk(direction: tuple[float, ...], spacing: tuple[float, ...],
+                      origin: tuple[float, ...]) -> np.ndarray:
+    """nibabel RAS+ affine from SimpleITK's LPS direction (row-major 3x3), spacing and origin.
+
+    SimpleITK's index (i, j, k) is nibabel's array index, so the columns of ``direction @ diag
+    (spacing)`` are the world steps of nibabel's array axes 0, 1, 2; only LPS -> RAS flips x and y.
+    """
+    direction_m = np.asarray(direction, dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ direction_m @ np.diag(np.asarray(spacing, dtype=np.float64))
+    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(path, "file", "an existing NIfTI file", "missing" if not path.exists()
+                        else "not a regular file")
+
+
+def read_geometry(path: str | Path) -> Geometry:
+    """The :class:`Geometry` of a NIfTI file from its header only (no voxel data is read).
+
+    Raises:
+        DataError: missing file, unreadable header, or not a 3-D scalar image.
+    """
+    path = Path(path)
+    _check_exists(path)
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise DataError(path, "header", "a readable NIfTI header", "unreadable file",
+                        hint=_short(err)) from None
+    dims = _header_dims(reader)
+    if len(dims) != 3 or reader.GetNumberOfComponents() != 1:
+        raise DataError(path, "dimensions", "a 3-D scalar image", f"shape {tuple(dims)}"
+                        + (f" with {reader.GetNumberOfComponents()} components"
+                           if reader.GetNumberOfComponents() != 1 else ""))
+    affine = _affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    return Geometry(affine=affine, shape=tuple(int(s) for s in reader.GetSize()))  # type: ignore[arg-type]
+
+
+def _header_dims(reader) -> list[int]:
+    """The NIfTI ``dim`` field (SimpleITK silently drops trailing axes in some cases)."""
+    try:
+        ndim = int(reader.GetMetaData("dim[0]"))
+        return [int(reader.GetMetaData(f"dim[{i}]")) for i in range(1, ndim + 1)]
+    except RuntimeError:  # not a NIfTI file (no such key): trust SimpleITK's size
+        return [int(s) for s in reader.GetSize()]
+
+
+def _short(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[-1][:200] if text else type(err).__name__
+
+
+class _ImageBuffer:
+    """Exposes a SimpleITK image's pixel buffer to numpy and keeps the image alive with it."""
+
+    def __init__(self, image) -> None:
+        sitk = _sitk()
+        self._image = image
+        view = sitk.GetArrayViewFromImage(image)
+        interface = dict(view.__array_interface__)
+        interface["data"] = (interface["data"][0], False)  # we own the image: allow writes
+        self.__array_interface__ = interface
+
+
+def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool) -> None:
+    """Raise DataError when the gzip stream of ``path`` is truncated or corrupt.
+
+    Fast path: CRC-32 of (header bytes + the decoded voxel bytes) against the gzip trailer.
+    Otherwise (multi-member gzip, scaled data, odd byte order) decompress the stream with zlib.
+    """
+    with open(path, "rb") as fh:
+        fh.seek(-8, 2)
+        crc_stored, size_stored = struct.unpack("<II", fh.read(8))
+    if fast_ok and data.flags.c_contiguous:
+        expected_size = (vox_offset + data.nbytes) & 0xFFFFFFFF
+        if expected_size == size_stored:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(vox_offset)
+            crc = zlib.crc32(memoryview(data).cast("B"), zlib.crc32(head))
+            if crc == crc_stored:
+                return
+    # Slow path: stream the whole file through zlib (checks every member's CRC and length).
+    try:
+        with gzip.open(path, "rb") as fh:
+            total = 0
+            while chunk := fh.read(1 << 24):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(path, "gzip", "an intact gzip stream", "corrupt or truncated data",
+                        hint=_short(err)) from None
+    if total < vox_offset + data.nbytes:
+        raise DataError(path, "gzip", f"{vox_offset + data.nbytes} decompressed bytes",
+                        f"{total}")
+
+
+def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
+    """Read a 3-D NIfTI image as a :class:`Volume` (array in nibabel's axis order, RAS+ affine).
+
+    The array has the file's stored data type (scaled to float if the header has a slope) and
+    equals ``np.asanyarray(nibabel.load(path).dataobj)``; it is a (Fortran-ordered) transposed
+    view of SimpleITK's buffer, like nibabel's own arrays.
+
+    Args:
+        path: ``.nii`` or ``.nii.gz`` file.
+        check_nan: reject floating-point data containing NaN.
+
+    Raises:
+        DataError: missing file, unreadable header, corrupt/truncated gzip, not a 3-D scalar
+            image, or NaN voxels. The message names the file.
+    """
+    path = Path(path)
+    geometry = read_geometry(path)  # existence, header and 3-D checks
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        image = reader.Execute()
+    except RuntimeError as err:
+        raise DataError(path, "data", "readable voxel data", "unreadable file",
+                        hint=_short(err)) from None
+    buffer = np.asarray(_ImageBuffer(image))  # (z, y, x) = nibabel order reversed
+    if buffer.shape[::-1] != geometry.shape:
+        raise DataError(path, "shape", f"{geometry.shape}", f"{buffer.shape[::-1]} voxels read")
+    if path.name.endswith(".gz"):
+        fast_ok = (_meta_float(image, "scl_slope", 1.0) in (0.0, 1.0)
+                   and _meta_float(image, "scl_inter", 0.0) == 0.0
+                   and buffer.dtype.byteorder in ("=", "|", "<"))
+        _verify_gzip(path, buffer, int(_meta_float(image, "vox_offset", 352.0)), fast_ok)
+    else:
+        expected = int(_meta_float(image, "vox_offset", 352.0)) + buffer.nbytes
+        if path.stat().st_size < expected:
+            raise DataError(path, "size", f"at least {expected} bytes", f"{path.stat().st_size}")
+    array = buffer.transpose(2, 1, 0)
+    if check_nan and np.issubdtype(array.dtype, np.floating) and buffer.size and np.isnan(buffer.min()):
+        raise DataError(path, "values", "no NaN voxels", f"{int(np.isnan(buffer).sum())} NaN voxels")
+    return Volume(array, geometry)
+
+
+def _meta_float(image, key: str, default: float) -> float:
+    try:
+        return float(image.GetMetaData(key))
+    except (RuntimeError, ValueError):
+        return default
+
+
+def _nifti_suffix(path: Path) -> str:
+    for suffix in NIFTI_SUFFIXES:
+        if path.name.endswith(suffix):
+            return suffix
+    raise ValueError(f"{path}: output must end with .nii.gz or .nii")
+
+
+def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write ``array`` with ``geometry`` as NIfTI (``.nii.gz`` or ``.nii``), atomically.
+
+    The stored data type is ``array``'s. sform and qform both encode ``geometry.affine`` (code 1,
+    scanner), so nibabel and SimpleITK read back the same affine.
+
+    Raises:
+        ValueError: ``array``'s shape differs from ``geometry.shape``, or a bad file suffix.
+    """
+    import nibabel as nib
+
+    path = Path(path)
+    suffix = _nifti_suffix(path)
+    array = np.asarray(array)
+    if tuple(array.shape) != geometry.shape:
+        raise ValueError(f"{path}: array shape {array.shape} differs from geometry shape "
+                         f"{geometry.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = nib.Nifti1Image(array, geometry.affine)
+    image.set_sform(geometry.affine, code=1)
+    image.set_qform(geometry.affine, code=1)
+    image.header.set_data_dtype(array.dtype)
+    image.header.set_xyzt_units("mm")
+    with atomic_path(path, suffix=suffix) as tmp:
+        nib.save(image, tmp)
+    return path
+
+
+def write_mask(mask: np.ndarray, path: str | Path, like: Geometry) -> Path:
+    """Write a label mask (uint8) on the grid ``like`` (e.g. the input scan's geometry).
+
+    Raises:
+        ValueError: the mask's shape differs from ``like.shape`` or its values do not fit uint8
+            integers (0..255).
+    """
+    mask = np.asarray(mask)
+    if tuple(mask.shape) != like.shape:
+        raise ValueError(f"{path}: mask shape {mask.shape} differs from the reference grid "
+                         f"{like.shape}; map predictions back with PreprocessRecord.restore first")
+    if mask.dtype != np.uint8:
+        if mask.dtype != bool:
+            lo, hi = (mask.min(), mask.max()) if mask.size else (0, 0)
+            if lo < 0 or hi > 255 or (np.issubdtype(mask.dtype, np.floating)
+                                      and not np.array_equal(mask, np.round(mask))):
+                raise ValueError(f"{path}: mask values must be integers in 0..255, "
+                                 f"found range [{lo}, {hi}]")
+        mask = mask.astype(np.uint8)
+    return write_volume(mask, like, path)
