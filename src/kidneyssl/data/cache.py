@@ -1,0 +1,373 @@
+"""The preprocessed, memory-mappable dataset cache written by ``kidneyssl prepare``.
+
+Layout::
+
+    CACHE/cache.json              {"format_version", "kidneyssl_version", "preprocess", "cases", ...}
+    CACHE/case_XXXXX/image.npy    float32 (Z, Y, X), preprocessed and padded (canonical I, P, L)
+    CACHE/case_XXXXX/label.npy    uint8, same grid (absent for unannotated cases)
+    CACHE/case_XXXXX/meta.json    {"case_id", "record", "split_x", "kidneys", "preprocess", ...}
+
+Every file is written to a temporary name and renamed; ``meta.json`` is written last, so a case
+counts as done only when all of its files are complete, and a killed run is simply re-run.
+``cache.json`` is written at the end. A case is skipped when its ``meta.json`` records the same
+preprocessing config and the same input files (size and modification time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import time
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kidneyssl.config import PreprocessConfig, config_from_dict, config_to_dict
+from kidneyssl.errors import DataError, KidneySSLError
+from kidneyssl.io.atomic import atomic_path, atomic_write_json
+from kidneyssl.io.kits19 import Case, find_cases, load_case
+from kidneyssl.progress import progress
+
+__all__ = [
+    "FORMAT_VERSION",
+    "CachedCase",
+    "Cache",
+    "PrepareSummary",
+    "open_cache",
+    "prepare_dataset",
+    "prepare_case",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CACHE_JSON = "cache.json"
+META_JSON = "meta.json"
+IMAGE_NPY = "image.npy"
+LABEL_NPY = "label.npy"
+
+
+@dataclass
+class CachedCase:
+    """One cached case: arrays (read-only memory maps by default) and its ``meta.json``."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray | None
+    meta: dict[str, Any]
+
+    @property
+    def record(self):
+        """The :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord` (to restore outputs)."""
+        from kidneyssl.preprocessing.pipeline import PreprocessRecord
+
+        return PreprocessRecord.from_dict(self.meta["record"])
+
+
+class Cache:
+    """A prepared cache folder (use :func:`open_cache`)."""
+
+    def __init__(self, root: Path, info: dict[str, Any]) -> None:
+        self.root = root
+        self.info = info
+        self.preprocess: PreprocessConfig = config_from_dict(PreprocessConfig, info["preprocess"],
+                                                              "preprocess")
+        self.case_ids: list[str] = [str(c) for c in info["cases"]]
+
+    def __len__(self) -> int:
+        return len(self.case_ids)
+
+    def __contains__(self, case_id: object) -> bool:
+        return case_id in self.case_ids
+
+    def load(self, case_id: str, mmap: bool = True) -> CachedCase:
+        """Arrays and metadata of ``case_id`` (``mmap=True``: read-only memory maps)."""
+        if case_id not in self.case_ids:
+            raise KidneySSLError(f"{self.root}: case {case_id!r} is not in this cache")
+        folder = self.root / case_id
+        meta_path = folder / META_JSON
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(meta_path, "meta", "a readable meta.json", f"{type(err).__name__}",
+                            hint="re-run kidneyssl prepare") from None
+        mode = "r" if mmap else None
+        image = _load_npy(folder / IMAGE_NPY, mode)
+        label = _load_npy(folder / LABEL_NPY, mode) if meta.get("has_label") else None
+        shape = tuple(meta["shape"])
+        for name, arr in (("image", image), ("label", label)):
+            if arr is not None and tuple(arr.shape) != shape:
+                raise DataError(folder / f"{name}.npy", "shape", str(shape), str(tuple(arr.shape)),
+                                hint="re-run kidneyssl prepare --force")
+        return CachedCase(case_id, image, label, meta)
+
+    def __repr__(self) -> str:
+        return f"Cache({self.root}, {len(self)} cases, spacing_mm={self.preprocess.spacing_mm})"
+
+
+def _load_npy(path: Path, mode: str | None) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mode)  # type: ignore[arg-type]
+    except (OSError, ValueError) as err:
+        raise DataError(path, "array", "a readable .npy file", type(err).__name__,
+                        hint="re-run kidneyssl prepare") from None
+
+
+def _config_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    keys = sorted(set(found) | set(expected))
+    return [f"{k}: cache {found.get(k)!r} vs expected {expected.get(k)!r}"
+            for k in keys if found.get(k) != expected.get(k)]
+
+
+def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None) -> Cache:
+    """Open a cache made by :func:`prepare_dataset`.
+
+    Raises:
+        KidneySSLError: no ``cache.json``, another format version, or (with ``expected``) the
+            cache was prepared with another preprocessing config; the message names the keys.
+    """
+    root = Path(cache_dir)
+    path = root / CACHE_JSON
+    if not path.is_file():
+        raise DataError(path, "cache", "a kidneyssl cache (cache.json)", "missing",
+                        hint="run `kidneyssl prepare --data DIR --out CACHE` first")
+    try:
+        info = json.loads(path.read_text())
+    except ValueError as err:
+        raise DataError(path, "cache", "valid JSON", f"{err}") from None
+    if info.get("format_version") != FORMAT_VERSION:
+        raise DataError(path, "format_version", str(FORMAT_VERSION), str(info.get("format_version")),
+                        hint="re-run kidneyssl prepare --force")
+    if expected is not None:
+        diff = _config_diff(info.get("preprocess", {}), config_to_dict(expected))
+        if diff:
+            raise KidneySSLError(
+                f"{root}: cache was prepared with another preprocessing config ("
+                + "; ".join(diff) + "); re-run `kidneyssl prepare` with this config or point "
+                "to a matching cache")
+    return Cache(root, info)
+
+
+@dataclass
+class PrepareSummary:
+    """Outcome of :func:`prepare_dataset`: prepared, skipped (already done) and failed cases."""
+
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def cases(self) -> list[str]:
+        """Cases usable from the cache (prepared now or before)."""
+        return sorted(self.ok + self.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": sorted(self.ok), "skipped": sorted(self.skipped),
+                "failed": dict(sorted(self.failed.items())), "seconds": round(self.seconds, 2)}
+
+    def __str__(self) -> str:
+        return (f"{len(self.ok)} prepared, {len(self.skipped)} skipped (already done), "
+                f"{len(self.failed)} failed in {self.seconds:.1f} s")
+
+
+def _fingerprint(case: Case) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, path in (("imaging", case.imaging), ("segmentation", case.segmentation)):
+        if path is not None:
+            st = path.stat()
+            out[key] = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return out
+
+
+def _is_done(case: Case, folder: Path, cfg_dict: dict[str, Any]) -> bool:
+    try:
+        meta = json.loads((folder / META_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("preprocess") != cfg_dict:
+        return False
+    if meta.get("source") != _fingerprint(case):
+        return False
+    needed = [IMAGE_NPY] + ([LABEL_NPY] if meta.get("has_label") else [])
+    return all((folder / name).is_file() for name in needed)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path, suffix=".npy") as tmp:
+        np.save(tmp, np.ascontiguousarray(array))
+
+
+def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
+                 threads: int | None = None) -> tuple[str, str, list[str]]:
+    """Check, preprocess and cache one case (the worker function; spawn-safe, picklable args).
+
+    Returns:
+        (case_id, status ``ok`` or ``failed``, reasons).
+    """
+    from kidneyssl.preprocessing.pipeline import preprocess_image, preprocess_label
+    from kidneyssl.preprocessing.sides import find_split_x, locate_kidneys
+
+    start = time.perf_counter()
+    cfg = config_from_dict(PreprocessConfig, cfg_dict, "preprocess")
+    folder = Path(cache_dir) / case.case_id
+    try:
+        image, label, errors = load_case(case)
+        if errors:
+            return case.case_id, "failed", [str(e) for e in errors]
+        assert image is not None
+        array, record = preprocess_image(image, cfg, threads=threads)
+        del image
+        mask = preprocess_label(label, record, cfg, threads=threads) if label is not None else None
+        del label
+        split_x = find_split_x(mask, array)
+        kidneys = locate_kidneys(mask, split_x) if mask is not None else {}
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / META_JSON).unlink(missing_ok=True)  # the case is "not done" until meta is back
+        _save_npy(folder / IMAGE_NPY, array)
+        if mask is not None:
+            _save_npy(folder / LABEL_NPY, mask)
+        else:
+            (folder / LABEL_NPY).unlink(missing_ok=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "case_id": case.case_id,
+            "record": record.to_dict(),
+            "shape": list(array.shape),
+            "has_label": mask is not None,
+            "split_x": int(split_x),
+            "kidneys": {side.value: loc.to_dict() for side, loc in kidneys.items()},
+            "preprocess": cfg_dict,
+            "source": _fingerprint(case),
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        atomic_write_json(folder / META_JSON, meta)
+    except (KidneySSLError, ValueError, OSError, MemoryError) as err:
+        return case.case_id, "failed", [f"{case.case_id}: {type(err).__name__}: {err}"]
+    return case.case_id, "ok", []
+
+
+def _check_paths(data_dir: Path, cache_dir: Path) -> None:
+    data_r, cache_r = data_dir.resolve(), cache_dir.resolve()
+    if cache_r == data_r or data_r in cache_r.parents:
+        raise DataError(cache_dir, "output", "a folder outside the dataset folder",
+                        f"a folder inside {data_dir}", hint="nothing is written into the input data")
+    if cache_r in data_r.parents:
+        raise DataError(cache_dir, "output", "a folder that does not contain the dataset",
+                        f"a parent of {data_dir}")
+
+
+def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: PreprocessConfig,
+                    workers: int = 2, force: bool = False,
+                    case_ids: list[str] | None = None) -> PrepareSummary:
+    """Check and preprocess every case of a KiTS19-layout dataset into ``cache_dir``.
+
+    Cases run in ``workers`` spawned processes (``workers <= 1``: in this process) with a progress
+    bar; a bad case is reported (file, field, expected, found) and the others go on. Cases already
+    prepared with the same config and inputs are skipped unless ``force``. ``cache.json`` lists
+    every usable case at the end. Nothing is ever written into ``data_dir``.
+
+    Args:
+        data_dir: folder of ``case_XXXXX`` folders.
+        cache_dir: output folder (created); must not be inside or equal to ``data_dir``.
+        cfg: preprocessing config.
+        workers: worker processes.
+        force: redo every case, and accept a cache folder prepared with another config.
+        case_ids: only these cases (default: all).
+
+    Raises:
+        DataError: bad ``data_dir``/``cache_dir`` or no cases.
+        KidneySSLError: ``cache_dir`` holds a cache prepared with another config (without force).
+    """
+    data_dir, cache_dir = Path(data_dir), Path(cache_dir)
+    _check_paths(data_dir, cache_dir)
+    cases = find_cases(data_dir)
+    if case_ids is not None:
+        wanted = set(case_ids)
+        cases = [c for c in cases if c.case_id in wanted]
+    cfg_dict = config_to_dict(cfg)
+    existing = cache_dir / CACHE_JSON
+    if existing.is_file() and not force:
+        try:
+            old = json.loads(existing.read_text()).get("preprocess", {})
+        except ValueError:
+            old = {}
+        diff = _config_diff(old, cfg_dict)
+        if diff:
+            raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
+                                 + "; ".join(diff) + "); use --force to rebuild it, or another --out")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    summary = PrepareSummary()
+    todo: list[Case] = []
+    for case in cases:
+        if not force and _is_done(case, cache_dir / case.case_id, cfg_dict):
+            summary.skipped.append(case.case_id)
+        else:
+            todo.append(case)
+    if summary.skipped:
+        log.info("%d case(s) already prepared, skipped", len(summary.skipped))
+    results = _run(todo, cache_dir, cfg_dict, workers)
+    for case_id, status, reasons in results:
+        if status == "ok":
+            summary.ok.append(case_id)
+        else:
+            summary.failed[case_id] = reasons
+            for reason in reasons:
+                log.warning("%s", reason)
+    summary.seconds = time.perf_counter() - start
+    from kidneyssl import __version__
+
+    atomic_write_json(existing, {
+        "format_version": FORMAT_VERSION,
+        "kidneyssl_version": __version__,
+        "preprocess": cfg_dict,
+        "data_dir": str(data_dir.resolve()),
+        "cases": summary.cases,
+        "failed": summary.to_dict()["failed"],
+    })
+    log.info("prepare: %s", summary)
+    return summary
+
+
+def _run(todo: list[Case], cache_dir: Path, cfg_dict: dict[str, Any],
+         workers: int) -> list[tuple[str, str, list[str]]]:
+    if not todo:
+        return []
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    workers = max(1, min(workers, len(todo)))
+    threads = max(1, cores // workers)
+    if workers == 1:
+        return [prepare_case(c, cache_dir, cfg_dict, threads)
+                for c in progress(todo, desc="prepare", unit="case")]
+    results = []
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
+                             initializer=_init_worker, initargs=(threads,)) as pool:
+        futures: dict[Future, Case] = {
+            pool.submit(prepare_case, c, cache_dir, cfg_dict, threads): c for c in todo}
+        for fut in progress(as_completed(futures), desc="prepare", total=len(futures), unit="case"):
+            case = futures[fut]
+            try:
+                results.append(fut.result())
+            except Exception as err:  # a worker died (e.g. killed for memory): report, go on
+                results.append((case.case_id, "failed",
+                                [f"{case.case_id}: worker error: {type(err).__name__}: {err}"]))
+    return results
+
+
+def _init_worker(threads: int) -> None:
+    """Keep each worker's BLAS/torch thread pools to its share of the cores."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

@@ -1,0 +1,169 @@
+"""KiTS19-layout datasets: case discovery, label constants and integrity checks.
+
+A dataset is a folder of ``case_XXXXX/`` folders holding ``imaging.nii.gz`` and, for annotated
+cases, ``segmentation.nii.gz`` (0 background, 1 kidney, 2 tumour; the kidney target is label > 0).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kidneyssl.errors import DataError
+from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.io.volumes import read_geometry, read_volume
+
+__all__ = [
+    "BACKGROUND",
+    "KIDNEY",
+    "TUMOR",
+    "LABEL_VALUES",
+    "IMAGING_NAME",
+    "SEGMENTATION_NAME",
+    "Case",
+    "find_cases",
+    "check_case",
+    "check_labels",
+    "load_case",
+]
+
+BACKGROUND = 0
+KIDNEY = 1
+TUMOR = 2
+LABEL_VALUES = (BACKGROUND, KIDNEY, TUMOR)
+IMAGING_NAME = "imaging.nii.gz"
+SEGMENTATION_NAME = "segmentation.nii.gz"
+_CASE_RE = re.compile(r"^case_\d{5}$")
+_AFFINE_ATOL_MM = 1e-3
+
+
+@dataclass(frozen=True)
+class Case:
+    """One KiTS19 case: its id (folder name) and its files (``None`` when absent)."""
+
+    case_id: str
+    imaging: Path | None
+    segmentation: Path | None
+
+    @property
+    def annotated(self) -> bool:
+        return self.segmentation is not None
+
+
+def _find_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / name[: -len(".gz")]):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_cases(data_dir: str | Path) -> list[Case]:
+    """All ``case_XXXXX`` folders of ``data_dir``, sorted by id.
+
+    ``imaging`` / ``segmentation`` are the ``.nii.gz`` (or ``.nii``) files when present, else
+    ``None`` (a case folder without imaging is kept so that :func:`check_case` reports it).
+
+    Raises:
+        DataError: ``data_dir`` is not a folder or holds no case folders.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DataError(data_dir, "dataset", "a folder of case_XXXXX folders", "no such folder")
+    cases = [
+        Case(d.name, _find_file(d, IMAGING_NAME), _find_file(d, SEGMENTATION_NAME))
+        for d in sorted(data_dir.iterdir())
+        if d.is_dir() and _CASE_RE.match(d.name)
+    ]
+    if not cases:
+        raise DataError(data_dir, "dataset", "case_XXXXX folders (KiTS19 layout)", "none")
+    return cases
+
+
+def _shape_str(shape: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _check_geometry(case: Case, image_geom: Geometry, label_geom: Geometry) -> list[DataError]:
+    assert case.segmentation is not None and case.imaging is not None
+    if image_geom.shape != label_geom.shape:
+        return [DataError(case.segmentation, "shape", f"{_shape_str(image_geom.shape)} (as imaging)",
+                          _shape_str(label_geom.shape), hint=f"imaging: {case.imaging}")]
+    if not np.allclose(image_geom.affine, label_geom.affine, atol=_AFFINE_ATOL_MM):
+        diff = float(np.abs(image_geom.affine - label_geom.affine).max())
+        return [DataError(case.segmentation, "affine", "the imaging affine",
+                          f"an affine differing by up to {diff:.4g}",
+                          hint=f"imaging: {case.imaging}")]
+    return []
+
+
+def check_labels(path: Path, labels: np.ndarray) -> list[DataError]:
+    """Label values within {0, 1, 2} and at least one kidney voxel."""
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        rounded = np.round(labels)
+        if not np.array_equal(rounded, labels):
+            return [DataError(path, "labels", "integer values {0, 1, 2}", "non-integer values")]
+    lo, hi = labels.min(), labels.max()
+    if lo < BACKGROUND or hi > TUMOR:
+        bad = labels[(labels < BACKGROUND) | (labels > TUMOR)]
+        values = np.unique(bad)
+        shown = ", ".join(str(v.item()) for v in values[:6]) + (", ..." if len(values) > 6 else "")
+        return [DataError(path, "labels", "values in {0, 1, 2}", f"{{{shown}}} in {bad.size} voxels")]
+    if not (labels == KIDNEY).any():
+        return [DataError(path, "kidney", "at least one kidney voxel (label 1)", "none")]
+    return []
+
+
+def load_case(case: Case, require_imaging: bool = True
+              ) -> tuple[Volume | None, Volume | None, list[DataError]]:
+    """Read and check one case in a single pass over its files.
+
+    Returns:
+        (image Volume or None, label Volume or None, list of :class:`DataError`); volumes are
+        ``None`` where their file is absent or bad. With errors, do not use the case.
+    """
+    errors: list[DataError] = []
+    folder_hint = case.imaging.parent if case.imaging else (
+        case.segmentation.parent if case.segmentation else Path(case.case_id))
+    if case.imaging is None:
+        if require_imaging:
+            errors.append(DataError(folder_hint / IMAGING_NAME, "imaging", "an imaging file",
+                                    "missing"))
+    # Header checks first: cheap, and they catch shape/affine mismatches before any decompression.
+    geoms: dict[str, Geometry] = {}
+    for key, path in (("imaging", case.imaging), ("segmentation", case.segmentation)):
+        if path is None:
+            continue
+        try:
+            geoms[key] = read_geometry(path)
+        except DataError as err:
+            errors.append(err)
+    if "imaging" in geoms and "segmentation" in geoms:
+        errors.extend(_check_geometry(case, geoms["imaging"], geoms["segmentation"]))
+    image = label = None
+    if "imaging" in geoms:
+        try:
+            image = read_volume(case.imaging)  # type: ignore[arg-type]
+        except DataError as err:
+            errors.append(err)
+    if "segmentation" in geoms:
+        try:
+            label = read_volume(case.segmentation)  # type: ignore[arg-type]
+        except DataError as err:
+            errors.append(err)
+        else:
+            errors.extend(check_labels(case.segmentation, label.array))  # type: ignore[arg-type]
+    return image, label, errors
+
+
+def check_case(case: Case, require_imaging: bool = True) -> list[DataError]:
+    """Every problem of one case, as :class:`DataError` objects naming the file (empty if fine).
+
+    Checked: missing imaging (unless ``require_imaging=False``, e.g. for mask-only folders),
+    unreadable header, not 3-D, image/label shape or affine mismatch (headers only), corrupt or
+    truncated gzip, NaN voxels, label values outside {0, 1, 2}, no kidney in the mask.
+    Voxel data is read once per file (needed for the gzip, NaN and label checks).
+    """
+    return load_case(case, require_imaging=require_imaging)[2]
