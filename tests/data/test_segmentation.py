@@ -3,22 +3,23 @@ whole validation volumes."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
-from kidneyssl.config import PreprocessConfig, config_to_dict
+from kidneyssl.config import PreprocessConfig
+from kidneyssl.data.cache import open_cache, prepare_dataset
 from kidneyssl.data.segmentation import HalfVolumeDataset, half_to_full, iter_validation_cases
 from kidneyssl.errors import KidneySSLError
-from kidneyssl.io.geometry import Side
-from kidneyssl.preprocessing.sides import find_split_x, locate_kidneys
+from kidneyssl.io.geometry import Geometry, Side
+from kidneyssl.io.volumes import write_mask, write_volume
+from kidneyssl.phantoms import kits_affine
 
 
-def make_cache(root, n_cases: int, single: dict[int, Side] | None = None):
-    """A tiny prepared cache: box kidneys in noise, split and located with kidneyssl's own rules."""
-    return _build_cache(root, n_cases, single or {})
+def make_cache(root, n_cases: int, single: dict[int, Side] | None = None, unlabelled=()):
+    """A tiny prepared cache: box kidneys in noise, prepared by ``kidneyssl prepare``."""
+    return _build_cache(root, n_cases, single or {}, set(unlabelled))
 
 
 def test_half_items_are_padded_halves_with_stitch_info(tmp_path):
@@ -71,64 +72,44 @@ def test_include_sides_and_batches(tmp_path):
 
 
 def test_unlabelled_case_is_refused_and_validation_volumes(tmp_path):
-    cache = make_cache(tmp_path, n_cases=2)
-    cases = list(iter_validation_cases(cache, cache.case_ids))
-    assert [c.case_id for c in cases] == cache.case_ids
+    cache = make_cache(tmp_path, n_cases=3, unlabelled={2})
+    cases = list(iter_validation_cases(cache, cache.case_ids[:2]))
+    assert [c.case_id for c in cases] == ["case_00000", "case_00001"]
     raw = cache.load("case_00000")
     np.testing.assert_array_equal(cases[0].image, raw.image)
     np.testing.assert_array_equal(cases[0].label, (raw.label > 0).astype(np.uint8))
     assert cases[0].label.max() == 1 and raw.label.max() == 2  # tumour merged into kidney
     assert cases[0].split_x == raw.meta["split_x"]
-    (tmp_path / "case_00001" / "label.npy").unlink()
-    with pytest.raises(KidneySSLError, match="case_00001: no label"):
+    assert cache.load("case_00002").label is None  # imaging only: prepared, but not for training
+    with pytest.raises(KidneySSLError, match="case_00002: no label"):
         HalfVolumeDataset(cache, cache.case_ids)
-    with pytest.raises(KidneySSLError, match="case_00001: no label"):
+    with pytest.raises(KidneySSLError, match="case_00002: no label"):
         list(iter_validation_cases(cache, cache.case_ids))
 
 
-# --- a tiny on-disk cache (layout of kidneyssl.data.cache) ------------------------------------------
+# --- a tiny prepared cache, made by kidneyssl's own prepare -----------------------------------------
 
 
-class _Case:
-    def __init__(self, case_id, image, label, meta):
-        self.case_id, self.image, self.label, self.meta = case_id, image, label, meta
-
-
-class _Cache:
-    def __init__(self, root):
-        self.root = root
-        self.case_ids = json.loads((root / "cache.json").read_text())["cases"]
-
-    def load(self, case_id, mmap=True):
-        d = self.root / case_id
-        mode = "r" if mmap else None
-        label = np.load(d / "label.npy", mmap_mode=mode) if (d / "label.npy").exists() else None
-        return _Case(case_id, np.load(d / "image.npy", mmap_mode=mode), label,
-                     json.loads((d / "meta.json").read_text()))
-
-
-def _build_cache(root, n_cases: int, single: dict[int, Side]):
-    ids = []
+def _build_cache(root, n_cases: int, single: dict[int, Side], unlabelled: set[int]):
+    """Write box-kidney cases in KiTS19 layout, ``prepare`` them (spacing unchanged, tumour kept as
+    label 2) and open the cache with :func:`kidneyssl.data.cache.open_cache`."""
+    data = root / "data"
+    spacing = (2.0, 1.5, 1.5)
+    geometry = Geometry(kits_affine(spacing), (16, 32, 64))
     for i in range(n_cases):
         rng = np.random.default_rng(i)
-        image = rng.normal(size=(16, 32, 64)).astype(np.float32)
-        label = np.zeros(image.shape, np.uint8)
-        if single.get(i, Side.RIGHT) is Side.RIGHT:
+        image = (40.0 + 30.0 * rng.normal(size=geometry.shape)).astype(np.float32)
+        label = np.zeros(geometry.shape, np.uint8)
+        if single.get(i, Side.RIGHT) is Side.RIGHT:  # patient right = smaller x in (I, P, L)
             label[4:12, 8:20, 8 + i % 3:20] = 1
             label[6:8, 10:12, 12:14] = 2  # a tumour inside the kidney
         if single.get(i, Side.LEFT) is Side.LEFT:
             label[3:10, 10:22, 40:50 + i % 4] = 1
-        split_x = find_split_x(label, image)
-        case_id = f"case_{i:05d}"
-        d = root / case_id
-        d.mkdir(parents=True)
-        np.save(d / "image.npy", image)
-        np.save(d / "label.npy", label)
-        kidneys = {side.value: loc.to_dict() for side, loc in locate_kidneys(label, split_x).items()}
-        (d / "meta.json").write_text(json.dumps(
-            {"case_id": case_id, "record": {}, "split_x": split_x, "kidneys": kidneys}))
-        ids.append(case_id)
-    (root / "cache.json").write_text(json.dumps(
-        {"format_version": 1, "kidneyssl_version": "test",
-         "preprocess": config_to_dict(PreprocessConfig()), "cases": ids}))
-    return _Cache(root)
+        folder = data / f"case_{i:05d}"
+        write_volume(image, geometry, folder / "imaging.nii.gz")
+        if i not in unlabelled:
+            write_mask(label, folder / "segmentation.nii.gz", like=geometry)
+    cfg = PreprocessConfig(spacing_mm=spacing, keep_tumor=True)
+    summary = prepare_dataset(data, root / "cache", cfg, workers=1)
+    assert not summary.failed, summary.failed
+    return open_cache(root / "cache", expected=cfg)
