@@ -1,0 +1,191 @@
+"""DenseUNet3D / DenseEncoder / SiameseNet: shapes, parameter counts, gradients, modes, sizes."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kidneyssl.config import ModelConfig
+from kidneyssl.models import (
+    DenseEncoder,
+    DenseUNet3D,
+    SegmentationOutput,
+    SiameseNet,
+    build_segmentation_model,
+    build_siamese_model,
+    count_parameters,
+)
+from kidneyssl.models.blocks import Upsample2x, group_count
+
+
+def _encoder_params_by_hand(cfg: ModelConfig) -> int:
+    """Encoder parameter count from the architecture's definition (GN: 2 per channel; bias-free
+    convs; transition = GN + 3x3x3 stride-2 conv keeping C + GN + 1x1x1 conv to ceil8(C/2))."""
+    g = cfg.growth_rate
+    total = 2 * cfg.in_channels + 27 * cfg.in_channels * cfg.init_features
+    c = cfg.init_features
+    for n in cfg.block_layers:
+        for i in range(n):
+            cin = c + i * g
+            total += 2 * cin + 27 * cin * g
+        c_out = c + n * g
+        reduced = int(math.ceil(c_out / 2 / 8) * 8)
+        total += 2 * c_out + 27 * c_out * c_out + 2 * c_out + c_out * reduced
+        c = reduced
+    return total
+
+
+def test_paper_channels_and_parameter_counts(paper_cfg: ModelConfig) -> None:
+    model = build_segmentation_model(paper_cfg)
+    assert model.encoder.skip_channels == (48, 56, 96, 176)
+    assert model.encoder.bottleneck_channels == 88
+    assert count_parameters(model.encoder) == _encoder_params_by_hand(paper_cfg) == 1_763_954
+    assert count_parameters(model.decoder) == 805_425
+    assert count_parameters(model.reconstruction) == 372_673
+    assert count_parameters(model) == 2_942_052
+    siamese = build_siamese_model(paper_cfg)
+    # encoder + Linear(88, 88) + Linear(88, 128)
+    assert count_parameters(siamese) == 1_763_954 + 88 * 88 + 88 + 88 * 128 + 128
+
+
+def test_demo_parameter_counts(demo_cfg: ModelConfig) -> None:
+    model = build_segmentation_model(demo_cfg)
+    assert count_parameters(model.encoder) == _encoder_params_by_hand(demo_cfg) == 450_810
+    assert count_parameters(model) == 748_940
+
+
+def test_no_reconstruction_branch_builds_no_params(paper_cfg: ModelConfig) -> None:
+    cfg = dataclasses.replace(paper_cfg, reconstruction=False)
+    model = build_segmentation_model(cfg)
+    assert model.reconstruction is None
+    assert not any(name.startswith("reconstruction.") for name, _ in model.named_parameters())
+    assert count_parameters(model) == 1_763_954 + 805_425
+    # the keyword override wins over the config
+    assert build_segmentation_model(paper_cfg, reconstruction=False).reconstruction is None
+    model.train()
+    out = model(torch.randn(1, 1, 16, 16, 16))
+    assert out.reconstruction is None
+
+
+@pytest.mark.parametrize("shape", [(32, 64, 32), (64, 112, 112)])
+def test_output_shapes(demo_cfg: ModelConfig, paper_cfg: ModelConfig, shape: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    # the paper config on the small input, the demo config on the paper's crop size (speed)
+    small = shape == (32, 64, 32)
+    cfg = paper_cfg if small else demo_cfg
+    batch = 2 if small else 1
+    model = DenseUNet3D(cfg).train()
+    x = torch.randn(batch, 1, *shape)
+    with torch.no_grad():
+        feats = model.encode(x)
+        logits = model.decode(feats)
+        recon = model.reconstruct(feats)
+    assert logits.shape == (batch, 1, *shape)
+    assert recon.shape == (batch, 1, *shape)
+    assert [f.shape[1] for f in feats] == [*model.encoder.skip_channels, model.encoder.bottleneck_channels]
+    for level, f in enumerate(feats):
+        assert tuple(f.shape[2:]) == tuple(s // 2**level for s in shape)
+    if small:
+        with torch.no_grad():
+            out = model(x)
+        assert isinstance(out, SegmentationOutput)
+        assert torch.allclose(out.logits, logits, atol=1e-5)
+        assert out.reconstruction is not None and out.reconstruction.shape == (batch, 1, *shape)
+        siamese = SiameseNet(cfg)
+        with torch.no_grad():
+            emb_a, emb_b = siamese(x, x.flip(0))
+        assert emb_a.shape == emb_b.shape == (batch, cfg.embedding_dim)
+        assert torch.allclose(emb_a, emb_b.flip(0), atol=1e-5)  # shared weights, per-sample norm
+
+
+def test_eval_mode_returns_no_reconstruction_and_is_deterministic(demo_cfg: ModelConfig) -> None:
+    model = DenseUNet3D(demo_cfg).eval()
+    x = torch.randn(1, 1, 16, 32, 16)
+    with torch.inference_mode():
+        a = model(x)
+        b = model(x)
+    assert a.reconstruction is None
+    assert torch.equal(a.logits, b.logits)
+
+
+def test_buffered_inference_matches_autograd_path(paper_cfg: ModelConfig) -> None:
+    torch.manual_seed(1)
+    model = DenseUNet3D(paper_cfg).eval()
+    x = torch.randn(1, 1, 16, 32, 32)
+    with_grad = model(x).logits  # grad enabled: concatenation path
+    with torch.inference_mode():
+        buffered = model(x).logits  # preallocated dense-block buffer
+        model_cl = model.to(memory_format=torch.channels_last_3d)
+        cl = model_cl(x.to(memory_format=torch.channels_last_3d)).logits
+    assert torch.allclose(with_grad, buffered, atol=1e-5)
+    assert torch.allclose(with_grad, cl, atol=1e-4)
+
+
+@pytest.mark.parametrize("net", ["unet", "siamese"])
+def test_every_parameter_gets_a_finite_gradient(demo_cfg: ModelConfig, net: str) -> None:
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(demo_cfg, gradient_checkpointing=(net == "unet"))
+    x = torch.randn(2, 1, 16, 32, 16)
+    if net == "unet":
+        model = DenseUNet3D(cfg).train()
+        out = model(x)
+        loss = out.logits.mean() + out.reconstruction.pow(2).mean()
+    else:
+        model = SiameseNet(cfg).train()
+        a, b = model(x, torch.randn_like(x))
+        loss = (a - b).pow(2).sum()
+    loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+        assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(demo_cfg: ModelConfig) -> None:
+    torch.manual_seed(0)
+    plain = DenseEncoder(demo_cfg)
+    ckpt = DenseEncoder(dataclasses.replace(demo_cfg, gradient_checkpointing=True))
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.randn(1, 1, 16, 16, 16)
+    for enc in (plain, ckpt):
+        sum(f.mean() for f in enc(x)).backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-6), name
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 24, 32, 32), (1, 1, 32, 32, 8), (1, 2, 16, 16, 16), (1, 16, 16, 16)])
+def test_invalid_input_sizes_raise(demo_cfg: ModelConfig, shape: tuple[int, ...]) -> None:
+    model = DenseUNet3D(demo_cfg)
+    with pytest.raises(ValueError, match=r"multiple of 16|5-D|channel"):
+        model(torch.zeros(shape))
+    with pytest.raises(ValueError):
+        SiameseNet(demo_cfg).embed(torch.zeros(shape))
+
+
+def test_invalid_constructor_arguments(demo_cfg: ModelConfig) -> None:
+    with pytest.raises(ValueError, match="decoder_channels"):
+        DenseUNet3D(demo_cfg, decoder_channels=(8, 8, 8))
+    with pytest.raises(ValueError, match="compression"):
+        DenseEncoder(demo_cfg, compression=0.0)
+
+
+def test_upsample_matches_transposed_convolution() -> None:
+    torch.manual_seed(0)
+    up = Upsample2x(5, 3).double()
+    x = torch.randn(2, 5, 3, 4, 5, dtype=torch.double)
+    expected = F.conv_transpose3d(x, up.weight, stride=2)
+    assert torch.allclose(up(x), expected, atol=1e-12)
+    out_cl = up(x.contiguous(memory_format=torch.channels_last_3d))
+    assert out_cl.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(out_cl, expected, atol=1e-12)
+    xg = x[:1, :, :2, :2, :2].clone().requires_grad_()
+    assert torch.autograd.gradcheck(up, (xg,))
+
+
+@pytest.mark.parametrize("channels, groups, expected", [(1, 8, 1), (48, 8, 8), (88, 8, 8), (87, 8, 3), (174, 8, 6), (7, 8, 7)])
+def test_group_count(channels: int, groups: int, expected: int) -> None:
+    assert group_count(channels, groups) == expected
