@@ -8,7 +8,7 @@ that is Hadsell et al.'s loss, the one the text describes ("L2 distance"), and t
 then a distance in embedding space. ``squared_distance=True`` gives the literal formula
 (``d = ||a - b||^2``, so the positive term is ``||a - b||^4`` and the margin applies to the squared
 distance). For the Euclidean form the positive term uses the exact ``||a - b||^2`` and the
-negative term ``sqrt(||a - b||^2 + eps)``, so the gradient is finite (zero) at ``a == b``.
+negative term a square root whose value and gradient are 0 at ``a == b`` (no NaN, no eps bias).
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ from torch import Tensor, nn
 
 __all__ = ["ContrastiveLoss", "pair_distance", "pair_accuracy"]
 
-_EPS = 1e-12
+def _safe_sqrt(sq: Tensor) -> Tensor:
+    """sqrt with value 0 and gradient 0 (not inf/NaN) where ``sq == 0``."""
+    positive = sq > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, sq, torch.ones_like(sq))),
+                       torch.zeros_like(sq))
 
 
 def _check(emb_a: Tensor, emb_b: Tensor, y: Tensor | None = None) -> None:
@@ -32,7 +36,7 @@ def pair_distance(emb_a: Tensor, emb_b: Tensor, squared_distance: bool = False) 
     """(B,) distance between paired embeddings (B, E): Euclidean, or its square if asked."""
     _check(emb_a, emb_b)
     sq = (emb_a - emb_b).pow(2).sum(dim=1)
-    return sq if squared_distance else torch.sqrt(sq + _EPS)
+    return sq if squared_distance else _safe_sqrt(sq)
 
 
 class ContrastiveLoss(nn.Module):
@@ -69,7 +73,7 @@ class ContrastiveLoss(nn.Module):
             d = sq
             positive = sq.pow(2)
         else:
-            d = torch.sqrt(sq + _EPS)
+            d = _safe_sqrt(sq)
             positive = sq
         negative = torch.clamp(self.margin - d, min=0.0).pow(2)
         loss = y * positive + (1.0 - y) * negative
