@@ -313,13 +313,6 @@ def select_axial_slice(gt: np.ndarray, predictions: Mapping[str, np.ndarray] | N
     return int(np.argmax(area))
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    # Plain 3-D Dice for panel titles when the caller gives none (both empty -> 1).
-    p, g = np.asarray(pred) > 0, np.asarray(gt) > 0
-    denominator = int(p.sum()) + int(g.sum())
-    return 1.0 if denominator == 0 else 2.0 * int(np.logical_and(p, g).sum()) / denominator
-
-
 def _overlay_rgba(gt: np.ndarray, pred: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     rgba = np.zeros(gt.shape + (4,), dtype=np.float32)
     for mask, colour in ((gt & ~pred, GT_COLOUR), (pred & ~gt, PRED_COLOUR), (gt & pred, OVERLAP_COLOUR)):
@@ -361,6 +354,8 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
     """
     from matplotlib.patches import Patch
 
+    from kidneyssl.metrics import dice as metric_dice
+
     cases = list(cases)[:max_cases]
     if not cases:
         raise ValueError("plot_overlays needs at least one case")
@@ -395,7 +390,7 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
                 if mask.any() and not mask.all():
                     ax.contour(mask.astype(np.float32), levels=[0.5], colors=[colour], linewidths=width)
             dice = (case.dice or {}).get(model)
-            dice = _dice(pred, gt) if dice is None else float(dice)
+            dice = metric_dice(pred, gt) if dice is None else float(dice)
             ax.set_title(f"{model} - {case.case_id}, z={z}\nDice {dice:.3f}", fontsize=9)
             for text, xy, ha, va in (("R", (0.02, 0.5), "left", "center"), ("L", (0.98, 0.5), "right", "center"),
                                      ("A", (0.5, 0.98), "center", "top"), ("P", (0.5, 0.02), "center", "bottom")):

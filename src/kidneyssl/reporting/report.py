@@ -73,20 +73,6 @@ def _value(row: Mapping[str, Any], key: str) -> float:
         return math.nan
 
 
-def _summary(values: Sequence[float]) -> dict[str, float | int]:
-    # Mean and sample sd (ddof=1) over the finite values; the others are counted as missed, never
-    # dropped silently: the count travels with the mean into every table.
-    x = np.asarray(values, dtype=np.float64)
-    finite = x[np.isfinite(x)]
-    n = int(finite.size)
-    return {
-        "mean": float(finite.mean()) if n else math.nan,
-        "sd": float(finite.std(ddof=1)) if n > 1 else math.nan,
-        "n": n,
-        "n_missed": int(x.size - n),
-    }
-
-
 def table1_rows(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Table 1 as rows with :data:`TABLE1_COLUMNS`, one per (model, metric).
 
@@ -99,13 +85,16 @@ def table1_rows(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dic
         than two values) over the cases with a finite value, ``n`` those cases, ``n_missed`` the others,
         ``n_cases`` all cases, ``paper_value`` the paper's validation value or NaN.
     """
+    from kidneyssl.metrics import summarize  # mean/sd over finite values, NaN counted in n_nan
+
     rows = []
     for model, cases in per_case.items():
-        cases = list(cases)
+        summary = summarize(list(cases))
         for key, label in TABLE1_METRICS:
-            stats = _summary([_value(c, key) for c in cases])
+            stats = summary[key]
             rows.append({
-                "model": model, "metric": key, "label": label, **stats, "n_cases": len(cases),
+                "model": model, "metric": key, "label": label, "mean": stats["mean"], "sd": stats["sd"],
+                "n": stats["n"], "n_missed": stats["n_nan"], "n_cases": summary["n_cases"],
                 "paper_value": PAPER_TABLE1.get(model, {}).get(key, math.nan),
             })
     return rows
