@@ -64,7 +64,8 @@ def test_row_empty_policies():
 
 
 def _row(hd95, dice_value=0.9, diag=500.0, empty_pred=False):
-    return {"dice": dice_value, "hd_mm": hd95 * 1.5, "hd95_mm": hd95, "bl_pct": 10.0, "nhd": 0.001,
+    return {"dice": dice_value, "hd_mm": hd95 * 1.5, "hd95_mm": hd95, "bl_pct": 10.0,
+            "nhd": float("nan") if empty_pred else 0.001,
             "pred_voxels": 0.0 if empty_pred else 100.0, "gt_voxels": 100.0,
             "empty_pred": empty_pred, "empty_gt": False, "diag_mm": diag}
 
