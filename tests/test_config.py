@@ -1,0 +1,91 @@
+"""Config dataclasses, presets, overrides and YAML round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from kidneyssl.config import (
+    ConfigError,
+    ExperimentConfig,
+    PreprocessConfig,
+    SegTrainConfig,
+    apply_overrides,
+    available_presets,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    load_preset,
+    save_config,
+)
+
+
+def test_paper_defaults_match_the_paper():
+    cfg = ExperimentConfig()
+    assert cfg.preprocess.spacing_mm == (3.22, 1.62, 1.62)
+    assert cfg.preprocess.window_hu == (-80.0, 300.0)
+    assert cfg.preprocess.pad_multiple == 16
+    assert cfg.preprocess.crop_size == (64, 112, 112)
+    assert cfg.preprocess.crop_mask_outside is False
+    assert cfg.model.block_layers == (2, 2, 4, 8)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.batch_size) == (1e-3, 1e-2, 1)
+    assert (cfg.train.bce_weight_start, cfg.train.dice_weight_start) == (0.6, 0.4)
+    assert cfg.pretrain.margin == 1.0
+
+
+def test_presets_load_and_paper_preset_equals_defaults():
+    assert {"demo", "paper"} <= set(available_presets())
+    paper = load_preset("paper")
+    assert paper.preprocess == PreprocessConfig()
+    assert paper.train == SegTrainConfig()
+    demo = load_preset("demo")
+    assert demo.name == "demo"
+    assert demo.preprocess.spacing_mm == (6.44, 3.24, 3.24)
+
+
+def test_unknown_preset_lists_available():
+    with pytest.raises(ConfigError, match="available: .*demo"):
+        load_preset("nope")
+
+
+def test_overrides_parse_yaml_values():
+    cfg = apply_overrides(ExperimentConfig(), ["train.epochs=5", "preprocess.spacing_mm=[4, 2, 2]",
+                                               "model.reconstruction=false"])
+    assert cfg.train.epochs == 5
+    assert cfg.preprocess.spacing_mm == (4.0, 2.0, 2.0)
+    assert cfg.model.reconstruction is False
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("train.epoch=5", "unknown key 'epoch'"),
+        ("trian.epochs=5", "no config section 'trian'"),
+        ("train.epochs", "section.key=value"),
+        ("train.epochs=five", "expected an integer"),
+        ("preprocess.spacing_mm=[1, 2]", "expected 3 values"),
+        ("train.bce_weight_end=0.2", "equal and opposite"),
+    ],
+)
+def test_bad_overrides_are_rejected_with_the_reason(override, match):
+    with pytest.raises(ConfigError, match=match):
+        apply_overrides(ExperimentConfig(), [override])
+
+
+def test_validation_in_constructors():
+    with pytest.raises(ConfigError, match="window_hu"):
+        PreprocessConfig(window_hu=(300.0, -80.0))
+    with pytest.raises(ConfigError, match="spacing_mm"):
+        PreprocessConfig(spacing_mm=(0.0, 1.0, 1.0))
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = apply_overrides(load_preset("demo"), ["train.epochs=3", "synth.cases=4"])
+    save_config(cfg, tmp_path / "config.yaml")
+    back = load_config(tmp_path / "config.yaml")
+    assert back == cfg
+    assert config_from_dict(ExperimentConfig, config_to_dict(cfg)) == cfg
+
+
+def test_load_config_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
