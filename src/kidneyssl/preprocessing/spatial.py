@@ -19,6 +19,12 @@ at the same order on 2 cores (``benchmarks/bench_preprocess.py``), and equals to
 Labels never get invented values: a binary mask is interpolated linearly as a float and
 thresholded at 0.5 (smoother boundaries than nearest neighbour, no staircase); a multi-label map
 is interpolated per label (one-hot) and the arg-max taken; ``order="nearest"`` is also offered.
+When downsampling, label indicators are anti-aliased first (triangle filter over every voxel a
+target voxel covers, as PIL / torch ``antialias=True``), so the 0.5 threshold applies to the
+covered fraction rather than to a few sampled voxels (Dice of a phantom round trip at 2.5x
+downsampling: 0.968 without, > 0.97 with). Even so a binary kidney mask at 3.22 x 1.62 x 1.62 mm
+comes back with Dice ~0.98-0.99 only; the soft fraction (``antialias=True`` on the indicator as
+an image) keeps Dice > 0.99 through a round trip.
 """
 
 from __future__ import annotations
@@ -248,10 +254,15 @@ def _label_values(label: np.ndarray) -> list[int]:
         raise ValueError(f"label maps must have an integer dtype, got {label.dtype}")
     if label.size == 0:
         return []
-    lo, hi = int(label.min()), int(label.max())
+    flat = label.ravel(order="K")  # a view for C- or F-ordered arrays (fast comparisons)
+    if label.dtype == bool:
+        return [1] if flat.any() else []
+    lo, hi = int(flat.min()), int(flat.max())
     if lo < 0 or hi > 255:
         raise ValueError(f"label values must lie in 0..255, found range [{lo}, {hi}]")
-    return [v for v in range(1, hi + 1) if (label == v).any()]
+    if hi <= 1:
+        return [hi] if hi == 1 else []
+    return [v for v in range(1, hi + 1) if (flat == v).any()]
 
 
 def resample_to_shape(array: np.ndarray, out_shape: Sequence[int], order: str = "linear",
@@ -266,7 +277,7 @@ def resample_to_shape(array: np.ndarray, out_shape: Sequence[int], order: str = 
         order: images: ``nearest``, ``linear`` (trilinear) or ``cubic`` (cubic convolution,
             a = -0.75 as torch's bicubic); labels: ``nearest`` or ``linear`` (per-label
             linear interpolation, anti-aliased when downsampling, then arg-max: a 0.5 threshold
-            of the kidney fraction for binary masks).
+            of the covered fraction for binary masks).
         is_label: treat ``array`` as a label map; the result is uint8 and holds only values present
             in the input.
         threads: worker threads (default: available cores, at most 4).
@@ -307,8 +318,9 @@ def resample_to_shape(array: np.ndarray, out_shape: Sequence[int], order: str = 
         return out if values else np.zeros(tuple(int(n) for n in out_shape), dtype=np.uint8)
     if len(values) == 1:
         value = values[0]
-        indicator = array if (value == 1 and array.dtype in (np.uint8, bool)
-                              and _is_binary(array)) else (array == value)
+        indicator = array if (array.dtype == bool or (array.dtype == np.uint8 and value == 1
+                                                       and len(values) == 1 and _is_binary(array))) \
+            else (array == value)
         indicator = indicator.view(np.uint8) if indicator.dtype == bool else indicator
 
         def threshold(parts: list[np.ndarray]) -> np.ndarray:
@@ -327,7 +339,7 @@ def resample_to_shape(array: np.ndarray, out_shape: Sequence[int], order: str = 
 
 
 def _is_binary(array: np.ndarray) -> bool:
-    return array.dtype == bool or int(array.max()) <= 1
+    return array.dtype == bool or int(array.ravel(order="K").max()) <= 1
 
 
 def resample_to_spacing(array: np.ndarray, spacing_mm: Sequence[float],
