@@ -1,0 +1,41 @@
+"""``kidneyssl pretrain --cache CACHE --out RUN``: siamese left/right kidney proxy-task training."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kidneyssl.cli._common import add_config_arguments, resolve_config
+
+__all__ = ["add_arguments", "run", "add_run_arguments"]
+
+log = logging.getLogger(__name__)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options every training command shares: resume/force/extend, device."""
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out exactly (uses its saved config)")
+    parser.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
+    parser.add_argument("--extend-epochs", type=int, default=0, metavar="N",
+                        help="continue a FINISHED run with N more epochs (schedule over the new total)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
+    add_run_arguments(parser)
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kidneyssl.training.pretrain import pretrain_siamese
+
+    result = pretrain_siamese(args.cache, args.out, resolve_config(args), split_file=args.split,
+                              resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
+                              device=args.device)
+    log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",
+             result.best_epoch + 1, result.best_val_loss, result.last_val_accuracy, result.run_dir)
+    return 0

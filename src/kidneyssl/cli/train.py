@@ -1,0 +1,38 @@
+"""``kidneyssl train --cache CACHE --out RUN --init scratch|PRETRAIN_CKPT``: segmentation training."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli.pretrain import add_run_arguments
+
+__all__ = ["add_arguments", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
+    parser.add_argument("--out", required=True, help="run folder")
+    parser.add_argument("--init", default="scratch",
+                        help="'scratch' (MwoS) or a siamese checkpoint (pretrain RUN/best.pt) for MwS")
+    parser.add_argument("--split", default=None,
+                        help="split.json to use, e.g. the pretraining run's (MwS and MwoS must share one)")
+    parser.add_argument("--grad-accum", type=int, default=1, metavar="K",
+                        help="half volumes per optimiser step per process (default 1, the paper's batch size)")
+    add_run_arguments(parser)
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from kidneyssl.training.finetune import train_segmentation
+
+    result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init,
+                                split_file=args.split, resume=args.resume, force=args.force,
+                                extend_epochs=args.extend_epochs, device=args.device,
+                                accumulate=args.grad_accum)
+    log.info("training done: best val Dice %.4f at epoch %d, last %.4f; checkpoints in %s",
+             result.best_dice, result.best_epoch + 1, result.last_dice, result.run_dir)
+    return 0

@@ -1,0 +1,223 @@
+"""Siamese pretraining on the left/right kidney proxy task (paper, section 2).
+
+Pairs of fixed-size kidney crops (``cfg.preprocess.crop_size`` around each kidney) are labelled
+1 when both kidneys are of the same patient side and 0 otherwise; the network is trained with the
+contrastive loss (margin ``cfg.pretrain.margin``) and Adam. Each epoch draws a fresh balanced set of
+``pairs_per_epoch`` training pairs seeded by ``(seed, epoch)``; validation uses one fixed set of
+``val_pairs`` pairs drawn from validation cases only (the same seeded 80/20 case split as
+segmentation, saved as ``split.json``). Pair accuracy counts a pair as "same side" when the
+embedding distance is below ``margin / 2``.
+
+Checkpoints (kind ``"siamese"``): ``last.pt`` every epoch (with optimiser and RNG state, for
+``--resume``) and ``best.pt`` at the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
+from kidneyssl.errors import KidneySSLError
+from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
+from kidneyssl.training.distributed import (DistContext, all_reduce_sum, broadcast_object,
+                                            init_distributed, shard, unwrap)
+from kidneyssl.training.finetune import resolve_split
+from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
+from kidneyssl.training.runfolder import RunFolder, Split, begin_run, save_split
+from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+
+__all__ = ["PretrainResult", "pretrain_siamese", "evaluate_pairs"]
+
+log = logging.getLogger(__name__)
+
+#: Salt that separates the validation pairs' seed from the per-epoch training pairs' seeds.
+VAL_PAIR_SALT = 1_000_003
+
+
+@dataclass(frozen=True)
+class PretrainResult:
+    """Where a pretraining run ended."""
+
+    run_dir: Path
+    best_epoch: int
+    best_val_loss: float
+    last_val_accuracy: float
+    history: list[dict[str, Any]]
+
+
+def _pairs(cache: Any, case_ids: Sequence[str], n_pairs: int, seed: int, cfg: ExperimentConfig) -> Any:
+    """Balanced kidney-crop pairs of ``case_ids``, drawn anew for each ``set_epoch(e)`` from
+    ``(seed, e)`` (items: dict with ``a``, ``b`` (1, *crop_size) and ``label``)."""
+    from kidneyssl.data.pairs import KidneyPairDataset
+
+    return KidneyPairDataset(cache, list(case_ids), n_pairs=n_pairs, seed=seed,
+                             crop_size=cfg.preprocess.crop_size,
+                             mask_outside=cfg.preprocess.crop_mask_outside)
+
+
+def _batches(dataset: Any, order: Sequence[int], batch_size: int):
+    import torch
+
+    for start in range(0, len(order), batch_size):
+        items = [dataset[i] for i in order[start:start + batch_size]]
+        yield (torch.stack([it["a"] for it in items]), torch.stack([it["b"] for it in items]),
+               torch.as_tensor([float(it["label"]) for it in items]))
+
+
+def _loss_fn(cfg: ExperimentConfig, device: Any):
+    from kidneyssl.losses import ContrastiveLoss, pair_accuracy
+
+    loss = ContrastiveLoss(margin=cfg.pretrain.margin, squared_distance=cfg.pretrain.squared_distance)
+
+    def compute(model: Any, batch: Any) -> tuple[Any, dict[str, float], int]:
+        a, b, y = (t.to(device, non_blocking=True) for t in batch)
+        emb_a, emb_b = model(a, b)
+        value = loss(emb_a.float(), emb_b.float(), y)
+        acc = pair_accuracy(emb_a.detach().float(), emb_b.detach().float(), y, cfg.pretrain.margin,
+                            cfg.pretrain.squared_distance)
+        return value, {"train_accuracy": float(acc)}, int(y.numel())
+
+    return compute
+
+
+def evaluate_pairs(model: Any, dataset: Any, cfg: ExperimentConfig, ctx: DistContext) -> tuple[float, float]:
+    """Mean contrastive loss and pair accuracy over all of ``dataset`` (sharded over ranks).
+
+    Returns:
+        ``(val_loss, val_accuracy)``, identical on every rank.
+    """
+    import torch
+
+    from kidneyssl.losses import ContrastiveLoss, pair_accuracy
+
+    loss = ContrastiveLoss(margin=cfg.pretrain.margin, squared_distance=cfg.pretrain.squared_distance)
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    loss_sum = acc_sum = count = 0.0
+    mine = shard(list(range(len(dataset))), ctx)
+    try:
+        with torch.inference_mode():
+            for a, b, y in _batches(dataset, mine, cfg.pretrain.batch_size):
+                a, b, y = a.to(ctx.device), b.to(ctx.device), y.to(ctx.device)
+                emb_a, emb_b = net(a, b)
+                loss_sum += float(loss(emb_a.float(), emb_b.float(), y)) * y.numel()
+                acc_sum += float(pair_accuracy(emb_a.float(), emb_b.float(), y, cfg.pretrain.margin,
+                                               cfg.pretrain.squared_distance)) * y.numel()
+                count += y.numel()
+    finally:
+        net.train(was_training)
+    loss_sum, acc_sum, count = all_reduce_sum([loss_sum, acc_sum, count], ctx)
+    if count == 0:
+        raise KidneySSLError("no validation pairs: the validation cases have no kidneys")
+    return loss_sum / count, acc_sum / count
+
+
+def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: ExperimentConfig, *,
+                     split_file: str | Path | None = None, resume: bool = False, force: bool = False,
+                     extend_epochs: int = 0, device: str = "auto", ctx: DistContext | None = None
+                     ) -> PretrainResult:
+    """Train (or resume/extend) the siamese network in ``out_dir``.
+
+    Args:
+        cache_dir: prepared cache; None on resume uses the run's own.
+        out_dir: run folder (files as in :mod:`kidneyssl.training.runfolder`).
+        cfg: resolved config (on resume the run's saved config.yaml is used instead).
+        split_file: case split to use; default: derived from (cases, train.val_fraction, train.seed),
+            i.e. the same split segmentation derives.
+        resume, force, extend_epochs, device, ctx: as in
+            :func:`kidneyssl.training.finetune.train_segmentation`.
+
+    Raises:
+        KidneySSLError: before training, for a cache of another config, no kidneys/cases,
+            fewer than 2 validation cases, or a folder holding another run.
+    """
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.models import build_siamese_model
+
+    ctx = ctx or init_distributed(device)
+    folder = RunFolder(out_dir)
+    cfg, info = begin_run(folder, "siamese", cfg, section="pretrain", resume=resume, force=force,
+                          extend_epochs=extend_epochs, is_main=ctx.is_main)
+    if info is not None:
+        cache_dir = cache_dir or info.get("cache")
+        split_file = folder.split_path
+    if cache_dir is None:
+        raise KidneySSLError("--cache is required")
+    cache = open_cache(cache_dir, expected=cfg.preprocess)
+    split: Split = resolve_split(cache, cfg, split_file)
+    pc = cfg.pretrain
+    val_pairs = _pairs(cache, split.val, pc.val_pairs, pc.seed + VAL_PAIR_SALT, cfg)
+    train_pairs = _pairs(cache, split.train, pc.pairs_per_epoch, pc.seed, cfg)
+    if len(val_pairs) == 0 or len(train_pairs) == 0:
+        raise KidneySSLError(f"{cache_dir}: the {'validation' if len(val_pairs) == 0 else 'training'} "
+                             "cases give no kidney pairs")
+
+    seed_everything(pc.seed)
+    model = build_siamese_model(cfg.model).to(ctx.device)
+    optimizer = build_optimizer(model, pc.lr, pc.weight_decay)
+    start_epoch, best = 0, {"val_loss": float("inf"), "epoch": -1}
+    if info is not None:
+        state = load_checkpoint(folder.last, kind="siamese", map_location=str(ctx.device))
+        model.load_state_dict(state["model_state"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
+        restore_rng_state(state["rng"])
+    run_info = {"kind": "siamese", "status": "running", "cache": str(Path(cache_dir).resolve()),
+                "epochs": pc.epochs, "world_size": ctx.world_size}
+    if ctx.is_main:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, folder.config_path)
+        save_split(split, folder.split_path)
+        folder.write_info(run_info)
+    history = folder.truncate_history(start_epoch) if ctx.is_main else []
+    net = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    log.info("pretrain: %d training cases, %d validation cases (%d fixed pairs), epochs %d..%d",
+             len(split.train), len(split.val), len(val_pairs), start_epoch, pc.epochs - 1)
+    compute = _loss_fn(cfg, ctx.device)
+    for epoch in range(start_epoch, pc.epochs):
+        t0 = time.perf_counter()
+        train_pairs.set_epoch(epoch)
+        order = epoch_order(len(train_pairs), epoch, pc.seed, ctx)
+        n_batches = -(-len(order) // pc.batch_size)
+        result = train_one_epoch(net, _batches(train_pairs, order, pc.batch_size), compute, optimizer, ctx,
+                                 total=n_batches, desc=f"pretrain {epoch + 1}/{pc.epochs}")
+        val_loss, val_acc = evaluate_pairs(net, val_pairs, cfg, ctx)
+        row = {"epoch": epoch, "train_loss": result.loss, **result.parts, "val_loss": val_loss,
+               "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
+        improved = val_loss < best["val_loss"]
+        if improved:
+            best = {"val_loss": val_loss, "epoch": epoch}
+        if ctx.is_main:
+            history.append(row)
+            common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict()}
+            state = unwrap(model).state_dict()
+            if improved:
+                save_checkpoint(folder.best, kind="siamese", config=config_to_dict(cfg), model_state=state,
+                                **common)
+            save_checkpoint(folder.last, kind="siamese", config=config_to_dict(cfg), model_state=state,
+                            optimizer=optimizer.state_dict(), rng=capture_rng_state(), **common)
+            folder.write_history(history)
+            _plot(history, folder.path / "history.png")
+        log.info("pretrain epoch %d/%d  loss %.4f  val loss %.4f  val pair accuracy %.3f  %.1f s",
+                 epoch + 1, pc.epochs, result.loss, val_loss, val_acc, row["seconds"])
+        broadcast_object(None, ctx)
+    if ctx.is_main:
+        folder.write_info({**run_info, "status": "finished", "best": best})
+        history = folder.read_history()
+    last_acc = history[-1]["val_accuracy"] if history else float("nan")
+    return PretrainResult(folder.path, int(best["epoch"]), float(best["val_loss"]), float(last_acc), history)
+
+
+def _plot(history: list[dict[str, Any]], path: Path) -> None:
+    from kidneyssl.training.finetune import _plot as plot
+
+    plot(history, path)

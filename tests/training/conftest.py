@@ -1,0 +1,68 @@
+"""Shared, session-scoped fixtures for the training tests: tiny phantoms, a coarse cache, a tiny
+config, and one finished pretraining run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: A tiny model and coarse grid: the whole training test folder must stay within a few minutes.
+TINY_OVERRIDES = [
+    "preprocess.spacing_mm=[8.0,4.0,4.0]",
+    "preprocess.crop_size=[16,32,32]",
+    "model.init_features=4",
+    "model.growth_rate=4",
+    "model.norm_groups=2",
+    "model.embedding_dim=8",
+    "pretrain.epochs=2",
+    "pretrain.pairs_per_epoch=8",
+    "pretrain.val_pairs=4",
+    "pretrain.batch_size=2",
+    "train.epochs=2",
+    "train.val_fraction=0.34",
+    "inference.half_overlap_mm=16",
+    "synth.cases=6",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_overrides() -> list[str]:
+    return list(TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg():
+    from kidneyssl.config import apply_overrides, load_preset
+
+    return apply_overrides(load_preset("demo"), TINY_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 phantom cases at demo resolution (KiTS19 layout)."""
+    from kidneyssl.phantoms import write_dataset
+
+    out = tmp_path_factory.mktemp("phantoms")
+    write_dataset(out, 6, seed=0, resolution="demo", workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory: pytest.TempPathFactory, phantom_data: Path, tiny_cfg) -> Path:
+    """The phantoms prepared at 8 x 4 x 4 mm."""
+    from kidneyssl.data.cache import prepare_dataset
+
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    prepare_dataset(phantom_data, out, tiny_cfg.preprocess, workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def pretrain_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tiny_cfg) -> Path:
+    """A finished 2-epoch siamese run on the tiny cache."""
+    from kidneyssl.training.pretrain import pretrain_siamese
+
+    out = tmp_path_factory.mktemp("pretrain") / "run"
+    pretrain_siamese(tiny_cache, out, tiny_cfg, device="cpu")
+    return out

@@ -1,0 +1,58 @@
+"""Siamese pretraining on the tiny phantom cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kidneyssl.training.checkpoint import load_checkpoint
+
+
+def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_cfg) -> None:
+    rows = [json.loads(line) for line in (pretrain_run / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for r in rows:
+        assert {"train_loss", "val_loss", "val_accuracy", "seconds"} <= set(r)
+        assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
+        assert 0.0 <= r["val_accuracy"] <= 1.0
+    split = json.loads((pretrain_run / "split.json").read_text())
+    assert len(split["val"]) == 2 and len(split["train"]) == 4
+    last = load_checkpoint(pretrain_run / "last.pt", kind="siamese")
+    best = load_checkpoint(pretrain_run / "best.pt", kind="siamese")
+    assert last["epoch"] == 1 and {"optimizer", "rng"} <= set(last)
+    assert best["epoch"] == last["best"]["epoch"]
+    assert best["metrics"]["val_loss"] == pytest.approx(min(r["val_loss"] for r in rows))
+    assert last["config"]["model"]["init_features"] == 4
+    assert (pretrain_run / "config.yaml").is_file() and (pretrain_run / "history.png").stat().st_size > 0
+    info = json.loads((pretrain_run / "run.json").read_text())
+    assert info["kind"] == "siamese" and info["status"] == "finished"
+
+
+def test_validation_pairs_come_from_validation_cases_only(tiny_cache: Path, tiny_cfg) -> None:
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.training.finetune import resolve_split
+    from kidneyssl.training.pretrain import VAL_PAIR_SALT, _pairs
+
+    cache = open_cache(tiny_cache)
+    split = resolve_split(cache, tiny_cfg, None)
+    pairs = _pairs(cache, split.val, 6, tiny_cfg.pretrain.seed + VAL_PAIR_SALT, tiny_cfg)
+    cases = {i.split(":")[0] for k in range(len(pairs)) for i in pairs[k]["ids"]}
+    assert cases and cases <= set(split.val)
+    item = pairs[0]
+    assert tuple(item["a"].shape) == (1, *tiny_cfg.preprocess.crop_size)
+
+
+def test_pretrain_refuses_a_cache_of_another_config(tiny_cache: Path, tiny_cfg, tmp_path: Path) -> None:
+    import dataclasses
+
+    from kidneyssl.errors import KidneySSLError
+    from kidneyssl.training.pretrain import pretrain_siamese
+
+    other = dataclasses.replace(tiny_cfg, preprocess=dataclasses.replace(tiny_cfg.preprocess,
+                                                                         spacing_mm=(6.0, 3.0, 3.0)))
+    with pytest.raises(KidneySSLError):
+        pretrain_siamese(tiny_cache, tmp_path / "run", other, device="cpu")
+    assert not (tmp_path / "run" / "last.pt").exists()
