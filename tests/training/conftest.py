@@ -9,7 +9,7 @@ import pytest
 
 #: A tiny model and coarse grid: the whole training test folder must stay within a few minutes.
 TINY_OVERRIDES = [
-    "preprocess.spacing_mm=[8.0,4.0,4.0]",
+    "preprocess.spacing_mm=[12.0,6.0,6.0]",
     "preprocess.crop_size=[16,32,32]",
     "model.init_features=4",
     "model.growth_rate=4",
@@ -20,9 +20,9 @@ TINY_OVERRIDES = [
     "pretrain.val_pairs=4",
     "pretrain.batch_size=2",
     "train.epochs=2",
-    "train.val_fraction=0.34",
+    "train.val_fraction=0.5",
     "inference.half_overlap_mm=16",
-    "synth.cases=6",
+    "synth.cases=4",
 ]
 
 
@@ -40,17 +40,17 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """6 phantom cases at demo resolution (KiTS19 layout)."""
+    """4 phantom cases at demo resolution (KiTS19 layout)."""
     from kidneyssl.phantoms import write_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
-    write_dataset(out, 6, seed=0, resolution="demo", workers=2)
+    write_dataset(out, 4, seed=0, resolution="demo", workers=2)
     return out
 
 
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory, phantom_data: Path, tiny_cfg) -> Path:
-    """The phantoms prepared at 8 x 4 x 4 mm."""
+    """The phantoms prepared at 12 x 6 x 6 mm."""
     from kidneyssl.data.cache import prepare_dataset
 
     out = tmp_path_factory.mktemp("cache") / "cache"

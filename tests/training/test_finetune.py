@@ -34,7 +34,7 @@ def test_training_writes_history_checkpoints_and_plot(mwos_run, tiny_cfg) -> Non
     last = load_checkpoint(run / "last.pt", kind="segmentation")
     best = load_checkpoint(run / "best.pt", kind="segmentation")
     assert last["epoch"] == 1 and best["metrics"]["val_dice"] == pytest.approx(max(r["val_dice"] for r in rows))
-    assert last["config"]["preprocess"]["spacing_mm"] == [8.0, 4.0, 4.0]  # predict needs nothing else
+    assert last["config"]["preprocess"]["spacing_mm"] == [12.0, 6.0, 6.0]  # predict needs nothing else
     assert (run / "history.png").stat().st_size > 0 and (run / "config.yaml").is_file()
     split = json.loads((run / "split.json").read_text())
     assert split["val"] == list(rows[0]["val_dice_per_case"])

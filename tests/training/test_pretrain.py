@@ -19,7 +19,7 @@ def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_
         assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
         assert 0.0 <= r["val_accuracy"] <= 1.0
     split = json.loads((pretrain_run / "split.json").read_text())
-    assert len(split["val"]) == 2 and len(split["train"]) == 4
+    assert len(split["val"]) == 2 and len(split["train"]) == 2
     last = load_checkpoint(pretrain_run / "last.pt", kind="siamese")
     best = load_checkpoint(pretrain_run / "best.pt", kind="siamese")
     assert last["epoch"] == 1 and {"optimizer", "rng"} <= set(last)
