@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory):
     from kidneyssl.training.checkpoint import save_checkpoint
 
     cfg = load_preset("demo")
-    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0)))
+    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))  # small arrays
     torch.manual_seed(0)
     model = build_segmentation_model(cfg.model)
     path = tmp_path_factory.mktemp("cli_ckpt") / "seg.pt"
@@ -84,3 +84,27 @@ def test_cli_predict_missing_input(checkpoint, tmp_path, capsys):
     code = main(["predict", "--model", str(checkpoint), "--input", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_predict_then_evaluate_round_trip_on_phantoms(checkpoint, tmp_path):
+    pytest.importorskip("kidneyssl.cli.evaluate")
+    import csv
+
+    from kidneyssl.phantoms import write_dataset
+
+    data = tmp_path / "phantoms"
+    write_dataset(data, cases=2, seed=3)
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(checkpoint), "--input", str(data), "--out", str(out), "--quiet"]) == 0
+    table = tmp_path / "eval.csv"
+    assert main(["evaluate", "--pred", str(out), "--gt", str(data), "--out", str(table), "--quiet"]) == 0
+    rows = {r["case_id"]: r for r in csv.DictReader(table.open())}
+    assert sorted(rows) == ["case_00000", "case_00001"]
+    for case_id, row in rows.items():
+        gt = nib.load(str(data / case_id / "segmentation.nii.gz"))
+        pred = nib.load(str(out / f"prediction_{case_id[5:]}.nii.gz"))
+        assert pred.shape == gt.shape
+        np.testing.assert_allclose(pred.affine, gt.affine, atol=1e-4)
+        p, g = np.asarray(pred.dataobj) > 0, np.asarray(gt.dataobj) > 0
+        expected = 2.0 * np.logical_and(p, g).sum() / (p.sum() + g.sum())
+        assert float(row["dice"]) == pytest.approx(expected, abs=1e-6)

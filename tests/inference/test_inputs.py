@@ -64,9 +64,16 @@ def _write_dicom_series(array_zyx: np.ndarray, spacing_xyz, origin, folder):
 
 
 def test_dicom_series_folder_reads_like_nifti(tmp_path):
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
     rng = np.random.default_rng(0)
     arr = rng.integers(-100, 300, size=(6, 10, 12)).astype(np.int16)  # (z, y, x) in SimpleITK order
-    _write_dicom_series(arr, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), tmp_path / "series1")
+    try:
+        _write_dicom_series(arr, (0.8, 0.9, 2.5), (10.0, -20.0, 30.0), tmp_path / "series1")
+    finally:  # ITK's DICOM writer switches the C locale too
+        locale.setlocale(locale.LC_ALL, saved)
+    assert locale.setlocale(locale.LC_ALL) == saved
     items = find_inputs(tmp_path)
     assert [(i.name, i.output_id, i.kind) for i in items] == [("series1", "series1", "dicom")]
     assert [i.kind for i in find_inputs(tmp_path / "series1")] == ["dicom"]
@@ -77,5 +84,15 @@ def test_dicom_series_folder_reads_like_nifti(tmp_path):
     np.testing.assert_allclose(vol.geometry.spacing, (0.8, 0.9, 2.5), atol=1e-4)
     np.testing.assert_allclose(vol.geometry.affine[:3, 3], (-10.0, 20.0, 30.0), atol=1e-3)
     assert vol.geometry.axcodes == ("L", "P", "S")
+    assert locale.setlocale(locale.LC_ALL) == saved  # reading did not switch the locale
     with pytest.raises(DataError, match="no series"):
         read_dicom_series(tmp_path / "empty_dir_that_is_missing")
+
+
+def test_folders_without_dicom_files_are_not_scanned(tmp_path):
+    from kidneyssl.inference.inputs import _looks_like_dicom
+
+    (tmp_path / "notes.json").write_text("{}")
+    assert not _looks_like_dicom(tmp_path)
+    (tmp_path / "raw").write_bytes(b"\0" * 128 + b"DICM" + b"\0" * 8)
+    assert _looks_like_dicom(tmp_path)

@@ -82,7 +82,7 @@ def test_sliding_window_agrees_with_halves(box_predictor, blob_image):
 
 
 def test_auto_picks_sliding_when_halves_exceed_budget(box_predictor, blob_image):
-    # half = 32*48*48 voxels; at 600 B/voxel that is ~42 MB
+    # half = 32*48*48 voxels; at 1150 B/voxel that is ~81 MB
     small = InferenceConfig(memory_budget_mb=10, sw_roi_size=(16, 32, 32), half_overlap_mm=0.0)
     big = InferenceConfig(memory_budget_mb=100, half_overlap_mm=0.0)
     assert choose_strategy(blob_image.shape, 32, small, 1.0, PAPER_BYTES_PER_VOXEL) == "sliding"
@@ -96,6 +96,7 @@ def test_estimate_bytes_per_voxel_scales_with_width():
     demo = estimate_bytes_per_voxel(ModelConfig(init_features=8, growth_rate=8))
     assert paper == PAPER_BYTES_PER_VOXEL
     assert demo == pytest.approx(paper / 2)
+    assert estimate_bytes_per_voxel(None, bf16=True) == pytest.approx(0.52 * paper)
 
 
 def test_tta_flip_averages_mirrored_predictions(make_blob_image):
@@ -175,3 +176,32 @@ def test_split_found_from_the_image_when_not_given(box_predictor, make_blob_imag
     split = find_split_x(None, img)
     explicit = infer_volume(box_predictor, img, cfg, split_x=split, spacing_mm=(1, 1, 1))
     np.testing.assert_array_equal(auto, explicit)
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    from kidneyssl.config import load_preset
+    from kidneyssl.models import build_segmentation_model
+
+    torch.manual_seed(0)
+    return build_segmentation_model(load_preset("demo").model, reconstruction=False).eval()
+
+
+def test_real_model_one_window_equals_whole_volume(demo_model, make_blob_image):
+    # GroupNorm makes a network's output depend on its field of view, so only equal fields of
+    # view can agree exactly: one window covering the volume must reproduce the whole-volume pass
+    img = make_blob_image(shape=(16, 32, 48))
+    predictor = lambda x: demo_model(x).logits  # noqa: E731
+    whole = infer_volume(predictor, img, InferenceConfig(), split_x=24, strategy="whole")
+    one = infer_volume(predictor, img, InferenceConfig(sw_roi_size=(16, 32, 48)), split_x=24,
+                       strategy="sliding")
+    assert np.abs(one - whole).max() < 1e-5
+    assert whole.std() > 1e-4  # not a constant map
+
+
+def test_real_model_bf16_close_to_float32(demo_model, make_blob_image):
+    img = make_blob_image(shape=(16, 32, 48))
+    predictor = lambda x: demo_model(x).logits  # noqa: E731
+    fp32 = infer_volume(predictor, img, InferenceConfig(), split_x=24, strategy="halves")
+    bf16 = infer_volume(predictor, img, InferenceConfig(), split_x=24, strategy="halves", bf16=True)
+    assert np.abs(bf16 - fp32).max() < 0.05

@@ -10,9 +10,12 @@ Naming (the KiTS19 submission format for KiTS cases):
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -58,13 +61,46 @@ def _is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.endswith(_NIFTI) and not path.name.startswith(".")
 
 
+@contextlib.contextmanager
+def _keep_locale() -> Iterator[None]:
+    """Restore the C locale after GDCM calls: ITK's DICOM IO switches LC_CTYPE to "C", after
+    which Python's default text encoding becomes ASCII for the rest of the process."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _looks_like_dicom(folder: Path, probe: int = 5) -> bool:
+    """A ``.dcm``/``.ima`` file, or the ``DICM`` magic at byte 128, among the first files."""
+    checked = 0
+    for child in sorted(folder.iterdir()):
+        if not child.is_file() or child.name.startswith("."):
+            continue
+        if child.suffix.lower() in (".dcm", ".ima"):
+            return True
+        try:
+            with child.open("rb") as fh:
+                fh.seek(128)
+                if fh.read(4) == b"DICM":
+                    return True
+        except OSError:
+            pass
+        checked += 1
+        if checked >= probe:
+            return False
+    return False
+
+
 def _dicom_series_ids(folder: Path) -> list[str]:
-    if not any(p.is_file() for p in folder.iterdir()):
+    if not _looks_like_dicom(folder):
         return []
     import SimpleITK as sitk
 
     try:
-        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+        with _keep_locale():
+            return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
     except RuntimeError:
         return []
 
@@ -132,9 +168,10 @@ def read_dicom_series(folder: str | Path) -> Volume:
     if not ids:
         raise DataError(folder, "dicom", "a folder holding a DICOM series", "no series")
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
     try:
-        image = reader.Execute()
+        with _keep_locale():
+            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+            image = reader.Execute()
     except RuntimeError as err:
         lines = str(err).strip().splitlines()
         raise DataError(folder, "dicom", "a readable DICOM series",

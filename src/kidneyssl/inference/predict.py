@@ -175,7 +175,7 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
 
     t0 = time.perf_counter()
     spacing = tuple(float(s) for s in record.spacing_mm)
-    bpv = estimate_bytes_per_voxel(cfg.model)
+    bpv = estimate_bytes_per_voxel(cfg.model, bf16=bf16)
     chosen = choose_strategy(image.shape, split_x, icfg, spacing[2], bpv, strategy)  # type: ignore[arg-type]
     prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
                         sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=chosen,

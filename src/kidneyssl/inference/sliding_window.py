@@ -35,6 +35,7 @@ from kidneyssl.io.geometry import LATERAL_AXIS
 __all__ = [
     "Strategy",
     "PAPER_BYTES_PER_VOXEL",
+    "BF16_FACTOR",
     "estimate_bytes_per_voxel",
     "half_bounds",
     "choose_strategy",
@@ -47,24 +48,28 @@ log = logging.getLogger(__name__)
 Strategy = Literal["auto", "whole", "halves", "sliding"]
 
 #: Peak activation memory (bytes per input voxel) of ``DenseUNet3D`` with the paper's
-#: ``ModelConfig`` (16 initial features, growth 16) in ``torch.inference_mode`` on CPU, float32.
-#: Measured with ``benchmarks/bench_predict.py --measure-factor`` (peak RSS increase of a forward
-#: pass on a 96x256x160 input in a fresh process); includes the input and output tensors.
-PAPER_BYTES_PER_VOXEL = 600.0
+#: ``ModelConfig`` (16 initial features, growth 16) in ``torch.inference_mode`` on CPU, float32:
+#: the peak RSS increase of one forward pass in a fresh process, 1154 B/voxel at 64x128x128 and
+#: 1113 at 96x256x160 (``benchmarks/bench_predict.py --measure-factor``). bfloat16 autocast
+#: measured 591 and 564 B/voxel.
+PAPER_BYTES_PER_VOXEL = 1150.0
+BF16_FACTOR = 0.52
 _PAPER_FULL_RES_CHANNELS = 16 + 2 * 16  # init features + first dense block's growth
 
 
-def estimate_bytes_per_voxel(model_cfg: ModelConfig | None = None) -> float:
+def estimate_bytes_per_voxel(model_cfg: ModelConfig | None = None, bf16: bool = False) -> float:
     """Peak activation memory per input voxel for a model of ``model_cfg`` (bytes).
 
     The peak is reached at full resolution, where the input convolution and the first dense
     block's concatenated features live, so the measured paper figure is scaled by that channel
-    count. ``None`` gives the paper model's figure.
+    count (an estimate for other widths). ``None`` gives the paper model's figure; ``bf16``
+    scales it by the measured bfloat16-autocast ratio.
     """
+    factor = BF16_FACTOR if bf16 else 1.0
     if model_cfg is None:
-        return PAPER_BYTES_PER_VOXEL
+        return PAPER_BYTES_PER_VOXEL * factor
     channels = model_cfg.init_features + model_cfg.block_layers[0] * model_cfg.growth_rate
-    return PAPER_BYTES_PER_VOXEL * max(channels, 1) / _PAPER_FULL_RES_CHANNELS
+    return PAPER_BYTES_PER_VOXEL * factor * max(channels, 1) / _PAPER_FULL_RES_CHANNELS
 
 
 def _ceil_to(value: int, multiple: int) -> int:
