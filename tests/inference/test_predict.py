@@ -4,7 +4,6 @@ incompatible checkpoints."""
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import json
 
 import nibabel as nib
@@ -13,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from kidneyssl.errors import CheckpointError, DataError
+from kidneyssl.errors import CheckpointError
 from kidneyssl.io.geometry import Geometry, Volume, to_canonical
 from kidneyssl.inference.predict import load_model, predict_path, predict_volume
 

@@ -1,6 +1,31 @@
 """Inference: whole-volume probabilities (halves or sliding window), post-processing, and
-prediction of NIfTI/KiTS19/DICOM inputs back on the input's own grid."""
+prediction of NIfTI/KiTS19/DICOM inputs back on the input's own grid.
 
-from kidneyssl.inference.sliding_window import infer_volume
+Importing this package does not import torch; the functions do when called.
+"""
 
-__all__ = ["infer_volume"]
+from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_dicom_series
+from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
+from kidneyssl.inference.predict import (
+    PredictionResult,
+    PredictSummary,
+    load_model,
+    predict_path,
+    predict_volume,
+)
+from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
+
+__all__ = [
+    "infer_volume",
+    "estimate_bytes_per_voxel",
+    "threshold_probabilities",
+    "largest_component_per_side",
+    "load_model",
+    "predict_volume",
+    "predict_path",
+    "PredictionResult",
+    "PredictSummary",
+    "PredictionInput",
+    "find_inputs",
+    "read_dicom_series",
+]
