@@ -43,7 +43,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
 def atomic_write_text(target: str | Path, text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(target: str | Path, data: Any) -> None:
