@@ -13,15 +13,19 @@ One run measures, with 2 threads:
 
 Each measurement runs in its own subprocess so that peak RSS (``resource.getrusage``) is per model.
 Runtime settings used for every model (ours and peers alike):
-  * ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch backs large CPU tensors with transparent huge pages) and
-    glibc ``mallopt`` keeping freed memory (no mmap/trim): 3-D activations are hundreds of MB, and
-    without these every new activation is page-faulted in 4 KiB at a time (a fresh 134 MB ReLU
-    output cost ~5x an in-place one here); the ``--no-alloc-tuning`` variant shows the effect.
+  * ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch backs large CPU tensors with transparent huge pages):
+    3-D activations are hundreds of MB and each new one is page-faulted in; a fresh 134 MB ReLU
+    output cost ~5x an in-place one here. Our model is also run without it (``alloc_tuning``
+    false). (glibc ``mallopt`` without mmap/trim was tried too: it fragmented the heap to 10 GB RSS.)
   * ``torch.set_num_threads(2)``, ``torch.inference_mode`` for inference.
 
+Shared machine: other processes inflate times. Each worker therefore measures the fp32 matmul
+rate just before and after its own timing and reports its fraction against the mean of those
+(``fraction_of_local_matmul``), next to the fraction of the ceiling measured once at the start.
+The JSON records the load average before and after.
+
 Usage: ``python benchmarks/bench_models.py [--quick]``; JSON to stdout and to
-``benchmarks/results/models.json``. Other processes on the machine inflate the times; the JSON
-records the load average before and after.
+``benchmarks/results/models.json``.
 """
 
 from __future__ import annotations
@@ -38,17 +42,6 @@ HERE = Path(__file__).resolve().parent
 TRAIN_SHAPE = (1, 1, 64, 128, 64)
 INFER_SHAPE = (1, 1, 128, 256, 128)
 THREADS = 2
-
-
-def _tune_allocator() -> None:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-4, 0)  # M_MMAP_MAX = 0: large blocks from the heap, reusable
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never give freed memory back
-    except OSError:  # not glibc
-        pass
 
 
 def _build(name: str):
@@ -106,6 +99,13 @@ def worker(task: str, name: str, layout: str, dtype: str) -> dict:
     if cl:
         model = model.to(memory_format=fmt)
     result: dict = {"task": task, "model": name, "layout": layout, "dtype": dtype}
+    if task in ("train", "infer"):
+        result["local_matmul_gflops_before"] = matmul_gflops("fp32", n=2048, repeats=3)
+        try:
+            result.update(_timed(task, name, model, fmt, dtype))
+        finally:
+            result["local_matmul_gflops_after"] = matmul_gflops("fp32", n=2048, repeats=3)
+        return result
     if task == "flops":
         from torch.utils.flop_counter import FlopCounterMode
 
@@ -126,6 +126,13 @@ def worker(task: str, name: str, layout: str, dtype: str) -> dict:
                     counter.get_total_flops() * scale / 1e9
         del x
         return result
+    raise ValueError(task)
+
+
+def _timed(task: str, name: str, model, fmt, dtype: str) -> dict:
+    import torch
+
+    result: dict = {}
     if task == "train":
         from kidneyssl.config import SegTrainConfig
         from kidneyssl.losses import BCEDiceLoss, segmentation_loss
@@ -229,8 +236,6 @@ def _run_worker(task: str, name: str, layout: str, dtype: str, alloc_tuning: boo
         env["THP_MEM_ALLOC_ENABLE"] = "1"
     env.update(extra_env or {})
     cmd = [sys.executable, __file__, "--worker", task, name, layout, dtype]
-    if alloc_tuning:
-        cmd.append("--alloc-tuning")
     t = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -343,7 +348,10 @@ def _summarize(runs: list[dict], ceiling: float, ceiling_bf16: float) -> list[di
             row.update(gflop_per_forward=round(gflop, 1), seconds=round(r["infer_s_min"], 2))
             sec = r["infer_s_min"]
         achieved = gflop / sec
+        local = (r["local_matmul_gflops_before"] + r["local_matmul_gflops_after"]) / 2
         row["achieved_gflops"] = round(achieved, 1)
+        row["local_matmul_gflops"] = round(local, 1)
+        row["fraction_of_local_matmul"] = round(achieved / local, 3)
         row["fraction_of_matmul_fp32"] = round(achieved / ceiling, 3)
         if r["dtype"] == "bf16":
             row["fraction_of_matmul_bf16"] = round(achieved / ceiling_bf16, 3)
@@ -354,8 +362,6 @@ def _summarize(runs: list[dict], ceiling: float, ceiling_bf16: float) -> list[di
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        if "--alloc-tuning" in sys.argv:
-            _tune_allocator()
         task, name, layout, dtype = sys.argv[2:6]
         print(json.dumps(worker(task, name, layout, dtype)))
     else:
