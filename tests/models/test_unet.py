@@ -52,10 +52,13 @@ def test_paper_channels_and_parameter_counts(paper_cfg: ModelConfig) -> None:
     assert count_parameters(siamese) == 1_763_954 + 88 * 88 + 88 + 88 * 128 + 128
 
 
-def test_demo_parameter_counts(demo_cfg: ModelConfig) -> None:
-    model = build_segmentation_model(demo_cfg)
-    assert count_parameters(model.encoder) == _encoder_params_by_hand(demo_cfg) == 450_810
+def test_small_config_parameter_counts(demo_cfg: ModelConfig) -> None:
+    small = ModelConfig(init_features=8, growth_rate=8, norm_groups=4, embedding_dim=64)
+    model = build_segmentation_model(small)
+    assert count_parameters(model.encoder) == _encoder_params_by_hand(small) == 450_810
     assert count_parameters(model) == 748_940
+    # whatever the shipped demo preset is, the hand count holds
+    assert count_parameters(DenseEncoder(demo_cfg)) == _encoder_params_by_hand(demo_cfg)
 
 
 def test_no_reconstruction_branch_builds_no_params(paper_cfg: ModelConfig) -> None:
