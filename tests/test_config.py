@@ -39,7 +39,8 @@ def test_presets_load_and_paper_preset_equals_defaults():
     assert paper.train == SegTrainConfig()
     demo = load_preset("demo")
     assert demo.name == "demo"
-    assert demo.preprocess.spacing_mm == (6.44, 3.24, 3.24)
+    assert demo.preprocess.spacing_mm == (8.0, 4.0, 4.0)
+    assert all(c % 16 == 0 for c in demo.preprocess.crop_size)
 
 
 def test_unknown_preset_lists_available():
@@ -76,6 +77,8 @@ def test_validation_in_constructors():
         PreprocessConfig(window_hu=(300.0, -80.0))
     with pytest.raises(ConfigError, match="spacing_mm"):
         PreprocessConfig(spacing_mm=(0.0, 1.0, 1.0))
+    with pytest.raises(ConfigError, match="multiples of 16"):
+        PreprocessConfig(crop_size=(32, 56, 56))
 
 
 def test_yaml_round_trip(tmp_path):

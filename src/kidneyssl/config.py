@@ -46,7 +46,7 @@ class PreprocessConfig:
         window_hu: intensity window (low, high) in Hounsfield units; values are clipped to it.
         pad_multiple: every axis is zero-padded up to a multiple of this (the network downsamples 4x).
         keep_tumor: keep tumour (label 2) as its own class instead of merging it into kidney.
-        crop_size: proxy-task kidney crop size (z, y, x) in voxels at ``spacing_mm``.
+        crop_size: proxy-task kidney crop size (z, y, x) in voxels at ``spacing_mm``; multiples of 16.
         crop_mask_outside: zero everything outside the kidney mask in proxy crops (the authors'
             code did this; the paper's text passes the whole region around the kidney: default off).
         image_interpolation: ``linear`` (trilinear) or ``cubic`` for the image.
@@ -67,8 +67,11 @@ class PreprocessConfig:
             raise ConfigError(f"window_hu must be (low, high) with low < high, got {self.window_hu!r}")
         if self.pad_multiple < 1:
             raise ConfigError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
-        if len(self.crop_size) != 3 or any(c < 1 for c in self.crop_size):
-            raise ConfigError(f"crop_size must be 3 positive integers, got {self.crop_size!r}")
+        if len(self.crop_size) != 3 or any(c < 16 or c % 16 for c in self.crop_size):
+            raise ConfigError(
+                f"crop_size must be 3 positive multiples of 16 (the encoder downsamples 4 times), "
+                f"got {self.crop_size!r}"
+            )
         if self.image_interpolation not in ("linear", "cubic"):
             raise ConfigError(
                 f"image_interpolation must be 'linear' or 'cubic', got {self.image_interpolation!r}"

@@ -56,16 +56,3 @@ def test_pretrain_refuses_a_cache_of_another_config(tiny_cache: Path, tiny_cfg, 
     with pytest.raises(KidneySSLError):
         pretrain_siamese(tiny_cache, tmp_path / "run", other, device="cpu")
     assert not (tmp_path / "run" / "last.pt").exists()
-
-
-def test_crops_are_zero_padded_to_a_multiple_of_16() -> None:
-    import torch
-
-    from kidneyssl.training.pretrain import _pad16
-
-    x = torch.ones(2, 1, 32, 56, 50)
-    y = _pad16(x)
-    assert tuple(y.shape) == (2, 1, 32, 64, 64)
-    assert float(y.sum()) == float(x.sum())
-    assert torch.equal(y[:, :, :, 4:60, 7:57], x)  # centred
-    assert _pad16(y) is y

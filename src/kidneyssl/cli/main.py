@@ -47,12 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kidneyssl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, help_text in COMMANDS.items():
-        try:  # INTEGRATION-TEMP: tolerate verbs not written yet (removed once all land)
-            module = importlib.import_module(f"kidneyssl.cli.{verb}")
-        except ModuleNotFoundError as err:
-            if err.name != f"kidneyssl.cli.{verb}":
-                raise
-            continue
+        module = importlib.import_module(f"kidneyssl.cli.{verb}")
         p = sub.add_parser(verb, help=help_text, description=help_text)
         _add_common(p)
         module.add_arguments(p)

@@ -59,26 +59,12 @@ def _pairs(cache: Any, case_ids: Sequence[str], n_pairs: int, seed: int, cfg: Ex
                              mask_outside=cfg.preprocess.crop_mask_outside)
 
 
-def _pad16(x: Any, multiple: int = 16) -> Any:
-    """Zero-pad a (B, 1, z, y, x) batch symmetrically to a multiple of ``multiple`` per axis: the
-    encoder downsamples 4 times, and a crop size such as the demo preset's 32 x 56 x 56 is not
-    one (the crop itself stays as configured; the padding adds zeros around it, as the volume's
-    own zero-padding does)."""
-    import torch.nn.functional as F
-
-    pads: list[int] = []
-    for size in reversed(x.shape[2:]):
-        extra = (-int(size)) % multiple
-        pads += [extra // 2, extra - extra // 2]
-    return F.pad(x, pads) if any(pads) else x
-
-
 def _batches(dataset: Any, order: Sequence[int], batch_size: int):
     import torch
 
     for start in range(0, len(order), batch_size):
         items = [dataset[i] for i in order[start:start + batch_size]]
-        yield (_pad16(torch.stack([it["a"] for it in items])), _pad16(torch.stack([it["b"] for it in items])),
+        yield (torch.stack([it["a"] for it in items]), torch.stack([it["b"] for it in items]),
                torch.as_tensor([float(it["label"]) for it in items]))
 
 
