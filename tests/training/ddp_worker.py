@@ -55,6 +55,7 @@ def main(out: str, accumulate: int, epochs: int) -> None:
         with open(out, "w") as fh:
             json.dump({"losses": losses, "params": params, "gathered": gathered,
                        "world": ctx.world_size}, fh)
+    del net  # the DDP reducer holds the process group: release it before the group goes
     shutdown_distributed(ctx)
 
 

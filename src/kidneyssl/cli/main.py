@@ -25,7 +25,7 @@ COMMANDS: dict[str, str] = {
     "experiment": "the paper's MwS vs MwoS comparison, with report",
     "demo": "synthesise phantoms and run the experiment at demo scale on a CPU",
     "predict": "segment kidneys in new scans with a trained model",
-    "evaluate": "score predictions against ground truth (Dice, HD, HD95, BL%)",
+    "evaluate": "score predictions against ground truth (Dice, Hausdorff, boundary length)",
 }
 
 
@@ -63,7 +63,6 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     handler.setFormatter(logging.Formatter("%(message)s" if not verbose else "%(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
-    root.propagate = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -91,6 +91,10 @@ def shutdown_distributed(ctx: DistContext) -> None:
     import torch.distributed as dist
 
     if ctx.initialized and dist.is_initialized():
+        # Let gloo's worker thread finish (and free) every queued work item first: destroying the
+        # group while it still frees a work that holds Python tensors (all_gather_object) needs
+        # the GIL that the destroying thread holds -> a teardown deadlock seen with torch 2.13.
+        barrier(ctx)
         dist.destroy_process_group()
 
 
