@@ -216,7 +216,10 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
     log.debug("inference strategy %s on %s (split_x=%s)", chosen, padded_shape, split_x)
 
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+        array = np.ascontiguousarray(image, dtype=np.float32)
+        if not array.flags.writeable:  # a memory-mapped cache array: torch wants a writable buffer
+            array = array.copy()
+        x = torch.from_numpy(array)[None, None]
         if chosen == "whole":
             prob = prob_fn(x.to(run_device))[0, 0].to("cpu")
         elif chosen == "halves":
