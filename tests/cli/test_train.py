@@ -109,3 +109,29 @@ def test_resume_and_extend_are_separate_modes(tmp_path: Path, capsys: pytest.Cap
     assert rc == 2 and "separate modes" in capsys.readouterr().err
     rc = main(["train", "--out", str(tmp_path / "none"), "--resume"])
     assert rc == 2 and "nothing to resume" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_runs_the_train_command(cache: Path, tmp_path: Path) -> None:
+    """The real command under PyTorch's launcher (2 CPU processes, gloo): it finishes (uneven
+    validation shards included), only rank 0 writes, and the run is complete."""
+    import json
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", KIDNEYSSL_NO_PROGRESS="1")
+    out = tmp_path / "ddp"
+    # 4 cases, val_fraction 0.75 -> 3 validation cases over 2 ranks (2 + 1)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "kidneyssl.cli.main", "train",
+           "--cache", str(cache), "--out", str(out), "--init", "scratch", "--device", "cpu", *TINY,
+           "--set", "train.epochs=2", "--set", "train.val_fraction=0.75"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]  # one writer: no duplicated lines
+    assert all(len(r["val_dice_per_case"]) == 3 for r in rows)
+    assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
+    assert not list(out.glob("*.tmp*"))
