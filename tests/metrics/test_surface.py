@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 from monai.metrics import HausdorffDistanceMetric
-from scipy import ndimage
 from scipy.spatial.distance import cdist, directed_hausdorff
 
 from kidneyssl.metrics import (

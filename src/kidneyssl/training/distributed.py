@@ -149,6 +149,15 @@ def shard(items: Sequence[T], ctx: DistContext) -> list[T]:
     return [item for i, item in enumerate(items) if i % ctx.world_size == ctx.rank]
 
 
+def wrap_ddp(model: Any, ctx: DistContext) -> Any:
+    """``model`` wrapped in DistributedDataParallel when running distributed, else ``model``."""
+    if not ctx.distributed:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+
+
 def unwrap(model: Any) -> Any:
     """The plain module inside a DDP / ``torch.compile`` wrapper."""
     inner = getattr(model, "module", model)

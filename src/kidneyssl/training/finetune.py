@@ -23,14 +23,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
+from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import (DistContext, broadcast_object, gather_objects,
-                                            init_distributed, shard, unwrap)
+                                            init_distributed, shard, unwrap, wrap_ddp)
 from kidneyssl.training.loop import (build_grad_scaler, build_optimizer, epoch_order,
                                      train_one_epoch)
-from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split, save_split
+from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
@@ -197,8 +197,6 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             a cache of another config, a checkpoint of another architecture, an empty dataset,
             fewer than 2 validation cases, or a folder holding another run.
     """
-    import torch
-
     from kidneyssl.data.cache import open_cache
     from kidneyssl.data.segmentation import HalfVolumeDataset
     from kidneyssl.losses import bce_dice_weights
@@ -245,17 +243,10 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
     run_info = {"kind": "segmentation", "status": "running", "cache": str(Path(cache_dir).resolve()),
                 "init": str(init), "epochs": epochs, "world_size": ctx.world_size}
     if ctx.is_main:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, folder.config_path)
-        save_split(split, folder.split_path)
-        folder.write_info(run_info)
+        folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
 
-    net = model
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    net = wrap_ddp(model, ctx)
     log.info("segmentation: %d training halves (%d cases), %d validation cases, epochs %d..%d, init %s",
              len(dataset), len(split.train), len(split.val), start_epoch, epochs - 1, init)
     for epoch in range(start_epoch, epochs):

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
+from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import (DistContext, all_reduce_sum, broadcast_object,
-                                            init_distributed, shard, unwrap)
+                                            init_distributed, shard, unwrap, wrap_ddp)
 from kidneyssl.training.finetune import resolve_split
 from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
-from kidneyssl.training.runfolder import RunFolder, Split, begin_run, save_split
+from kidneyssl.training.runfolder import RunFolder, Split, begin_run
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["PretrainResult", "pretrain_siamese", "evaluate_pairs"]
@@ -170,16 +170,9 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
     run_info = {"kind": "siamese", "status": "running", "cache": str(Path(cache_dir).resolve()),
                 "epochs": pc.epochs, "world_size": ctx.world_size}
     if ctx.is_main:
-        folder.path.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, folder.config_path)
-        save_split(split, folder.split_path)
-        folder.write_info(run_info)
+        folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
-    net = model
-    if ctx.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    net = wrap_ddp(model, ctx)
     log.info("pretrain: %d training cases, %d validation cases (%d fixed pairs), epochs %d..%d",
              len(split.train), len(split.val), len(val_pairs), start_epoch, pc.epochs - 1)
     compute = _loss_fn(cfg, ctx.device)

@@ -148,6 +148,15 @@ class RunFolder:
     def write_info(self, info: dict[str, Any]) -> None:
         atomic_write_json(self.path / "run.json", info)
 
+    def begin(self, cfg: Any, split: "Split", info: dict[str, Any]) -> None:
+        """Create the folder and write the resolved config, the split and ``run.json``."""
+        from kidneyssl.config import save_config
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config_path)
+        save_split(split, self.split_path)
+        self.write_info(info)
+
     def is_finished(self, kind: str) -> bool:
         info = self.info()
         return bool(info and info.get("kind") == kind and info.get("status") == "finished"
