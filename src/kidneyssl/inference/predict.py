@@ -146,6 +146,23 @@ def _dilate_keep_zone(keep: np.ndarray) -> np.ndarray:
     return zone
 
 
+def keep_kidney_components(prob: np.ndarray, split_x: int, icfg: InferenceConfig) -> np.ndarray:
+    """Post-process probabilities on the preprocessed grid, IN PLACE, and return the kept mask.
+
+    With ``icfg.largest_component``, the largest connected component of the thresholded mask in
+    each lateral half is kept and probabilities more than one voxel away from the kept components
+    are set to 0, so that restoring them (trilinear) and thresholding on the original grid leaves
+    the kept kidneys' boundaries unchanged. Returns the thresholded (kept) uint8 mask.
+    """
+    from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
+
+    mask = threshold_probabilities(prob, icfg.threshold)
+    if icfg.largest_component:
+        mask = largest_component_per_side(mask, split_x)
+        prob[~_dilate_keep_zone(mask)] = 0.0
+    return mask
+
+
 def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",
                    sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
                    strategy: str = "auto", progress: bool = False) -> PredictionResult:
@@ -161,7 +178,7 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
         bf16: bfloat16 autocast for the network.
         strategy: ``auto``, ``halves``, ``sliding`` or ``whole`` (see ``infer_volume``).
     """
-    from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
+    from kidneyssl.inference.postprocess import threshold_probabilities
     from kidneyssl.inference.sliding_window import choose_strategy, estimate_bytes_per_voxel, infer_volume
     from kidneyssl.preprocessing.pipeline import preprocess_image
     from kidneyssl.preprocessing.sides import find_split_x
@@ -184,10 +201,7 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
     timings["infer"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    if icfg.largest_component:
-        keep = largest_component_per_side(threshold_probabilities(prob, icfg.threshold), split_x)
-        prob[~_dilate_keep_zone(keep)] = 0.0
-        del keep
+    keep_kidney_components(prob, split_x, icfg)
     timings["postprocess"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -106,20 +106,13 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
     """
     import torch
 
-    from kidneyssl.config import config_from_dict
-    from kidneyssl.inference.postprocess import largest_component_per_side
+    from kidneyssl.inference.predict import keep_kidney_components, load_model
     from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
     from kidneyssl.io.volumes import read_volume
     from kidneyssl.metrics import compute_case_metrics
-    from kidneyssl.models import build_segmentation_model
     from kidneyssl.preprocessing.pipeline import PreprocessRecord
-    from kidneyssl.training.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(checkpoint, kind="segmentation", map_location=str(ctx.device))
-    cfg = config_from_dict(ExperimentConfig, ckpt["config"])
-    model = build_segmentation_model(cfg.model).to(ctx.device)
-    model.load_state_dict(ckpt["model_state"])
-    model.eval()
+    model, cfg = load_model(checkpoint, ctx.device)
     rows: dict[str, dict[str, Any]] = {}
     masks: dict[str, np.ndarray] = {}
     for cid in shard(list(case_ids), ctx):
@@ -129,13 +122,12 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
                                 split_x=int(case.meta["split_x"]), device=ctx.device,
                                 spacing_mm=cfg.preprocess.spacing_mm,
                                 bytes_per_voxel=estimate_bytes_per_voxel(cfg.model))
-        mask = prob >= cfg.inference.threshold
-        if cfg.inference.largest_component:
-            mask = largest_component_per_side(mask, int(case.meta["split_x"]))
+        # exactly what `kidneyssl predict` does: post-process, restore probabilities, threshold
+        mask = keep_kidney_components(prob, int(case.meta["split_x"]), cfg.inference)
         if cid in keep_masks:
-            masks[cid] = mask.astype(np.uint8)
+            masks[cid] = mask
         record = PreprocessRecord.from_dict(case.meta["record"])
-        pred = record.restore(mask.astype(np.uint8), order="nearest") > 0
+        pred = record.restore(prob, order="linear", threshold=cfg.inference.threshold) > 0
         gt_vol = read_volume(gt_paths[cid])
         gt = np.asarray(gt_vol.array) > 0
         if gt.shape != pred.shape:
