@@ -84,11 +84,7 @@ def _new_figure(width_in: float, height_in: float, layout: str | None = None) ->
 def _save(fig: "Figure", path: str | Path) -> Path:
     path = Path(path)
 
-    def writer(tmp: Path) -> None:
-        fig.savefig(tmp, format="png", dpi=DPI)
-        tmp.chmod(0o644)  # the atomic temporary file is created 0600; a report is meant to be shared
-
-    atomic_save(path, writer, suffix=".png")
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), suffix=".png")
     return path
 
 

@@ -113,11 +113,14 @@ def write_table1_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Pat
 
 def _write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
-    path.chmod(0o644)  # the atomic temporary file is created 0600; a report is meant to be shared
 
 
 def _fmt(value: float, digits: int) -> str:
-    return "–" if not math.isfinite(value) else f"{value:.{digits}f}"
+    if not math.isfinite(value):
+        return "–"
+    if value != 0 and abs(value) < 10 ** -digits:  # e.g. normalised HD ~1e-4: keep its magnitude
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
 
 
 _DIGITS = {"dice": 3, "hd_mm": 1, "hd95_mm": 1, "bl_pct": 1, "nhd": 3}
