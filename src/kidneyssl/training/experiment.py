@@ -104,24 +104,18 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
         ``(rows, masks)``: one metrics row per case (with ``case_id``), in ``case_ids`` order, and
         the preprocessed-grid masks of the cases in ``keep_masks`` (for Fig. 4).
     """
-    import torch
-
     from kidneyssl.inference.predict import keep_kidney_components, load_model
-    from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
     from kidneyssl.io.volumes import read_volume
     from kidneyssl.metrics import compute_case_metrics
     from kidneyssl.preprocessing.pipeline import PreprocessRecord
+    from kidneyssl.training.finetune import infer_cached_case
 
     model, cfg = load_model(checkpoint, ctx.device)
     rows: dict[str, dict[str, Any]] = {}
     masks: dict[str, np.ndarray] = {}
     for cid in shard(list(case_ids), ctx):
         case = cache.load(cid, mmap=True)
-        with torch.inference_mode():
-            prob = infer_volume(lambda x: model(x).logits, np.asarray(case.image), cfg.inference,
-                                split_x=int(case.meta["split_x"]), device=ctx.device,
-                                spacing_mm=cfg.preprocess.spacing_mm,
-                                bytes_per_voxel=estimate_bytes_per_voxel(cfg.model))
+        prob = infer_cached_case(model, case, cfg, ctx.device)
         # exactly what `kidneyssl predict` does: post-process, restore probabilities, threshold
         mask = keep_kidney_components(prob, int(case.meta["split_x"]), cfg.inference)
         if cid in keep_masks:

@@ -86,6 +86,20 @@ def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(dice(pred, gt))
 
 
+def infer_cached_case(model: Any, case: Any, cfg: ExperimentConfig, device: Any) -> np.ndarray:
+    """Sigmoid probabilities (Z, Y, X) of a cached (preprocessed) case's whole volume, inferred
+    on its halves as ``predict`` does, split at the cached plane."""
+    import torch
+
+    from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
+
+    with torch.inference_mode():
+        return infer_volume(lambda x: model(x).logits, np.asarray(case.image), cfg.inference,
+                            split_x=int(case.meta["split_x"]), device=device,
+                            spacing_mm=cfg.preprocess.spacing_mm,
+                            bytes_per_voxel=estimate_bytes_per_voxel(cfg.model))
+
+
 def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: ExperimentConfig,
                           ctx: DistContext) -> dict[str, float]:
     """Dice per validation case on the stitched whole volume (preprocessed grid).
@@ -93,10 +107,6 @@ def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: 
     Each rank evaluates the cases with index ``i % world_size == rank``; results are gathered with
     one collective, so uneven counts cannot hang. Returns ``{case_id: dice}`` on every rank.
     """
-    import torch
-
-    from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
-
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -104,11 +114,7 @@ def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: 
     try:
         for cid in shard(list(case_ids), ctx):
             case = cache.load(cid, mmap=True)
-            with torch.inference_mode():
-                prob = infer_volume(lambda x: net(x).logits, np.asarray(case.image), cfg.inference,
-                                    split_x=int(case.meta["split_x"]), device=ctx.device,
-                                    spacing_mm=cfg.preprocess.spacing_mm,
-                                    bytes_per_voxel=estimate_bytes_per_voxel(cfg.model))
+            prob = infer_cached_case(net, case, cfg, ctx.device)
             mine[cid] = _dice(prob >= cfg.inference.threshold, np.asarray(case.label) > 0)
     finally:
         net.train(was_training)
