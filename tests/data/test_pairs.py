@@ -8,20 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from kidneyssl.config import PreprocessConfig
-from kidneyssl.data.cache import open_cache, prepare_dataset
 from kidneyssl.data.pairs import KidneyPairDataset, kidney_items, sample_pairs
 from kidneyssl.errors import KidneySSLError
-from kidneyssl.io.geometry import Geometry, Side
-from kidneyssl.io.volumes import write_mask, write_volume
-from kidneyssl.phantoms import kits_affine
+from kidneyssl.io.geometry import Side
 from kidneyssl.preprocessing.sides import kidney_crop
 
 
 
-def make_cache(root, n_cases: int, single: dict[int, Side] | None = None):
-    """A tiny prepared cache: box kidneys in noise, prepared by ``kidneyssl prepare``."""
-    return _build_cache(root, n_cases, single or {})
 
 
 def _items(n_cases: int, single: dict[int, Side] | None = None):
@@ -76,7 +69,7 @@ def test_more_pairs_than_distinct_ones_and_errors():
         sample_pairs([("c1", Side.LEFT), ("c1", Side.LEFT)], 2, np.random.default_rng(0))
 
 
-def test_kidney_items_from_cache_skip_missing_side(tmp_path):
+def test_kidney_items_from_cache_skip_missing_side(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=3, single={1: Side.LEFT})
     assert kidney_items(cache, cache.case_ids) == [
         ("case_00000", Side.RIGHT), ("case_00000", Side.LEFT),
@@ -85,7 +78,7 @@ def test_kidney_items_from_cache_skip_missing_side(tmp_path):
     ]
 
 
-def test_pair_dataset_items_and_epochs(tmp_path):
+def test_pair_dataset_items_and_epochs(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=4, single={2: Side.RIGHT})
     crop = (8, 16, 16)
     ds = KidneyPairDataset(cache, cache.case_ids, n_pairs=12, seed=3, crop_size=crop)
@@ -116,7 +109,7 @@ def test_pair_dataset_items_and_epochs(tmp_path):
     assert batch["a"].shape == (4, 1, *crop) and batch["label"].shape == (4,)
 
 
-def test_pair_dataset_mask_outside_keeps_only_its_kidney(tmp_path):
+def test_pair_dataset_mask_outside_keeps_only_its_kidney(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=2)
     crop = (12, 24, 64)  # wide enough to reach the other kidney
     ds = KidneyPairDataset(cache, cache.case_ids, n_pairs=4, seed=0, crop_size=crop, mask_outside=True)
@@ -134,36 +127,9 @@ def test_pair_dataset_mask_outside_keeps_only_its_kidney(tmp_path):
     assert not masked[~(kidney & own)].any()  # ... but zeroed, as is everything outside the mask
 
 
-def test_pair_dataset_errors(tmp_path):
+def test_pair_dataset_errors(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=1, single={0: Side.LEFT})
     with pytest.raises(KidneySSLError, match="cannot form siamese pairs"):
         KidneyPairDataset(cache, cache.case_ids, n_pairs=4, seed=0, crop_size=(4, 4, 4))
     with pytest.raises(KidneySSLError, match="no located kidney"):
         KidneyPairDataset(cache, [], n_pairs=4, seed=0, crop_size=(4, 4, 4))
-
-
-# --- a tiny prepared cache, made by kidneyssl's own prepare -----------------------------------------
-
-
-def _build_cache(root, n_cases: int, single: dict[int, Side]):
-    """Write box-kidney cases in KiTS19 layout, ``prepare`` them (spacing unchanged, tumour kept as
-    label 2) and open the cache with :func:`kidneyssl.data.cache.open_cache`."""
-    data = root / "data"
-    spacing = (2.0, 1.5, 1.5)
-    geometry = Geometry(kits_affine(spacing), (16, 32, 64))
-    for i in range(n_cases):
-        rng = np.random.default_rng(i)
-        image = (40.0 + 30.0 * rng.normal(size=geometry.shape)).astype(np.float32)
-        label = np.zeros(geometry.shape, np.uint8)
-        if single.get(i, Side.RIGHT) is Side.RIGHT:  # patient right = smaller x in (I, P, L)
-            label[4:12, 8:20, 8 + i % 3:20] = 1
-            label[6:8, 10:12, 12:14] = 2  # a tumour inside the kidney
-        if single.get(i, Side.LEFT) is Side.LEFT:
-            label[3:10, 10:22, 40:50 + i % 4] = 1
-        folder = data / f"case_{i:05d}"
-        write_volume(image, geometry, folder / "imaging.nii.gz")
-        write_mask(label, folder / "segmentation.nii.gz", like=geometry)
-    cfg = PreprocessConfig(spacing_mm=spacing, keep_tumor=True)
-    summary = prepare_dataset(data, root / "cache", cfg, workers=1)
-    assert not summary.failed, summary.failed
-    return open_cache(root / "cache", expected=cfg)

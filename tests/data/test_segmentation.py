@@ -8,21 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from kidneyssl.config import PreprocessConfig
-from kidneyssl.data.cache import open_cache, prepare_dataset
 from kidneyssl.data.segmentation import HalfVolumeDataset, half_to_full, iter_validation_cases
 from kidneyssl.errors import KidneySSLError
-from kidneyssl.io.geometry import Geometry, Side
-from kidneyssl.io.volumes import write_mask, write_volume
-from kidneyssl.phantoms import kits_affine
+from kidneyssl.io.geometry import Side
 
 
-def make_cache(root, n_cases: int, single: dict[int, Side] | None = None, unlabelled=()):
-    """A tiny prepared cache: box kidneys in noise, prepared by ``kidneyssl prepare``."""
-    return _build_cache(root, n_cases, single or {}, set(unlabelled))
 
 
-def test_half_items_are_padded_halves_with_stitch_info(tmp_path):
+def test_half_items_are_padded_halves_with_stitch_info(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=3, single={1: Side.LEFT})
     ds = HalfVolumeDataset(cache, cache.case_ids)
     assert len(ds) == 6  # the empty half of the single-kidney case is a training item too
@@ -44,7 +37,7 @@ def test_half_items_are_padded_halves_with_stitch_info(tmp_path):
     assert not ds[2]["label"].any()  # case_00001 has only a left kidney: its right half is empty
 
 
-def test_odd_split_pads_and_stitches_back(tmp_path):
+def test_odd_split_pads_and_stitches_back(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=1)
     ds = HalfVolumeDataset(cache, cache.case_ids, overlap=3)
     case = cache.load("case_00000")
@@ -60,7 +53,7 @@ def test_odd_split_pads_and_stitches_back(tmp_path):
     np.testing.assert_array_equal(half_to_full(images, 32, 64, 3, pads)[0], case.image)
 
 
-def test_include_sides_and_batches(tmp_path):
+def test_include_sides_and_batches(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=2)
     ds = HalfVolumeDataset(cache, cache.case_ids, include_sides=("left",))
     assert [(it["case_id"], it["side"]) for it in (ds[0], ds[1])] == [
@@ -71,7 +64,7 @@ def test_include_sides_and_batches(tmp_path):
         HalfVolumeDataset(cache, cache.case_ids, include_sides=("middle",))
 
 
-def test_unlabelled_case_is_refused_and_validation_volumes(tmp_path):
+def test_unlabelled_case_is_refused_and_validation_volumes(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=3, unlabelled={2})
     cases = list(iter_validation_cases(cache, cache.case_ids[:2]))
     assert [c.case_id for c in cases] == ["case_00000", "case_00001"]
@@ -85,31 +78,3 @@ def test_unlabelled_case_is_refused_and_validation_volumes(tmp_path):
         HalfVolumeDataset(cache, cache.case_ids)
     with pytest.raises(KidneySSLError, match="case_00002: no label"):
         list(iter_validation_cases(cache, cache.case_ids))
-
-
-# --- a tiny prepared cache, made by kidneyssl's own prepare -----------------------------------------
-
-
-def _build_cache(root, n_cases: int, single: dict[int, Side], unlabelled: set[int]):
-    """Write box-kidney cases in KiTS19 layout, ``prepare`` them (spacing unchanged, tumour kept as
-    label 2) and open the cache with :func:`kidneyssl.data.cache.open_cache`."""
-    data = root / "data"
-    spacing = (2.0, 1.5, 1.5)
-    geometry = Geometry(kits_affine(spacing), (16, 32, 64))
-    for i in range(n_cases):
-        rng = np.random.default_rng(i)
-        image = (40.0 + 30.0 * rng.normal(size=geometry.shape)).astype(np.float32)
-        label = np.zeros(geometry.shape, np.uint8)
-        if single.get(i, Side.RIGHT) is Side.RIGHT:  # patient right = smaller x in (I, P, L)
-            label[4:12, 8:20, 8 + i % 3:20] = 1
-            label[6:8, 10:12, 12:14] = 2  # a tumour inside the kidney
-        if single.get(i, Side.LEFT) is Side.LEFT:
-            label[3:10, 10:22, 40:50 + i % 4] = 1
-        folder = data / f"case_{i:05d}"
-        write_volume(image, geometry, folder / "imaging.nii.gz")
-        if i not in unlabelled:
-            write_mask(label, folder / "segmentation.nii.gz", like=geometry)
-    cfg = PreprocessConfig(spacing_mm=spacing, keep_tumor=True)
-    summary = prepare_dataset(data, root / "cache", cfg, workers=1)
-    assert not summary.failed, summary.failed
-    return open_cache(root / "cache", expected=cfg)
