@@ -45,6 +45,18 @@ def _peak_mb(device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def _step(loss, opt, scaler) -> None:
+    """Backward and optimiser step, through the AMP grad scaler when there is one."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        loss.backward()
+        opt.step()
+
+
 def _autocast(amp: bool, device):
     import torch
 
@@ -76,14 +88,7 @@ def bench_segmentation(cfg, shape, steps: int, warmup: int, amp: bool, device) -
             out = model(x)
         out = type(out)(out.logits.float(), None if out.reconstruction is None else out.reconstruction.float())
         loss = segmentation_loss(out, x, y, 0, cfg.train.epochs, cfg.train, criterion)["total"]
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        _step(loss, opt, scaler)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
@@ -129,14 +134,7 @@ def bench_siamese(cfg, steps: int, warmup: int, amp: bool, device, crop=None) ->
         with _autocast(amp, device):
             ea, eb = model(a, b)
         loss = loss_fn(ea.float(), eb.float(), y)
-        opt.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-        else:
-            loss.backward()
-            opt.step()
+        _step(loss, opt, scaler)
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t0)
