@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
+
+from kidneyssl.errors import KidneySSLError
 
 __all__ = [
     "PreprocessConfig",
@@ -22,7 +26,9 @@ __all__ = [
     "PretrainConfig",
     "SegTrainConfig",
     "InferenceConfig",
+    "ProtocolConfig",
     "ExperimentConfig",
+    "PROXY_INPUTS",
     "ConfigError",
     "config_to_dict",
     "config_from_dict",
@@ -33,7 +39,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(KidneySSLError, ValueError):
     """A configuration file, preset or override is invalid."""
 
 
@@ -46,9 +52,6 @@ class PreprocessConfig:
         window_hu: intensity window (low, high) in Hounsfield units; values are clipped to it.
         pad_multiple: every axis is zero-padded up to a multiple of this (the network downsamples 4x).
         keep_tumor: keep tumour (label 2) as its own class instead of merging it into kidney.
-        crop_size: proxy-task kidney crop size (z, y, x) in voxels at ``spacing_mm``; multiples of 16.
-        crop_mask_outside: zero everything outside the kidney mask in proxy crops (the authors'
-            code did this; the paper's text passes the whole region around the kidney: default off).
         image_interpolation: ``linear`` (trilinear) or ``cubic`` for the image.
     """
 
@@ -56,8 +59,6 @@ class PreprocessConfig:
     window_hu: tuple[float, float] = (-80.0, 300.0)
     pad_multiple: int = 16
     keep_tumor: bool = False
-    crop_size: tuple[int, int, int] = (64, 112, 112)
-    crop_mask_outside: bool = False
     image_interpolation: str = "linear"
 
     def __post_init__(self) -> None:
@@ -67,11 +68,6 @@ class PreprocessConfig:
             raise ConfigError(f"window_hu must be (low, high) with low < high, got {self.window_hu!r}")
         if self.pad_multiple < 1:
             raise ConfigError(f"pad_multiple must be >= 1, got {self.pad_multiple}")
-        if len(self.crop_size) != 3 or any(c < 16 or c % 16 for c in self.crop_size):
-            raise ConfigError(
-                f"crop_size must be 3 positive multiples of 16 (the encoder downsamples 4 times), "
-                f"got {self.crop_size!r}"
-            )
         if self.image_interpolation not in ("linear", "cubic"):
             raise ConfigError(
                 f"image_interpolation must be 'linear' or 'cubic', got {self.image_interpolation!r}"
@@ -117,6 +113,11 @@ class ModelConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
+#: Proxy-task inputs: the whole region around each kidney (the paper's text), or the region with
+#: everything outside the kidney mask zeroed (the authors' code).
+PROXY_INPUTS = ("region", "masked")
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Siamese proxy-task training (paper, section 2).
@@ -124,24 +125,50 @@ class PretrainConfig:
     Attributes:
         epochs: training epochs.
         pairs_per_epoch: training pairs drawn per epoch (balanced same/opposite side).
-        val_pairs: validation pairs (fixed, drawn from validation cases only).
+        val_pairs: proxy validation pairs (fixed), drawn from the held-out proxy validation cases.
+        val_fraction: fraction of the segmentation TRAINING cases held out for proxy validation
+            (``best.pt`` is chosen on them); the segmentation validation and test cases are never
+            read by pretraining.
         batch_size: pairs per optimiser step.
         lr, weight_decay: Adam settings.
         margin: contrastive-loss margin m.
         squared_distance: use d = ||a-b||^2 (the paper's formula) instead of the Euclidean distance.
+        crop_size: kidney crop size (z, y, x) in voxels at ``preprocess.spacing_mm``; multiples of 16.
+        proxy_input: ``region``: the whole fixed-size region around the kidney (the paper's text:
+            "a fixed region of 64x112x112 pixels around the kidney"); ``masked``: the same region
+            with every voxel outside that kidney's mask zeroed (the authors' code; the paper also
+            says "only the kidney part of the scan is passed"). The experiment can run both.
         seed: seed for pair sampling, initialisation and data order.
     """
 
     epochs: int = 50
     pairs_per_epoch: int = 256
     val_pairs: int = 64
+    val_fraction: float = 0.2
     batch_size: int = 4
     lr: float = 1e-3
     weight_decay: float = 1e-2
     margin: float = 1.0
     squared_distance: bool = False
+    crop_size: tuple[int, int, int] = (64, 112, 112)
+    proxy_input: str = "region"
     seed: int = 0
-    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.crop_size) != 3 or any(c < 16 or c % 16 for c in self.crop_size):
+            raise ConfigError(
+                f"crop_size must be 3 positive multiples of 16 (the encoder downsamples 4 times), "
+                f"got {self.crop_size!r}"
+            )
+        if self.proxy_input not in PROXY_INPUTS:
+            raise ConfigError(f"proxy_input must be one of {PROXY_INPUTS}, got {self.proxy_input!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"pretrain.val_fraction must be in (0, 1), got {self.val_fraction}")
+        for name in ("epochs", "pairs_per_epoch", "val_pairs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"pretrain.{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.margin <= 0:
+            raise ConfigError("pretrain.lr and pretrain.margin must be > 0, weight_decay >= 0")
 
 
 @dataclass(frozen=True)
@@ -151,6 +178,13 @@ class SegTrainConfig:
     The loss is ``w_bce * BCE + w_dice * SoftDice (+ recon_weight * MSE)``; ``w_bce`` moves linearly
     from ``bce_weight_start`` at the first epoch to ``bce_weight_end`` at the last, and ``w_dice``
     by the equal and opposite amount.
+
+    ``pos_weight`` weights the kidney voxels in the BCE term (the paper's "weighted BCE"). ``auto``
+    computes it once per run from the training cases: with ``f`` the fraction of kidney voxels over
+    all training half volumes, ``pos_weight = sqrt((1 - f) / f)`` (the square root of the
+    background/foreground ratio: it counters the class imbalance without the strong
+    over-segmentation bias that the full ratio, ~50-100 for kidneys, gives a thresholded sigmoid).
+    The value used is recorded in the run (``run.json``, checkpoints). A number sets it directly.
     """
 
     epochs: int = 200
@@ -161,12 +195,11 @@ class SegTrainConfig:
     dice_weight_start: float = 0.4
     bce_weight_end: float = 0.1
     dice_weight_end: float = 0.9
-    pos_weight: float = 1.0
+    pos_weight: float | str = "auto"
     recon_weight: float = 0.1
     val_fraction: float = 0.2
     seed: int = 0
     amp: bool = False
-    num_workers: int = 0
 
     def __post_init__(self) -> None:
         start = self.bce_weight_start + self.dice_weight_start
@@ -180,11 +213,26 @@ class SegTrainConfig:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.batch_size < 1 or self.epochs < 1:
             raise ConfigError("epochs and batch_size must be >= 1")
+        if isinstance(self.pos_weight, str):
+            if self.pos_weight != "auto":
+                raise ConfigError(f"pos_weight must be 'auto' or a positive number, got {self.pos_weight!r}")
+        elif not self.pos_weight > 0:
+            raise ConfigError(f"pos_weight must be 'auto' or a positive number, got {self.pos_weight!r}")
 
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How ``predict`` turns a scan into a mask."""
+    """How a scan becomes a mask (``predict``, per-epoch validation and the experiment alike).
+
+    Attributes:
+        threshold: probability threshold.
+        largest_component: keep the largest connected component on each patient side.
+        tta_flip: average over lateral flips.
+        memory_budget_mb: activation memory the halves may use; 0 = the memory available.
+        sw_roi_size: sliding-window size (the fallback when halves do not fit).
+        sw_overlap: sliding-window overlap fraction.
+        half_context_mm: image context each half takes across the split plane (mm).
+    """
 
     threshold: float = 0.5
     largest_component: bool = True
@@ -192,7 +240,50 @@ class InferenceConfig:
     memory_budget_mb: int = 4000
     sw_roi_size: tuple[int, int, int] = (64, 128, 128)
     sw_overlap: float = 0.25
-    half_overlap_mm: float = 32.0
+    half_context_mm: float = 32.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"inference.threshold must be in [0, 1], got {self.threshold}")
+        if self.memory_budget_mb < 0:
+            raise ConfigError(f"inference.memory_budget_mb must be >= 0, got {self.memory_budget_mb}")
+        if len(self.sw_roi_size) != 3 or any(r < 16 or r % 16 for r in self.sw_roi_size):
+            raise ConfigError(f"inference.sw_roi_size must be 3 multiples of 16, got {self.sw_roi_size!r}")
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise ConfigError(f"inference.sw_overlap must be in [0, 1), got {self.sw_overlap}")
+        if self.half_context_mm < 0:
+            raise ConfigError(f"inference.half_context_mm must be >= 0, got {self.half_context_mm}")
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    """The experiment's protocol: splits, seeds and which models are compared (paper, section 3.3).
+
+    Attributes:
+        seeds: one full run (pretraining, MwS per proxy variant, MwoS) per seed; the seed sets
+            initialisation, pair sampling and data order (``pretrain.seed`` and ``train.seed``).
+        split_seed: seed of the train/validation/test split, shared by every seed's runs.
+        test_fraction: fraction of the annotated cases held out as the TEST part: never read by
+            training, pretraining or any choice, scored once at the end (ignored when the
+            experiment is given a separate test dataset).
+        proxy_variants: proxy inputs to pretrain with, one MwS per variant (see
+            :attr:`PretrainConfig.proxy_input`).
+    """
+
+    seeds: tuple[int, ...] = (0,)
+    split_seed: int = 0
+    test_fraction: float = 0.2
+    proxy_variants: tuple[str, ...] = PROXY_INPUTS
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"protocol.seeds must be distinct and non-empty, got {self.seeds!r}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ConfigError(f"protocol.test_fraction must be in [0, 1), got {self.test_fraction}")
+        bad = [v for v in self.proxy_variants if v not in PROXY_INPUTS]
+        if bad or len(set(self.proxy_variants)) != len(self.proxy_variants):
+            raise ConfigError(f"protocol.proxy_variants must be distinct values of {PROXY_INPUTS}, "
+                              f"got {self.proxy_variants!r}")
 
 
 @dataclass(frozen=True)
@@ -205,6 +296,7 @@ class ExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: SegTrainConfig = field(default_factory=SegTrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     synth: dict[str, Any] = field(default_factory=dict)
 
 
@@ -222,60 +314,78 @@ def config_to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if isinstance(default, int) and not isinstance(default, bool):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if isinstance(default, tuple):
+_TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` converted to the annotated type ``tp`` (from the dataclass's type hints).
+
+    Handles the types configs use: bool, int, float, str, ``X | Y`` unions, fixed-length
+    ``tuple[A, B, C]`` and variable ``tuple[A, ...]``, ``dict[...]`` and nested config dataclasses.
+    """
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        names = " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in typing.get_args(tp))
+        raise ConfigError(f"{where}: expected {names}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return config_from_dict(tp, value, where)
+    if origin is tuple:
+        args = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        if default and len(value) != len(default) and where.split(".")[-1] != "block_layers":
-            raise ConfigError(f"{where}: expected {len(default)} values, got {len(value)}")
-        proto = default[0] if default else value[0] if value else 0
-        return tuple(_coerce(v, proto, f"{where}[{i}]") for i, v in enumerate(value))
-    if isinstance(default, str):
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            item_types = [args[0]] * len(value)
+        else:
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+            item_types = list(args)
+        return tuple(_convert(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, item_types)))
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
         return value
+    if tp is bool:
+        ok = isinstance(value, bool)
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - a config field of a type this function does not know
+        raise ConfigError(f"{where}: unsupported config type {tp!r}")
+    if not ok:
+        raise ConfigError(f"{where}: expected {_TYPE_NAMES[tp]}, got {value!r}")
     return value
 
 
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
 def config_from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build a config dataclass from a (partial) dict; unknown keys raise :class:`ConfigError`."""
+    """Build a config dataclass from a (partial) dict, converting each value to its field's
+    annotated type; unknown keys and values of the wrong type raise :class:`ConfigError`."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - set(known))
+    hints = _hints(cls)
+    known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
             f"{where or cls.__name__}: unknown key(s) {unknown}; known keys: {sorted(known)}"
         )
-    defaults = cls()  # type: ignore[call-arg]
-    kwargs: dict[str, Any] = {}
-    for name, value in data.items():
-        default = getattr(defaults, name)
-        path = f"{where}.{name}" if where else name
-        if dataclasses.is_dataclass(default):
-            kwargs[name] = config_from_dict(type(default), value, path)
-        elif isinstance(default, dict):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-            kwargs[name] = dict(value)
-        else:
-            kwargs[name] = _coerce(value, default, path)
-    try:
-        return cls(**kwargs)  # type: ignore[call-arg]
-    except TypeError as err:  # pragma: no cover - guarded by the unknown-key check
-        raise ConfigError(f"{where or cls.__name__}: {err}") from err
+    kwargs = {name: _convert(value, hints[name], f"{where}.{name}" if where else name)
+              for name, value in data.items()}
+    return cls(**kwargs)
 
 
 def available_presets() -> list[str]:
@@ -337,12 +447,14 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node = data
+        node, node_type = data, ExperimentConfig
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"override {item!r}: no config section {part!r}")
             node = node[part]
-        if parts[-1] not in node and not (len(parts) > 1 and parts[0] == "synth"):
+            node_type = _hints(node_type).get(part) if dataclasses.is_dataclass(node_type) else None
+        free_form = not dataclasses.is_dataclass(node_type)  # a dict field (e.g. synth) takes any key
+        if parts[-1] not in node and not free_form:
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r} (known: {sorted(node)})")
         node[parts[-1]] = _parse_scalar(raw)
     return config_from_dict(ExperimentConfig, data)

@@ -1,9 +1,14 @@
-"""``kidneyssl experiment``: the MwS vs MwoS comparison end to end on tiny phantoms."""
+"""``kidneyssl experiment``: the MwS vs MwoS comparison end to end on tiny phantoms, and the
+procedure a reviewer relies on: one inference for Table 1 and ``predict``, no label at inference,
+no held-out case touched by (pre)training, several seeds with intervals."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,12 +16,14 @@ import pytest
 from kidneyssl.cli.main import main
 
 TINY = ["--preset", "demo",
-        "--set", "preprocess.spacing_mm=[12.0,6.0,6.0]", "--set", "preprocess.crop_size=[16,32,32]",
+        "--set", "preprocess.spacing_mm=[12.0,6.0,6.0]", "--set", "pretrain.crop_size=[16,32,32]",
         "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2",
-        "--set", "model.embedding_dim=8", "--set", "train.val_fraction=0.5",
-        "--set", "inference.half_overlap_mm=16",
+        "--set", "model.embedding_dim=8", "--set", "train.val_fraction=0.25",
+        "--set", "protocol.test_fraction=0.25", "--set", "inference.half_context_mm=16",
         "--set", "pretrain.epochs=1", "--set", "pretrain.pairs_per_epoch=8", "--set", "pretrain.val_pairs=4",
-        "--set", "pretrain.batch_size=2", "--set", "train.epochs=2"]
+        "--set", "pretrain.batch_size=2", "--set", "train.epochs=2",
+        "--seeds", "0", "1", "--proxy-variants", "region", "masked"]
+MODELS = ("MwS-region", "MwS-masked", "MwoS")
 
 
 @pytest.fixture(scope="module")
@@ -24,17 +31,16 @@ def experiment(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int, str
     from kidneyssl.phantoms import write_dataset
 
     root = tmp_path_factory.mktemp("experiment")
-    write_dataset(root / "data", 4, seed=2, resolution="demo", workers=2)
-    capture = root / "stdout.txt"
-    import contextlib
-    import io
-
+    write_dataset(root / "data", 8, seed=2, resolution="demo", workers=2)
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         rc = main(["experiment", "-q", "--data", str(root / "data"), "--out", str(root / "run"), *TINY,
                    "--device", "cpu"])
-    capture.write_text(buf.getvalue())
     return root, rc, buf.getvalue()
+
+
+def _rows(run: Path, seed: int, model: str) -> list[dict]:
+    return json.loads((run / "eval" / f"seed_{seed}" / f"{model}.json").read_text())
 
 
 def test_experiment_writes_the_report(experiment) -> None:
@@ -42,36 +48,119 @@ def test_experiment_writes_the_report(experiment) -> None:
     assert rc == 0, out
     run = root / "run"
     report = run / "report"
-    for name in ("table1.csv", "table1.md", "fig4_overlays.png", "fig5_dice_curves.png", "report.md",
-                 "report.html"):
+    for name in ("table1.csv", "table1.md", "fig4_overlays.png", "fig5_dice_curves.png", "proxy_accuracy.png",
+                 "differences.json", "report.md", "report.html"):
         assert (report / name).stat().st_size > 0, name
     with (report / "table1.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert {"model", "metric", "mean", "sd", "n", "n_missed", "n_cases"} <= set(rows[0])
     assert {(r["model"], r["metric"]) for r in rows} == {
-        (m, k) for m in ("MwS", "MwoS") for k in ("dice", "hd_mm", "hd95_mm", "bl_pct", "nhd")}
-    assert all(r["n_cases"] == "2" for r in rows)  # 4 cases, val_fraction 0.5
-    dice = {r["model"]: float(r["mean"]) for r in rows if r["metric"] == "dice"}
-    assert all(0.0 <= d <= 1.0 for d in dice.values())
-    # both models used the pretraining run's split; MwS started from its checkpoint
-    split = (run / "pretrain" / "split.json").read_text()
-    assert (run / "mws" / "split.json").read_text() == split == (run / "mwos" / "split.json").read_text()
-    assert json.loads((run / "mws" / "run.json").read_text())["init"].endswith("best.pt")
-    assert json.loads((run / "mwos" / "run.json").read_text())["init"] == "scratch"
-    per_case = json.loads((run / "eval" / "MwS.json").read_text())
-    assert [r["case_id"] for r in per_case] == json.loads(split)["val"]
-    assert f"report: {report / 'report.md'}" in out and "MwS: final validation Dice" in out
+        (f"{m} ({p})", k) for m in MODELS for p in ("val", "test")
+        for k in ("dice", "hd_mm", "hd95_mm", "bl_pct", "nhd")}
+    assert all(r["n_cases"] == "4" for r in rows)  # 2 cases x 2 seeds per part
+    text = (report / "report.md").read_text()
+    for needle in ("seed 0", "seed 1", "Table 1: test", "Table 1: validation", "95 % bootstrap",
+                   "MwS-region − MwoS", "MwS-masked − MwoS", "epochs to 90 %", "proxy validation",
+                   "cannot be reproduced"):
+        assert needle in text, needle
+    diffs = json.loads((report / "differences.json").read_text())["paired"]
+    dice_test = [d for d in diffs if d["metric"] == "dice" and d["part"] == "test"]
+    assert {d["model"] for d in dice_test} == {"MwS-region", "MwS-masked"}
+    for d in dice_test:
+        assert d["n_pairs"] == 4 and d["n_seeds"] == 2 and d["ci_low"] <= d["mean"] <= d["ci_high"]
+    assert "Dice (original grid)" in out and "95% bootstrap CI" in out
     assert (run / "config.yaml").is_file()
 
 
-def test_rerun_skips_finished_stages(experiment, capsys: pytest.CaptureFixture) -> None:
+def test_runs_share_one_split_and_never_touch_held_out_cases(experiment) -> None:
+    import torch
+
+    root, rc, _ = experiment
+    assert rc == 0
+    run = root / "run"
+    split = json.loads((run / "split.json").read_text())
+    held_out = set(split["val"]) | set(split["test"])
+    assert len(split["val"]) == 2 and len(split["test"]) == 2 and len(split["train"]) == 4
+    assert not held_out & set(split["train"])
+    for seed in (0, 1):
+        for sub in ("pretrain_region", "pretrain_masked", "mws_region", "mws_masked", "mwos"):
+            assert json.loads((run / f"seed_{seed}" / sub / "split.json").read_text())["val"] == split["val"]
+        for variant in ("region", "masked"):
+            folder = run / f"seed_{seed}" / f"pretrain_{variant}"
+            ckpt = torch.load(folder / "best.pt", weights_only=False)
+            touched = set(ckpt["touched_cases"])
+            assert touched and touched <= set(split["train"]) and not touched & held_out
+            assert ckpt["config"]["pretrain"]["proxy_input"] == variant
+            info = json.loads((folder / "run.json").read_text())
+            assert set(info["proxy_val_cases"]) < set(split["train"])  # proxy validation: training cases
+            mws = json.loads((run / f"seed_{seed}" / f"mws_{variant}" / "run.json").read_text())
+            assert mws["init"].endswith(f"pretrain_{variant}/best.pt")
+            assert mws["init_report"]["held_out_cases_touched"] == []
+        mwos = json.loads((run / f"seed_{seed}" / "mwos" / "run.json").read_text())
+        assert mwos["init"] == "scratch" and mwos["pos_weight"] > 1.0  # weighted BCE, computed
+
+
+def test_table1_equals_predict_then_evaluate(experiment, tmp_path: Path) -> None:
+    """One inference procedure: the experiment's per-case Dice of a test case is what `predict` +
+    `evaluate` give for the same checkpoint."""
+    root, rc, _ = experiment
+    assert rc == 0
+    run = root / "run"
+    split = json.loads((run / "split.json").read_text())
+    data = tmp_path / "test_cases"
+    for cid in split["test"]:
+        shutil.copytree(root / "data" / cid, data / cid)
+    ckpt = run / "seed_1" / "mws_region" / "last.pt"
+    assert main(["predict", "-q", "--model", str(ckpt), "--input", str(data), "--out", str(tmp_path / "pred"),
+                 "--device", "cpu"]) == 0
+    assert main(["evaluate", "-q", "--pred", str(tmp_path / "pred"), "--gt", str(data),
+                 "--out", str(tmp_path / "eval.csv")]) == 0
+    with (tmp_path / "eval.csv").open() as fh:
+        evaluated = {r["case_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
+    table1 = {r["case_id"]: r["dice"] for r in _rows(run, 1, "MwS-region") if r["part"] == "test"}
+    assert set(table1) == set(split["test"]) == set(evaluated)
+    for cid in table1:
+        assert abs(table1[cid] - evaluated[cid]) < 1e-6, cid
+
+
+def test_scoring_does_not_read_the_cached_label(experiment, tmp_path: Path) -> None:
+    """The prediction that is scored cannot change when the cached labels are deleted."""
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.experiment import evaluate_model
+
+    root, rc, _ = experiment
+    assert rc == 0
+    run = root / "run"
+    split = json.loads((run / "split.json").read_text())
+    cache_copy = tmp_path / "cache"
+    shutil.copytree(run / "cache", cache_copy)
+    for cid in split["test"]:
+        (cache_copy / cid / "label.npy").unlink()
+        meta_path = cache_copy / cid / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta.update(has_label=False, split_x=-1, kidneys={})  # no label, no label-derived plane
+        meta_path.write_text(json.dumps(meta))
+    gt = {cid: root / "data" / cid / "segmentation.nii.gz" for cid in split["test"]}
+    ckpt = run / "seed_0" / "mwos" / "last.pt"
+    ctx = init_distributed("cpu")
+    with_label, masks_a = evaluate_model(ckpt, open_cache(run / "cache"), split["test"], gt, ctx, split["test"])
+    without, masks_b = evaluate_model(ckpt, open_cache(cache_copy), split["test"], gt, ctx, split["test"])
+    assert with_label == without
+    for cid in split["test"]:
+        assert (masks_a[cid] == masks_b[cid]).all()
+
+
+def test_rerun_skips_finished_stages_and_more_seeds_continue(experiment) -> None:
     root, rc, _ = experiment
     run = root / "run"
-    before = {p: p.stat().st_mtime_ns for p in (run / "mws" / "last.pt", run / "pretrain" / "last.pt")}
+    before = {p: p.stat().st_mtime_ns for p in (run / "seed_0" / "mws_region" / "last.pt",
+                                                 run / "seed_1" / "pretrain_masked" / "last.pt")}
     assert main(["experiment", "-q", "--data", str(root / "data"), "--out", str(run), *TINY, "--device", "cpu"]) == 0
     assert {p: p.stat().st_mtime_ns for p in before} == before
     stages = json.loads((run / "experiment.json").read_text())["stages"]
-    assert all(stages[s] == "done" for s in ("prepare", "pretrain", "train_MwS", "train_MwoS", "eval_MwS"))
+    assert all(stages[f"seed_{s}/{k}"] == "done" for s in (0, 1)
+               for k in ("pretrain_region", "pretrain_masked", "train_MwS-region", "train_MwoS", "eval_MwoS"))
 
 
 def test_experiment_refuses_another_config_or_foreign_folder(experiment, tmp_path: Path,

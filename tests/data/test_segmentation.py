@@ -1,21 +1,19 @@
-"""Half volumes for segmentation training (padded to multiples of 16, stitch back exactly) and
-whole validation volumes."""
+"""Half volumes for segmentation training: exactly inference's halves (one definition), stitching
+back exactly, and the kidney fraction that sets the automatic BCE weight."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
 import torch
 
-from kidneyssl.data.segmentation import HalfVolumeDataset, half_to_full, iter_validation_cases
+from kidneyssl.data.segmentation import HalfVolumeDataset, foreground_fraction
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
+from kidneyssl.preprocessing.sides import half_bounds, stitch_halves
 
 
-
-
-def test_half_items_are_padded_halves_with_stitch_info(make_cache, tmp_path):
+def test_half_items_are_the_halves_with_context(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=3, single={1: Side.LEFT})
     ds = HalfVolumeDataset(cache, cache.case_ids)
     assert len(ds) == 6  # the empty half of the single-kidney case is a training item too
@@ -28,8 +26,7 @@ def test_half_items_are_padded_halves_with_stitch_info(make_cache, tmp_path):
         item = ds[index]
         assert item["image"].dtype == torch.float32 and item["label"].dtype == torch.float32
         assert item["image"].shape == item["label"].shape == (1, 16, 32, 32)
-        assert all(n % 16 == 0 for n in item["image"].shape[1:])
-        assert (item["split_x"], item["width"], item["overlap"], item["pad"]) == (32, 64, 0, (0, 0, 0))
+        assert (item["split_x"], item["width"], item["context"]) == (32, 64, 0)
         cols = slice(0, 32) if side is Side.RIGHT else slice(32, 64)
         np.testing.assert_array_equal(item["image"][0].numpy(), case.image[:, :, cols])
         np.testing.assert_array_equal(item["label"][0].numpy(), (case.label[:, :, cols] > 0).astype(np.float32))
@@ -37,20 +34,18 @@ def test_half_items_are_padded_halves_with_stitch_info(make_cache, tmp_path):
     assert not ds[2]["label"].any()  # case_00001 has only a left kidney: its right half is empty
 
 
-def test_odd_split_pads_and_stitches_back(make_cache, tmp_path):
+def test_context_takes_real_image_to_a_multiple_of_16_and_stitches_back(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=1)
-    ds = HalfVolumeDataset(cache, cache.case_ids, overlap=3)
+    ds = HalfVolumeDataset(cache, cache.case_ids, context=3)
     case = cache.load("case_00000")
     right, left = ds[0], ds[1]
-    assert right["image"].shape[-1] % 16 == 0 and left["image"].shape[-1] % 16 == 0
-    assert right["pad"] == (0, 0, 48 - 35) and left["pad"] == (0, 0, 48 - 35)  # 35 = 32 + 3 columns
-    assert right["image"][0, :, :, 35:].abs().sum() == 0  # zero padding after the data
-    halves = {it["side"]: it["label"][0].numpy() for it in (right, left)}
-    pads = {it["side"]: it["pad"] for it in (right, left)}
-    full = half_to_full(halves, right["split_x"], right["width"], right["overlap"], pads)
+    bounds = half_bounds(64, 32, 3, 16)  # the same function inference uses
+    assert right["image"].shape[-1] == 48 == left["image"].shape[-1]  # 32 + 3 -> 48: real context, no zeros
+    np.testing.assert_array_equal(right["image"][0].numpy(), case.image[:, :, bounds[Side.RIGHT]])
+    np.testing.assert_array_equal(left["image"][0].numpy(), case.image[:, :, bounds[Side.LEFT]])
+    full = stitch_halves({Side.RIGHT: right["label"][0].numpy(), Side.LEFT: left["label"][0].numpy()},
+                         32, 64, 3, 16)
     np.testing.assert_array_equal(full, (case.label > 0).astype(np.float32))
-    images = {it["side"]: it["image"].numpy() for it in (right, left)}  # with the channel axis
-    np.testing.assert_array_equal(half_to_full(images, 32, 64, 3, pads)[0], case.image)
 
 
 def test_include_sides_and_batches(make_cache, tmp_path):
@@ -64,17 +59,17 @@ def test_include_sides_and_batches(make_cache, tmp_path):
         HalfVolumeDataset(cache, cache.case_ids, include_sides=("middle",))
 
 
-def test_unlabelled_case_is_refused_and_validation_volumes(make_cache, tmp_path):
+def test_unlabelled_case_is_refused(make_cache, tmp_path):
     cache = make_cache(tmp_path, n_cases=3, unlabelled={2})
-    cases = list(iter_validation_cases(cache, cache.case_ids[:2]))
-    assert [c.case_id for c in cases] == ["case_00000", "case_00001"]
-    raw = cache.load("case_00000")
-    np.testing.assert_array_equal(cases[0].image, raw.image)
-    np.testing.assert_array_equal(cases[0].label, (raw.label > 0).astype(np.uint8))
-    assert cases[0].label.max() == 1 and raw.label.max() == 2  # tumour merged into kidney
-    assert cases[0].split_x == raw.meta["split_x"]
     assert cache.load("case_00002").label is None  # imaging only: prepared, but not for training
     with pytest.raises(KidneySSLError, match="case_00002: no label"):
         HalfVolumeDataset(cache, cache.case_ids)
-    with pytest.raises(KidneySSLError, match="case_00002: no label"):
-        list(iter_validation_cases(cache, cache.case_ids))
+
+
+def test_foreground_fraction_counts_kidney_voxels_of_the_halves(make_cache, tmp_path):
+    cache = make_cache(tmp_path, n_cases=2)
+    ds = HalfVolumeDataset(cache, cache.case_ids)
+    expected = sum(int((cache.load(c).label > 0).sum()) for c in cache.case_ids) / sum(
+        cache.load(c).label.size for c in cache.case_ids)
+    assert foreground_fraction(ds) == pytest.approx(expected)
+    assert 0 < expected < 0.5

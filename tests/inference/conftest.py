@@ -138,7 +138,7 @@ def small_config():
 
     cfg = load_preset("demo")
     return dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0)),
-                               inference=dataclasses.replace(cfg.inference, half_overlap_mm=12.0))
+                               inference=dataclasses.replace(cfg.inference, half_context_mm=12.0))
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from kidneyssl.config import InferenceConfig, ModelConfig
+from kidneyssl.io.geometry import Side
+from kidneyssl.preprocessing.sides import half_bounds
 from kidneyssl.inference.sliding_window import (
     PAPER_BYTES_PER_VOXEL,
     choose_strategy,
     estimate_bytes_per_voxel,
-    half_bounds,
     infer_volume,
     probability_predictor,
 )
@@ -28,11 +29,12 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
         (64, 32, 5, ((0, 48), (16, 64))),
         (64, 30, 3, ((0, 48), (16, 64))),  # 33 -> 48 ; 34+3=37 -> 48 -> start 16
         (64, 30, 40, ((0, 64), (0, 64))),  # clamped to the volume
-        (64, 0, 0, ((0, 16), (0, 64))),
+        (64, 0, 0, ((0, 0), (0, 64))),
     ],
 )
 def test_half_bounds(width, split, context, expected):
-    right, left = half_bounds(width, split, context)
+    bounds = half_bounds(width, split, context, 16)
+    right, left = bounds[Side.RIGHT], bounds[Side.LEFT]
     assert ((right.start, right.stop), (left.start, left.stop)) == expected
     assert (right.stop - right.start) % 16 == 0 and (left.stop - left.start) % 16 == 0
 
@@ -43,7 +45,7 @@ def test_half_bounds_rejects_split_outside():
 
 
 def test_halves_with_context_equal_whole_volume(box_predictor, blob_image):
-    cfg = InferenceConfig(half_overlap_mm=4.0)  # 4 mm / 2 mm = 2 voxels = the filter radius
+    cfg = InferenceConfig(half_context_mm=4.0)  # 4 mm / 2 mm = 2 voxels = the filter radius
     whole = infer_volume(box_predictor, blob_image, cfg, split_x=30, strategy="whole")
     halves = infer_volume(box_predictor, blob_image, cfg, split_x=30, strategy="halves",
                           spacing_mm=(2.0, 2.0, 2.0))
@@ -59,7 +61,7 @@ def test_halves_without_context_differ_at_the_plane(box_predictor, make_blob_ima
     # split at 32 with no context: each half is exactly 32 wide, so the filter sees zero padding
     # at the plane -> differs from whole there, identical far from it.
     img = make_blob_image(seed=1) + 1.0
-    cfg = InferenceConfig(half_overlap_mm=0.0)
+    cfg = InferenceConfig(half_context_mm=0.0)
     whole = infer_volume(box_predictor, img, cfg, split_x=32, strategy="whole")
     halves = infer_volume(box_predictor, img, cfg, split_x=32, strategy="halves", spacing_mm=(1, 1, 1))
     assert np.abs(halves - whole)[..., 30:34].max() > 1e-2
@@ -68,7 +70,7 @@ def test_halves_without_context_differ_at_the_plane(box_predictor, make_blob_ima
 
 
 def test_sliding_window_agrees_with_halves(box_predictor, blob_image):
-    cfg = InferenceConfig(sw_roi_size=(16, 32, 32), sw_overlap=0.5, half_overlap_mm=8.0)
+    cfg = InferenceConfig(sw_roi_size=(16, 32, 32), sw_overlap=0.5, half_context_mm=8.0)
     halves = infer_volume(box_predictor, blob_image, cfg, split_x=32, strategy="halves",
                           spacing_mm=(1.0, 1.0, 1.0))
     sliding = infer_volume(box_predictor, blob_image, cfg, split_x=32, strategy="sliding")
@@ -83,8 +85,8 @@ def test_sliding_window_agrees_with_halves(box_predictor, blob_image):
 
 def test_auto_picks_sliding_when_halves_exceed_budget(box_predictor, blob_image):
     # half = 32*48*48 voxels; at 1150 B/voxel that is ~81 MB
-    small = InferenceConfig(memory_budget_mb=10, sw_roi_size=(16, 32, 32), half_overlap_mm=0.0)
-    big = InferenceConfig(memory_budget_mb=100, half_overlap_mm=0.0)
+    small = InferenceConfig(memory_budget_mb=10, sw_roi_size=(16, 32, 32), half_context_mm=0.0)
+    big = InferenceConfig(memory_budget_mb=100, half_context_mm=0.0)
     assert choose_strategy(blob_image.shape, 32, small, 1.0, PAPER_BYTES_PER_VOXEL) == "sliding"
     assert choose_strategy(blob_image.shape, 32, big, 1.0, PAPER_BYTES_PER_VOXEL) == "halves"
     infer_volume(box_predictor, blob_image, small, split_x=32, spacing_mm=(1, 1, 1))
@@ -137,7 +139,7 @@ def test_bf16_autocast_close_to_float32(blob_image):
 
 def test_odd_shape_is_padded_and_cropped_back(box_predictor, make_blob_image):
     img = make_blob_image(shape=(20, 30, 50))
-    out = infer_volume(box_predictor, img, InferenceConfig(half_overlap_mm=16.0), split_x=25,
+    out = infer_volume(box_predictor, img, InferenceConfig(half_context_mm=16.0), split_x=25,
                        spacing_mm=(1, 1, 1))
     assert out.shape == img.shape
     assert all(all(d % 16 == 0 for d in s[2:]) for s in box_predictor.shapes)
@@ -171,7 +173,7 @@ def test_split_found_from_the_image_when_not_given(box_predictor, make_blob_imag
     from kidneyssl.preprocessing.sides import find_split_x
 
     img = make_blob_image(shape=(16, 32, 64), seed=3)
-    cfg = InferenceConfig(half_overlap_mm=0.0)
+    cfg = InferenceConfig(half_context_mm=0.0)
     auto = infer_volume(box_predictor, img, cfg, split_x=None, spacing_mm=(1, 1, 1))
     split = find_split_x(None, img)
     explicit = infer_volume(box_predictor, img, cfg, split_x=split, spacing_mm=(1, 1, 1))

@@ -8,7 +8,6 @@ from scipy import ndimage
 
 from kidneyssl.io.geometry import Geometry, Side, Volume, to_canonical
 from kidneyssl.preprocessing.sides import (
-    HalfPad,
     KidneyLocation,
     body_midline_x,
     crop_padded,
@@ -16,10 +15,8 @@ from kidneyssl.preprocessing.sides import (
     half_bounds,
     kidney_crop,
     locate_kidneys,
-    pad_to_multiple,
     split_halves,
     stitch_halves,
-    unpad,
 )
 
 
@@ -128,43 +125,37 @@ def test_kidney_location_round_trips_through_dict():
 
 
 @pytest.mark.parametrize("split_x", [0, 1, 17, 32, 63, 64])
-@pytest.mark.parametrize("overlap", [0, 5, 40])
-def test_halves_stitch_back_exactly(split_x, overlap):
-    rng = np.random.default_rng(split_x * 100 + overlap)
+@pytest.mark.parametrize("context", [0, 5, 40])
+@pytest.mark.parametrize("multiple", [1, 16])
+def test_halves_stitch_back_exactly(split_x, context, multiple):
+    rng = np.random.default_rng(split_x * 100 + context)
     a = rng.normal(size=(3, 5, 64)).astype(np.float32)
-    halves = split_halves(a, split_x, overlap)
-    assert halves[Side.RIGHT].shape[-1] == min(64, split_x + overlap)
-    assert halves[Side.LEFT].shape[-1] == 64 - max(0, split_x - overlap)
+    halves = split_halves(a, split_x, context, multiple)
+    right_width = -(-(split_x + context) // multiple) * multiple
+    left_width = -(-(64 - split_x + context) // multiple) * multiple
+    assert halves[Side.RIGHT].shape[-1] == min(64, right_width)
+    assert halves[Side.LEFT].shape[-1] == min(64, left_width)
+    if multiple == 16:  # a grid that is a multiple of 16 gives halves that need no padding
+        assert all(h.shape[-1] % 16 == 0 for h in halves.values())
     np.testing.assert_array_equal(halves[Side.RIGHT][..., :split_x], a[..., :split_x])
-    back = stitch_halves(halves, split_x, 64, overlap)
+    back = stitch_halves(halves, split_x, 64, context, multiple)
     assert back.dtype == a.dtype
     np.testing.assert_array_equal(back, a)
 
 
 def test_stitch_takes_each_sides_own_columns_and_checks_widths():
     a = np.arange(2 * 3 * 10, dtype=np.float32).reshape(1, 2, 3, 10)  # a leading channel axis
-    halves = {s: h.copy() for s, h in split_halves(a, 4, overlap=2).items()}
-    halves[Side.RIGHT][..., 4:] = -1  # overlap columns of the right half belong to the left side
+    halves = {s: h.copy() for s, h in split_halves(a, 4, context=2).items()}
+    halves[Side.RIGHT][..., 4:] = -1  # context columns of the right half belong to the left side
     halves[Side.LEFT][..., :2] = -1
-    np.testing.assert_array_equal(stitch_halves(halves, 4, 10, overlap=2), a)
-    assert half_bounds(4, 10, 2) == {Side.RIGHT: (0, 6), Side.LEFT: (2, 10)}
+    np.testing.assert_array_equal(stitch_halves(halves, 4, 10, context=2), a)
+    assert half_bounds(10, 4, 2) == {Side.RIGHT: slice(0, 6), Side.LEFT: slice(2, 10)}
     with pytest.raises(ValueError, match="width"):
         stitch_halves({Side.RIGHT: a[..., :5], Side.LEFT: a[..., 4:]}, 4, 10)
     with pytest.raises(ValueError, match="missing"):
         stitch_halves({Side.RIGHT: a[..., :4]}, 4, 10)
     with pytest.raises(ValueError, match="outside"):
         split_halves(a, 11)
-
-
-def test_pad_to_multiple_and_unpad():
-    a = np.ones((2, 17, 32, 21), dtype=np.float32)
-    padded, pad = pad_to_multiple(a, 16)
-    assert padded.shape == (2, 32, 32, 32)
-    assert pad == HalfPad(after=(15, 0, 11))
-    assert padded[:, 17:].sum() == 0 and padded[..., 21:].sum() == 0
-    np.testing.assert_array_equal(unpad(padded, pad), a)
-    same, none = pad_to_multiple(np.ones((16, 32, 48)), 16)
-    assert none.after == (0, 0, 0) and same.shape == (16, 32, 48)
 
 
 # --- crops ---------------------------------------------------------------------------------------

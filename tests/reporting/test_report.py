@@ -68,7 +68,8 @@ def test_table1_mean_sd_counts(per_case):
     hd = rows["MwoS", "hd_mm"]
     assert (hd["mean"], hd["sd"], hd["n"], hd["n_missed"]) == (pytest.approx(15.0), pytest.approx(math.sqrt(50)), 2, 1)
     assert math.isnan(hd["paper_value"])
-    assert rows["MwoS", "nhd"]["paper_value"] == 0.303 and rows["MwS", "bl_pct"]["paper_value"] == 12.9
+    # the paper's HD column has no reconstructible unit: it is not set beside any row
+    assert math.isnan(rows["MwoS", "nhd"]["paper_value"]) and rows["MwS", "bl_pct"]["paper_value"] == 12.9
     one = rows["MwS", "hd95_mm"]  # a single finite value: mean = it, sd undefined
     assert (one["mean"], one["n"], one["n_missed"]) == (3.0, 1, 1) and math.isnan(one["sd"])
 
@@ -79,63 +80,94 @@ def test_table1_markdown_layout(per_case):
     assert lines[0] == "| Metric | MwoS | MwS | paper MwoS | paper MwS |"
     assert lines[2].startswith("| DC | 0.567 ± 0.493 (n=3) | 0.925 ± 0.035 (n=2) | 0.907 | 0.931 |")
     assert "| HD (mm) | 15.0 ± 7.1 (n=2, 1 missed) |" in md
-    assert "| normalised HD | 0.300 ± 0.141 (n=2, 1 missed) | 0.300 ± 0.000 (n=2) | 0.303 | 0.291 |" in md
+    assert "| normalised HD | 0.300 ± 0.141 (n=2, 1 missed) | 0.300 ± 0.000 (n=2) | – | – |" in md
+
+
+def _experiment_rows(per_case):
+    """Rows of two seeds (the second seed 0.05 better for MwS), test and val parts."""
+    rows = []
+    for seed in (0, 1):
+        for part in ("test", "val"):
+            for model, cases in per_case.items():
+                name = "MwS-region" if model == "MwS" else model
+                for r in cases:
+                    bonus = 0.05 * seed if model == "MwS" and r["dice"] == r["dice"] else 0.0
+                    rows.append({"seed": seed, "model": name, "part": part, "strategy": "halves",
+                                 **r, "dice": r["dice"] + bonus})
+    return rows
 
 
 def test_write_experiment_report_files_and_contents(tmp_path, per_case):
-    histories = {
-        "MwoS": [{"epoch": e, "train_loss": 1.0 - 0.1 * e, "val_dice": 0.5 + 0.05 * e, "seconds": 2.0}
-                 for e in range(6)],
-        "MwS": [{"epoch": e, "train_loss": 0.9 - 0.1 * e, "val_dice": 0.6 + 0.05 * e, "seconds": 2.5}
-                for e in range(6)],
-    }
-    histories["MwoS"][3]["val_dice"] = NAN
+    def history(base):
+        return [{"epoch": e, "train_loss": 1.0 - 0.1 * e, "val_dice": base + 0.05 * e, "seconds": 2.0}
+                for e in range(6)]
+
+    histories = {"MwS-region": {0: history(0.6), 1: history(0.62)}, "MwoS": {0: history(0.5), 1: history(0.5)}}
+    histories["MwoS"][0][3]["val_dice"] = NAN
+    proxy = {"region": {0: [{"epoch": e, "val_accuracy": 0.5 + 0.1 * e} for e in range(3)],
+                        1: [{"epoch": e, "val_accuracy": 0.6 + 0.1 * e} for e in range(3)]}}
     config = {"name": "demo", "preprocess": {"spacing_mm": (6.44, 3.24, 3.24)},
               "train": {"epochs": 6, "bce_weight_start": 0.6, "dice_weight_start": 0.4,
                         "bce_weight_end": 0.1, "dice_weight_end": 0.9}}
-    report = write_experiment_report(tmp_path / "report", per_case, histories, [_overlay()], config,
-                                     timings={"pretrain": 61.0, "train MwS": 15.0})
+    rows = _experiment_rows(per_case)
+    report, differences = write_experiment_report(
+        tmp_path / "report", rows, histories, proxy, [_overlay()], config,
+        timings={"pretrain": 61.0, "train MwS": 15.0}, split={"train": 10, "val": 3, "test": 3})
     out = tmp_path / "report"
     assert report == out / "report.md"
-    for name in ("table1.csv", "table1.md", "fig4_overlays.png", "fig5_dice_curves.png", "report.md", "report.html"):
+    for name in ("table1.csv", "table1.md", "fig4_overlays.png", "fig5_dice_curves.png", "proxy_accuracy.png",
+                 "differences.json", "report.md", "report.html"):
         assert (out / name).stat().st_size > 0, name
-    for name in ("fig4_overlays.png", "fig5_dice_curves.png"):
+    for name in ("fig4_overlays.png", "fig5_dice_curves.png", "proxy_accuracy.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
     assert not list(out.glob(".*tmp*")), "atomic temporary file left behind"
 
     table = _table(out / "table1.csv")
-    assert float(table["MwoS", "dice"]["mean"]) == pytest.approx(1.7 / 3)
-    assert table["MwoS", "hd95_mm"]["n_missed"] == "1" and table["MwoS", "hd95_mm"]["n"] == "2"
-    assert table["MwS", "dice"]["label"] == "DC"
+    assert float(table["MwoS (test)", "dice"]["mean"]) == pytest.approx(1.7 / 3)  # 3 cases x 2 seeds
+    assert table["MwoS (test)", "dice"]["n"] == "6"
+    assert table["MwoS (val)", "hd95_mm"]["n_missed"] == "2" and table["MwoS (val)", "hd95_mm"]["n"] == "4"
+    assert table["MwS-region (test)", "dice"]["label"] == "DC"
+
+    # paired differences over the 2 cases both models have, x 2 seeds: (0.1, 0.05) and (0.15, 0.1)
+    dice_test = next(d for d in differences["paired"] if d["metric"] == "dice" and d["part"] == "test")
+    assert dice_test["model"] == "MwS-region" and dice_test["n_pairs"] == 4
+    assert dice_test["mean"] == pytest.approx(0.1) and dice_test["per_seed"] == {0: pytest.approx(0.075),
+                                                                                 1: pytest.approx(0.125)}
+    assert 0.05 - 1e-9 <= dice_test["ci_low"] < 0.1 < dice_test["ci_high"] <= 0.15 + 1e-9
+    # MwoS's final Dice is 0.75 (seeds 0, 1): 90 % = 0.675, reached by MwS at epoch 2 (0.65 + ...)
+    reach = differences["epochs_to_reach"]["MwS-region"]["90pct"]
+    assert reach == {0: 3, 1: 3} and differences["epochs_to_reach"]["MwoS"]["90pct"] == {0: 5, 1: 5}
 
     md = report.read_text()
-    assert "](fig4_overlays.png)" in md and "](fig5_dice_curves.png)" in md
-    assert (out / "table1.md").read_text().strip() in md
-    assert "| MwoS | 3 | 1 | 0 | case_00003 |" in md  # missed case counted and named
-    assert "| MwoS | 6 | 0.750 (epoch 5) | 0.750 |" in md  # peak val Dice skips the NaN epoch
+    assert "](fig4_overlays.png)" in md and "](fig5_dice_curves.png)" in md and "](proxy_accuracy.png)" in md
+    assert "**MwS-region − MwoS, test Dice: 0.100 [" in md
+    assert "MwS-region is better than MwoS (the 95 % interval excludes 0)" in md
+    assert "seed 0: val / test Dice" in md and "Table 1: test" in md and "Table 1: validation" in md
+    assert "| MwoS (test) | 6 | 2 | 0 | case_00003, case_00003 |" in md  # missed case counted and named
     assert "| pretrain | 61.0 s (0:01:01) |" in md
     assert "voxel spacing (mm, z y x): `6.44, 3.24, 3.24`" in md
     assert "`0.6/0.4` at the first epoch to `0.1/0.9`" in md
-    assert "0.907" in md and "Normalised HD" in md
+    assert "0.907" in md and "cannot be reproduced" in md and "strategy: halves" in md
 
     page = (out / "report.html").read_text()
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    assert len(images) == 2
+    assert len(images) == 3
     assert all(base64.b64decode(img)[:8] == PNG_MAGIC for img in images)
     assert base64.b64decode(images[0]) == (out / "fig5_dice_curves.png").read_bytes()
     assert not re.search(r'src="(?!data:)', page), "HTML must not reference external files"
-    assert "<td>case_00003</td>" in page and "0.567 ± 0.493 (n=3)" in page
 
 
 def test_report_single_epoch_nan_metrics_no_overlays(tmp_path):
-    per_case = {"MwoS": [_row("c1", 0.0, NAN, NAN, NAN, NAN, empty_pred=True)],
-                "MwS": [_row("c1", 0.5, 3.0, 2.0, 5.0, 0.1)]}
-    histories = {"MwoS": [{"epoch": 0, "val_dice": NAN}], "MwS": [{"epoch": 0, "val_dice": 0.5}]}
-    report = write_experiment_report(tmp_path, per_case, histories, [], {})
+    rows = [{"seed": 0, "part": "test", "model": "MwoS", **_row("c1", 0.0, NAN, NAN, NAN, NAN, empty_pred=True)},
+            {"seed": 0, "part": "test", "model": "MwS-region", **_row("c1", 0.5, 3.0, 2.0, 5.0, 0.1)}]
+    histories = {"MwS-region": {0: [{"epoch": 0, "val_dice": 0.5}]}, "MwoS": {0: [{"epoch": 0, "val_dice": NAN}]}}
+    report, differences = write_experiment_report(tmp_path, rows, histories, {}, [], {})
     md = report.read_text()
     assert "Fig. 4 left out" in md and "fig4_overlays.png" not in md
     assert not (tmp_path / "fig4_overlays.png").exists()
-    assert "| HD (mm) | – ± – (n=0, 1 missed) | 3.0 ± – (n=1) | – | – |" in md
+    assert "| HD (mm) | 3.0 ± – (n=1) | – ± – (n=0, 1 missed) | – | – |" in md
     table = _table(tmp_path / "table1.csv")
-    assert table["MwoS", "bl_pct"]["mean"] == "nan" and table["MwoS", "bl_pct"]["n_missed"] == "1"
+    assert table["MwoS (test)", "bl_pct"]["mean"] == "nan" and table["MwoS (test)", "bl_pct"]["n_missed"] == "1"
     assert len(re.findall("data:image/png;base64,", (tmp_path / "report.html").read_text())) == 1
+    one = next(d for d in differences["paired"] if d["metric"] == "dice")
+    assert one["mean"] == pytest.approx(0.5) and one["n_pairs"] == 1

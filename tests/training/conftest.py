@@ -10,7 +10,7 @@ import pytest
 #: A tiny model and coarse grid: the whole training test folder must stay within a few minutes.
 TINY_OVERRIDES = [
     "preprocess.spacing_mm=[12.0,6.0,6.0]",
-    "preprocess.crop_size=[16,32,32]",
+    "pretrain.crop_size=[16,32,32]",
     "model.init_features=4",
     "model.growth_rate=4",
     "model.norm_groups=2",
@@ -20,9 +20,9 @@ TINY_OVERRIDES = [
     "pretrain.val_pairs=4",
     "pretrain.batch_size=2",
     "train.epochs=2",
-    "train.val_fraction=0.5",
-    "inference.half_overlap_mm=16",
-    "synth.cases=4",
+    "train.val_fraction=0.34",
+    "inference.half_context_mm=16",
+    "synth.cases=6",
 ]
 
 
@@ -40,11 +40,11 @@ def tiny_cfg():
 
 @pytest.fixture(scope="session")
 def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """4 phantom cases at demo resolution (KiTS19 layout)."""
+    """6 phantom cases at demo resolution (KiTS19 layout)."""
     from kidneyssl.phantoms import write_dataset
 
     out = tmp_path_factory.mktemp("phantoms")
-    write_dataset(out, 4, seed=0, resolution="demo", workers=2)
+    write_dataset(out, 6, seed=0, resolution="demo", workers=2)
     return out
 
 

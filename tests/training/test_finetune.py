@@ -11,6 +11,7 @@ import torch
 
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.training.checkpoint import load_checkpoint
+from kidneyssl.training.runfolder import Split, load_split
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def test_training_writes_history_checkpoints_and_plot(mwos_run, tiny_cfg) -> Non
     rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
     for r in rows:
-        assert {"train_loss", "val_dice", "w_bce", "w_dice", "seconds", "val_dice_per_case"} <= set(r)
+        assert {"train_loss", "val_dice", "w_bce", "w_dice", "seconds", "val_dice_per_case", "pos_weight"} <= set(r)
         assert 0.0 <= r["val_dice"] <= 1.0 and len(r["val_dice_per_case"]) == 2
         assert r["val_dice"] == pytest.approx(np.mean(list(r["val_dice_per_case"].values())))
     # the paper's schedule: 0.6/0.4 at the first epoch, the configured end at the last
@@ -46,8 +47,9 @@ def test_mws_starts_from_the_siamese_encoder(pretrain_run: Path, tiny_cfg) -> No
     from kidneyssl.training.finetune import _load_init
 
     model = build_segmentation_model(tiny_cfg.model)
-    report = _load_init(model, str(pretrain_run / "best.pt"), tiny_cfg)
-    assert report["loaded"] > 0 and report["missing"] == []
+    split = load_split(pretrain_run / "split.json")
+    report = _load_init(model, str(pretrain_run / "best.pt"), tiny_cfg, split, False)
+    assert report["loaded"] > 0 and report["missing"] == [] and report["held_out_cases_touched"] == []
     siamese = load_checkpoint(pretrain_run / "best.pt")["model_state"]
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, siamese[f"encoder.{key}"])
@@ -85,3 +87,41 @@ def test_extend_epochs_continues_a_finished_run(mwos_run, tiny_cache: Path, tiny
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert rows[-1]["w_bce"] == pytest.approx(0.1)  # schedule over the new total of 3 epochs
     assert load_checkpoint(mwos_run.run_dir / "last.pt")["epoch"] == 2
+
+
+def test_pos_weight_auto_is_computed_from_the_training_halves_and_recorded(mwos_run, tiny_cache: Path,
+                                                                         tiny_cfg) -> None:
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.data.segmentation import HalfVolumeDataset, foreground_fraction
+    from kidneyssl.training.finetune import resolve_pos_weight
+
+    info = json.loads((mwos_run.run_dir / "run.json").read_text())
+    split = load_split(mwos_run.run_dir / "split.json")
+    dataset = HalfVolumeDataset(open_cache(tiny_cache), list(split.train), context=3)
+    f = foreground_fraction(dataset)
+    assert tiny_cfg.train.pos_weight == "auto"
+    assert info["pos_weight"] == pytest.approx(np.sqrt((1 - f) / f)) and info["pos_weight"] > 1
+    assert load_checkpoint(mwos_run.run_dir / "last.pt")["pos_weight"] == pytest.approx(info["pos_weight"])
+    from kidneyssl.config import apply_overrides
+
+    assert resolve_pos_weight(apply_overrides(tiny_cfg, ["train.pos_weight=2.5"]), dataset) == 2.5
+
+
+def test_init_refuses_a_checkpoint_that_touched_held_out_cases(pretrain_run: Path, tiny_cache: Path, tiny_cfg,
+                                                               tmp_path: Path) -> None:
+    from kidneyssl.training.finetune import check_init_cases, train_segmentation
+    from kidneyssl.training.runfolder import save_split
+
+    split = load_split(pretrain_run / "split.json")
+    touched = sorted(load_checkpoint(pretrain_run / "best.pt")["touched_cases"])
+    # a split whose validation cases are cases the siamese network was trained on
+    leaky = Split(tuple(sorted(set(split.train) - set(touched[:2]) | set(split.val))), tuple(touched[:2]), 0, 0.34)
+    save_split(leaky, tmp_path / "leaky.json")
+    with pytest.raises(CheckpointError, match="holds out"):
+        train_segmentation(tiny_cache, tmp_path / "run", tiny_cfg, init=str(pretrain_run / "best.pt"),
+                           split_file=tmp_path / "leaky.json", device="cpu")
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert check_init_cases("x.pt", touched, leaky, allow_overlap=True) == touched[:2]
+    assert check_init_cases("x.pt", touched, split) == []
+    with pytest.raises(CheckpointError, match="does not record"):
+        check_init_cases("x.pt", None, split)

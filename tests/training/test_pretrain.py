@@ -19,7 +19,7 @@ def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_
         assert np.isfinite(r["train_loss"]) and np.isfinite(r["val_loss"])
         assert 0.0 <= r["val_accuracy"] <= 1.0
     split = json.loads((pretrain_run / "split.json").read_text())
-    assert len(split["val"]) == 2 and len(split["train"]) == 2
+    assert len(split["val"]) == 2 and len(split["train"]) == 4
     last = load_checkpoint(pretrain_run / "last.pt", kind="siamese")
     best = load_checkpoint(pretrain_run / "best.pt", kind="siamese")
     assert last["epoch"] == 1 and {"optimizer", "rng"} <= set(last)
@@ -31,18 +31,27 @@ def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_
     assert info["kind"] == "siamese" and info["status"] == "finished"
 
 
-def test_validation_pairs_come_from_validation_cases_only(tiny_cache: Path, tiny_cfg) -> None:
+def test_proxy_cases_are_training_cases_only(pretrain_run: Path, tiny_cache: Path, tiny_cfg) -> None:
+    """Pretraining validates (and picks best.pt) on a held-out part of the TRAINING cases; the
+    segmentation validation cases are never read, and the checkpoint records what it touched."""
     from kidneyssl.data.cache import open_cache
     from kidneyssl.training.finetune import resolve_split
-    from kidneyssl.training.pretrain import VAL_PAIR_SALT, _pairs
+    from kidneyssl.training.pretrain import VAL_PAIR_SALT, _pairs, proxy_split
 
     cache = open_cache(tiny_cache)
     split = resolve_split(cache, tiny_cfg, None)
-    pairs = _pairs(cache, split.val, 6, tiny_cfg.pretrain.seed + VAL_PAIR_SALT, tiny_cfg)
+    proxy = proxy_split(split, tiny_cfg)
+    assert set(proxy.train) | set(proxy.val) == set(split.train)
+    assert not set(proxy.train) & set(proxy.val) and len(proxy.val) == 2
+    pairs = _pairs(cache, proxy.val, 6, tiny_cfg.pretrain.seed + VAL_PAIR_SALT, tiny_cfg)
     cases = {i.split(":")[0] for k in range(len(pairs)) for i in pairs[k]["ids"]}
-    assert cases and cases <= set(split.val)
-    item = pairs[0]
-    assert tuple(item["a"].shape) == (1, *tiny_cfg.preprocess.crop_size)
+    assert cases and cases <= set(proxy.val)
+    assert tuple(pairs[0]["a"].shape) == (1, *tiny_cfg.pretrain.crop_size)
+    for name in ("best.pt", "last.pt"):
+        touched = set(load_checkpoint(pretrain_run / name)["touched_cases"])
+        assert touched == set(split.train) and not touched & split.held_out
+    info = json.loads((pretrain_run / "run.json").read_text())
+    assert info["proxy_val_cases"] == list(proxy.val) and info["proxy_input"] == "region"
 
 
 def test_pretrain_refuses_a_cache_of_another_config(tiny_cache: Path, tiny_cfg, tmp_path: Path) -> None:

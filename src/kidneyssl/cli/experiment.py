@@ -7,13 +7,17 @@ import logging
 
 from kidneyssl.cli._common import add_config_arguments, resolve_config
 
-__all__ = ["add_arguments", "run", "print_result"]
+__all__ = ["add_arguments", "run", "print_result", "add_protocol_arguments", "protocol_overrides"]
 
 log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="KiTS19-layout dataset folder")
+    parser.add_argument("--test-data", default=None,
+                        help="a separate annotated dataset used only as the held-out test part "
+                             "(default: protocol.test_fraction of --data is held out)")
+    add_protocol_arguments(parser)
     parser.add_argument("--out", required=True, help="experiment folder (re-run to continue it)")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
     parser.add_argument("--force", action="store_true", help="start over in an OUT that holds something else")
@@ -22,20 +26,47 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
 
 
+def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--seeds``, ``--proxy-variants`` and ``--test-fraction`` (they set ``protocol.*``)."""
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                        help="one full run per seed (sets protocol.seeds), e.g. --seeds 0 1 2")
+    parser.add_argument("--proxy-variants", nargs="+", choices=("region", "masked"), default=None,
+                        help="proxy inputs to pretrain with, one MwS each (sets protocol.proxy_variants)")
+    parser.add_argument("--test-fraction", type=float, default=None,
+                        help="fraction of --data held out as the test part (sets protocol.test_fraction)")
+
+
+def protocol_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set``-style overrides for the protocol options given on the command line."""
+    out = []
+    if getattr(args, "seeds", None):
+        out.append(f"protocol.seeds=[{', '.join(str(s) for s in args.seeds)}]")
+    if getattr(args, "proxy_variants", None):
+        out.append(f"protocol.proxy_variants=[{', '.join(args.proxy_variants)}]")
+    if getattr(args, "test_fraction", None) is not None:
+        out.append(f"protocol.test_fraction={args.test_fraction}")
+    return out
+
+
 def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported lazily
     """Print where the report is and the headline numbers (stdout)."""
     print(f"report: {result.report}")
-    for name, value in result.final_val_dice.items():
-        stats = result.summary.get(name, {}).get("dice", {})
-        print(f"{name}: final validation Dice (preprocessed grid) {value:.4f}; "
-              f"Table 1 Dice (original grid) {stats.get('mean', float('nan')):.4f} "
-              f"+- {stats.get('sd', float('nan')):.4f}")
+    for key, stats in result.summary.items():
+        dice = stats.get("dice", {})
+        print(f"{key}: Dice (original grid) {dice.get('mean', float('nan')):.4f} "
+              f"+- {dice.get('sd', float('nan')):.4f} over {stats.get('n_cases', 0)} case x seed pairs")
+    for d in result.differences.get("paired", []):
+        if d["metric"] == "dice":
+            print(f"{d['model']} - MwoS ({d['part']}) Dice: {d['mean']:+.4f} "
+                  f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] (95% bootstrap CI, {d['n_pairs']} pairs)")
 
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.experiment import run_experiment
 
-    result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache, force=args.force,
-                            device=args.device, workers=args.workers)
+    args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
+    result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
+                            test_data=args.test_data, force=args.force, device=args.device,
+                            workers=args.workers)
     print_result(result)
     return 0

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="split.json to use, e.g. the pretraining run's (MwS and MwoS must share one)")
     parser.add_argument("--grad-accum", type=int, default=1, metavar="K",
                         help="half volumes per optimiser step per process (default 1, the paper's batch size)")
+    parser.add_argument("--allow-init-overlap", action="store_true",
+                        help="experts only: accept a siamese --init checkpoint that was trained on cases this "
+                             "split holds out for validation/test (recorded in run.json)")
     add_run_arguments(parser)
     add_config_arguments(parser)
 
@@ -32,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init,
                                 split_file=args.split, resume=args.resume, force=args.force,
                                 extend_epochs=args.extend_epochs, device=args.device,
-                                accumulate=args.grad_accum)
+                                accumulate=args.grad_accum, allow_init_overlap=args.allow_init_overlap)
     log.info("training done: best val Dice %.4f at epoch %d, last %.4f; checkpoints in %s",
              result.best_dice, result.best_epoch + 1, result.last_dice, result.run_dir)
     return 0

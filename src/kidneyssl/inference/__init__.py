@@ -13,9 +13,12 @@ from kidneyssl.inference.predict import (
     predict_path,
     predict_volume,
 )
+from kidneyssl.inference.segment import Segmentation, segment_image
 from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
 
 __all__ = [
+    "segment_image",
+    "Segmentation",
     "infer_volume",
     "estimate_bytes_per_voxel",
     "threshold_probabilities",

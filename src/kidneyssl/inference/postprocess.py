@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from kidneyssl.io.geometry import LATERAL_AXIS
 
-__all__ = ["threshold_probabilities", "largest_component_per_side", "bounding_box"]
+__all__ = ["threshold_probabilities", "largest_component_per_side", "bounding_box",
+           "keep_kidney_components"]
 
 
 def threshold_probabilities(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -87,3 +88,31 @@ def largest_component_per_side(mask: np.ndarray, split_x: float, lateral_axis: i
         keep = [k for k, s in zip(keep, best_sizes) if s >= min_relative_size * big]
     out[box] = np.isin(labels, keep).astype(np.uint8)
     return out
+
+
+def _dilate_keep_zone(keep: np.ndarray) -> np.ndarray:
+    """``keep`` dilated by one voxel (26-neighbourhood), computed on its bounding box."""
+    zone = np.zeros(keep.shape, dtype=bool)
+    box = bounding_box(keep)
+    if box is None:
+        return zone
+    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, keep.shape))
+    zone[grown] = ndimage.binary_dilation(keep[grown] > 0, structure=np.ones((3, 3, 3), bool))
+    return zone
+
+
+def keep_kidney_components(prob: np.ndarray, split_x: float, threshold: float = 0.5,
+                           largest_component: bool = True) -> np.ndarray:
+    """Post-process probabilities on the preprocessed grid, IN PLACE, and return the kept mask.
+
+    With ``largest_component``, the largest connected component of the thresholded mask on each
+    side of ``split_x`` is kept, and probabilities more than one voxel away from the kept
+    components are set to 0, so that restoring them (trilinear) and thresholding on the original
+    grid leaves the kept kidneys' boundaries unchanged (a trilinear stencil touching a kept
+    component lies entirely inside that margin). Returns the thresholded (kept) uint8 mask.
+    """
+    mask = threshold_probabilities(prob, threshold)
+    if largest_component:
+        mask = largest_component_per_side(mask, split_x)
+        prob[~_dilate_keep_zone(mask)] = 0.0
+    return mask

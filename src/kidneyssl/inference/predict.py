@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kidneyssl.config import ConfigError, ExperimentConfig, InferenceConfig, config_from_dict
+from kidneyssl.config import ConfigError, ExperimentConfig, config_from_dict
 from kidneyssl.errors import CheckpointError, DataError, KidneySSLError
 from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
 from kidneyssl.io.geometry import Geometry, Volume
@@ -131,42 +131,13 @@ def load_model(checkpoint_path: str | Path, device: Any = "cpu") -> tuple[Any, E
     return model, cfg
 
 
-def _dilate_keep_zone(keep: np.ndarray) -> np.ndarray:
-    """``keep`` dilated by one voxel (26-neighbourhood), computed on its bounding box."""
-    from scipy import ndimage
-
-    from kidneyssl.inference.postprocess import bounding_box
-
-    zone = np.zeros(keep.shape, dtype=bool)
-    box = bounding_box(keep)
-    if box is None:
-        return zone
-    grown = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(box, keep.shape))
-    zone[grown] = ndimage.binary_dilation(keep[grown] > 0, structure=np.ones((3, 3, 3), bool))
-    return zone
-
-
-def keep_kidney_components(prob: np.ndarray, split_x: int, icfg: InferenceConfig) -> np.ndarray:
-    """Post-process probabilities on the preprocessed grid, IN PLACE, and return the kept mask.
-
-    With ``icfg.largest_component``, the largest connected component of the thresholded mask in
-    each lateral half is kept and probabilities more than one voxel away from the kept components
-    are set to 0, so that restoring them (trilinear) and thresholding on the original grid leaves
-    the kept kidneys' boundaries unchanged. Returns the thresholded (kept) uint8 mask.
-    """
-    from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
-
-    mask = threshold_probabilities(prob, icfg.threshold)
-    if icfg.largest_component:
-        mask = largest_component_per_side(mask, split_x)
-        prob[~_dilate_keep_zone(mask)] = 0.0
-    return mask
-
-
 def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",
                    sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
                    strategy: str = "auto", progress: bool = False) -> PredictionResult:
     """Kidney mask (and optionally probabilities) of ``volume`` on its own grid.
+
+    Preprocesses with the checkpoint's config, then runs :func:`~kidneyssl.inference.segment.segment_image`
+    (the one inference procedure, also used by validation and the experiment's Table 1).
 
     Args:
         model: segmentation network in eval mode (returns ``SegmentationOutput``), on
@@ -178,43 +149,20 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
         bf16: bfloat16 autocast for the network.
         strategy: ``auto``, ``halves``, ``sliding`` or ``whole`` (see ``infer_volume``).
     """
-    from kidneyssl.inference.postprocess import threshold_probabilities
-    from kidneyssl.inference.sliding_window import choose_strategy, estimate_bytes_per_voxel, infer_volume
+    from kidneyssl.inference.segment import segment_image
     from kidneyssl.preprocessing.pipeline import preprocess_image
-    from kidneyssl.preprocessing.sides import find_split_x
 
-    icfg: InferenceConfig = cfg.inference
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     image, record = preprocess_image(volume, cfg.preprocess)
-    split_x = int(find_split_x(None, image))
-    timings["preprocess"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    spacing = tuple(float(s) for s in record.spacing_mm)
-    bpv = estimate_bytes_per_voxel(cfg.model, bf16=bf16)
-    chosen = choose_strategy(image.shape, split_x, icfg, spacing[2], bpv, strategy)  # type: ignore[arg-type]
-    prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
-                        sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=chosen,
-                        bytes_per_voxel=bpv, bf16=bf16)
+    preprocess_s = time.perf_counter() - t0
+    seg = segment_image(model, image, cfg, record=record, device=device, sw_device=sw_device, bf16=bf16,
+                        strategy=strategy, progress=progress, keep_probabilities=keep_probabilities)
     del image
-    timings["infer"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    keep_kidney_components(prob, split_x, icfg)
-    timings["postprocess"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    restored = record.restore(prob, order="linear")
-    del prob
-    mask = threshold_probabilities(restored, icfg.threshold)
-    timings["restore"] = time.perf_counter() - t0
-    if tuple(mask.shape) != volume.geometry.shape:  # the data layer's contract; fail loudly if broken
-        raise RuntimeError(f"restored mask shape {mask.shape} differs from the input's {volume.geometry.shape}")
-    probabilities = np.asarray(restored, dtype=np.float32) if keep_probabilities else None
-    del restored
-    return PredictionResult(mask=mask, geometry=volume.geometry, probabilities=probabilities,
-                            timings=timings, strategy=chosen, split_x=split_x)
+    assert seg.original_mask is not None
+    return PredictionResult(mask=seg.original_mask, geometry=volume.geometry,
+                            probabilities=seg.original_probabilities,
+                            timings={"preprocess": preprocess_s, **seg.timings}, strategy=seg.strategy,
+                            split_x=seg.split_x)
 
 
 def _write_outputs(result: PredictionResult, item: PredictionInput, out_dir: Path,

@@ -30,15 +30,16 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 
 from kidneyssl.config import InferenceConfig, ModelConfig
-from kidneyssl.io.geometry import LATERAL_AXIS
+from kidneyssl.io.geometry import LATERAL_AXIS, Side
+from kidneyssl.preprocessing.sides import half_bounds
 
 __all__ = [
     "Strategy",
     "PAPER_BYTES_PER_VOXEL",
     "BF16_FACTOR",
     "estimate_bytes_per_voxel",
-    "half_bounds",
     "choose_strategy",
+    "context_voxels",
     "probability_predictor",
     "infer_volume",
 ]
@@ -76,25 +77,6 @@ def _ceil_to(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
-def half_bounds(width: int, split_x: int, context: int, multiple: int = 16) -> tuple[slice, slice]:
-    """Lateral extents ``(right, left)`` of the two half volumes along x.
-
-    The patient-right half is ``x < split_x``, the patient-left half ``x >= split_x``; each
-    extends at least ``context`` voxels across the plane, and further up to the next multiple of
-    ``multiple`` (real image context rather than zero padding), clamped to the volume.
-
-    Args:
-        width: size of the lateral axis (a multiple of ``multiple``).
-        split_x: split plane, ``0 <= split_x <= width``.
-        context: voxels of context across the plane, ``>= 0``.
-    """
-    if not 0 <= split_x <= width:
-        raise ValueError(f"split_x={split_x} outside the lateral extent [0, {width}]")
-    right_stop = min(width, _ceil_to(max(split_x + context, 1), multiple))
-    left_start = max(0, width - _ceil_to(max(width - split_x + context, 1), multiple))
-    return slice(0, right_stop), slice(left_start, width)
-
-
 def choose_strategy(shape: Sequence[int], split_x: int, cfg: InferenceConfig, spacing_x_mm: float | None,
                     bytes_per_voxel: float, strategy: Strategy = "auto") -> Strategy:
     """The strategy ``infer_volume`` uses: ``strategy`` unless it is ``auto``, in which case halves
@@ -103,9 +85,8 @@ def choose_strategy(shape: Sequence[int], split_x: int, cfg: InferenceConfig, sp
     if strategy != "auto":
         return strategy
     z, y, x = (int(s) for s in shape)
-    context = _context_voxels(cfg, spacing_x_mm)
-    right, left = half_bounds(x, split_x, context)
-    largest = max(right.stop - right.start, left.stop - left.start)
+    bounds = half_bounds(x, split_x, context_voxels(cfg, spacing_x_mm), 16)
+    largest = max(cols.stop - cols.start for cols in bounds.values())
     need_mb = z * y * largest * bytes_per_voxel / 2**20
     if need_mb <= cfg.memory_budget_mb:
         return "halves"
@@ -114,10 +95,11 @@ def choose_strategy(shape: Sequence[int], split_x: int, cfg: InferenceConfig, sp
     return "sliding"
 
 
-def _context_voxels(cfg: InferenceConfig, spacing_x_mm: float | None) -> int:
+def context_voxels(cfg: InferenceConfig, spacing_x_mm: float | None) -> int:
+    """``cfg.half_context_mm`` in voxels of lateral spacing ``spacing_x_mm`` (0 without one)."""
     if spacing_x_mm is None or spacing_x_mm <= 0:
         return 0
-    return int(math.ceil(cfg.half_overlap_mm / spacing_x_mm))
+    return int(math.ceil(cfg.half_context_mm / spacing_x_mm))
 
 
 def _flip_sets(axes: Sequence[int]) -> list[tuple[int, ...]]:
@@ -173,14 +155,14 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
         image: preprocessed canonical ``(Z, Y, X)`` float32 array (normally padded to a multiple
             of 16; other sizes are zero-padded here and cropped back).
         cfg: threshold-independent settings used here: ``memory_budget_mb``, ``sw_roi_size``,
-            ``sw_overlap``, ``half_overlap_mm``, ``tta_flip``.
+            ``sw_overlap``, ``half_context_mm``, ``tta_flip``.
         split_x: lateral split plane (x < split_x is the patient-right half); ``None`` finds it
             from the image with :func:`kidneyssl.preprocessing.sides.find_split_x`.
         device: where outputs are stitched (sliding window) and where inputs live.
         sw_device: where the network runs; ``None`` means ``device``. E.g. ``sw_device="cuda"``,
             ``device="cpu"`` runs windows on the GPU and stitches on the CPU.
         progress: a progress bar over sliding windows.
-        spacing_mm: grid spacing (z, y, x) in mm, to convert ``cfg.half_overlap_mm`` to voxels;
+        spacing_mm: grid spacing (z, y, x) in mm, to convert ``cfg.half_context_mm`` to voxels;
             ``None`` means no context across the split plane beyond rounding to 16.
         strategy: ``auto`` (halves if they fit the budget, else sliding window), ``halves``,
             ``sliding`` or ``whole``.
@@ -224,8 +206,9 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
             prob = prob_fn(x.to(run_device))[0, 0].to("cpu")
         elif chosen == "halves":
             assert split_x is not None
-            right, left = half_bounds(padded_shape[2], int(split_x), _context_voxels(cfg, spacing_x),
-                                      pad_multiple)
+            bounds = half_bounds(padded_shape[2], int(split_x), context_voxels(cfg, spacing_x),
+                                 pad_multiple)
+            right, left = bounds[Side.RIGHT], bounds[Side.LEFT]
             prob = torch.empty(padded_shape, dtype=torch.float32)
             p_right = prob_fn(x[..., right].to(run_device))[0, 0].to("cpu")
             prob[..., :split_x] = p_right[..., : split_x - right.start]

@@ -40,15 +40,12 @@ from kidneyssl.io.geometry import LATERAL_AXIS, Side
 
 __all__ = [
     "KidneyLocation",
-    "HalfPad",
     "body_midline_x",
     "find_split_x",
     "locate_kidneys",
     "split_halves",
     "stitch_halves",
     "half_bounds",
-    "pad_to_multiple",
-    "unpad",
     "crop_padded",
     "kidney_crop",
 ]
@@ -271,96 +268,83 @@ def locate_kidneys(
 # --- halves --------------------------------------------------------------------------------------
 
 
-def half_bounds(split_x: int, width: int, overlap: int = 0) -> dict[Side, tuple[int, int]]:
-    """Column ranges ``[x0, x1)`` of each half: RIGHT ``[0, split_x + overlap)``, LEFT
-    ``[split_x - overlap, width)``, clipped to the grid. ``overlap`` extra columns across the plane
-    give each half context; :func:`stitch_halves` keeps only each side's own columns."""
+def _ceil_to(value: int, multiple: int) -> int:
+    return -(-int(value) // int(multiple)) * int(multiple)
+
+
+def half_bounds(width: int, split_x: int, context: int = 0, multiple: int = 1) -> dict[Side, slice]:
+    """Lateral extents of the two half volumes: THE definition of a half, for training and
+    inference alike.
+
+    The patient-RIGHT half is ``x < split_x``, the patient-LEFT half ``x >= split_x``; each extends
+    ``context`` voxels across the plane (real image context), then further until its width is a
+    multiple of ``multiple`` (more real context rather than zero padding), clamped to the grid.
+    :func:`stitch_halves` keeps only each side's own columns.
+
+    Args:
+        width: size of the lateral axis.
+        split_x: split plane, ``0 <= split_x <= width``.
+        context: voxels of context across the plane, ``>= 0``.
+        multiple: half widths are rounded up to a multiple of this (16 for the network; a grid
+            whose width is a multiple of 16 then gives halves that need no padding).
+
+    Returns:
+        ``{Side.RIGHT: slice(0, x1), Side.LEFT: slice(x0, width)}``.
+    """
     if not 0 <= split_x <= width:
-        raise ValueError(f"split_x {split_x} outside [0, {width}]")
-    if overlap < 0:
-        raise ValueError(f"overlap must be >= 0, got {overlap}")
-    return {
-        Side.RIGHT: (0, min(width, split_x + overlap)),
-        Side.LEFT: (max(0, split_x - overlap), width),
-    }
+        raise ValueError(f"split_x {split_x} outside the lateral extent [0, {width}]")
+    if context < 0:
+        raise ValueError(f"context must be >= 0, got {context}")
+    if multiple < 1:
+        raise ValueError(f"multiple must be >= 1, got {multiple}")
+    right_stop = min(width, _ceil_to(split_x + context, multiple))
+    left_start = max(0, width - _ceil_to(width - split_x + context, multiple))
+    return {Side.RIGHT: slice(0, right_stop), Side.LEFT: slice(left_start, width)}
 
 
-def split_halves(array: np.ndarray, split_x: int, overlap: int = 0) -> dict[Side, np.ndarray]:
+def split_halves(array: np.ndarray, split_x: int, context: int = 0,
+                 multiple: int = 1) -> dict[Side, np.ndarray]:
     """Cut an array along its last (lateral) axis into patient-RIGHT and patient-LEFT halves.
 
     Args:
         array: ``(..., Z, Y, X)`` canonical array (leading channel axes allowed).
         split_x: plane from :func:`find_split_x`.
-        overlap: extra columns each half carries across the plane (context), clipped to the grid.
+        context, multiple: as in :func:`half_bounds`.
 
     Returns:
-        ``{Side.RIGHT: array[..., x0:x1], Side.LEFT: ...}`` with the ranges of :func:`half_bounds`
-        (views into ``array``, not copies).
+        ``{Side.RIGHT: array[..., right], Side.LEFT: array[..., left]}`` with the slices of
+        :func:`half_bounds` (views into ``array``, not copies).
     """
-    bounds = half_bounds(split_x, array.shape[-1], overlap)
-    return {side: array[..., x0:x1] for side, (x0, x1) in bounds.items()}
+    bounds = half_bounds(array.shape[-1], split_x, context, multiple)
+    return {side: array[..., cols] for side, cols in bounds.items()}
 
 
-def stitch_halves(
-    halves: Mapping[Side, np.ndarray], split_x: int, width: int, overlap: int = 0
-) -> np.ndarray:
+def stitch_halves(halves: Mapping[Side, np.ndarray], split_x: int, width: int, context: int = 0,
+                  multiple: int = 1) -> np.ndarray:
     """Inverse of :func:`split_halves`: the full ``(..., X=width)`` array from its two halves.
 
     Each half contributes its own side's columns only (RIGHT: ``x < split_x``; LEFT: the rest), so
-    ``stitch_halves(split_halves(a, s, o), s, a.shape[-1], o)`` equals ``a`` exactly.
+    ``stitch_halves(split_halves(a, s, c, m), s, a.shape[-1], c, m)`` equals ``a`` exactly.
 
     Raises:
-        ValueError: a half is missing, has the wrong width (un-pad first), or leading shapes differ.
+        ValueError: a half is missing, has the wrong width, or leading shapes differ.
     """
-    bounds = half_bounds(split_x, width, overlap)
+    bounds = half_bounds(width, split_x, context, multiple)
     for side in (Side.RIGHT, Side.LEFT):
         if side not in halves:
             raise ValueError(f"stitch_halves needs both halves, {side.value} is missing")
-        x0, x1 = bounds[side]
-        if halves[side].shape[-1] != x1 - x0:
+        cols = bounds[side]
+        if halves[side].shape[-1] != cols.stop - cols.start:
             raise ValueError(
-                f"{side.value} half has width {halves[side].shape[-1]}, expected {x1 - x0} "
-                f"(split_x={split_x}, width={width}, overlap={overlap}); remove padding first"
+                f"{side.value} half has width {halves[side].shape[-1]}, expected "
+                f"{cols.stop - cols.start} (split_x={split_x}, width={width}, context={context}, "
+                f"multiple={multiple})"
             )
     right, left = halves[Side.RIGHT], halves[Side.LEFT]
     if right.shape[:-1] != left.shape[:-1]:
         raise ValueError(f"half shapes differ outside the lateral axis: {right.shape} vs {left.shape}")
-    own_left_start = split_x - bounds[Side.LEFT][0]
+    own_left_start = split_x - bounds[Side.LEFT].start
     return np.concatenate([right[..., :split_x], left[..., own_left_start:]], axis=-1)
-
-
-@dataclass(frozen=True)
-class HalfPad:
-    """Zero padding added after the end of each of the last three axes: ``(pz, py, px)``."""
-
-    after: tuple[int, int, int]
-
-
-def pad_to_multiple(array: np.ndarray, multiple: int = 16) -> tuple[np.ndarray, HalfPad]:
-    """Zero-pad the last three axes of ``array`` at their ends up to a multiple of ``multiple``.
-
-    The network downsamples four times, so every input axis must be a multiple of 16. Returns the
-    padded array (the input itself when nothing is needed) and the :class:`HalfPad` that
-    :func:`unpad` inverts. (``numpy.pad`` does the work; MONAI's ``DivisiblePad`` would centre the
-    padding, which then has to be recorded per side: padding at the end keeps the record trivial.)
-    """
-    if array.ndim < 3:
-        raise ValueError(f"pad_to_multiple needs an array with >= 3 axes, got shape {array.shape}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    after = tuple((-int(n)) % multiple for n in array.shape[-3:])
-    pad = HalfPad(after=after)  # type: ignore[arg-type]
-    if not any(after):
-        return array, pad
-    widths = [(0, 0)] * (array.ndim - 3) + [(0, a) for a in after]
-    return np.pad(array, widths, mode="constant", constant_values=0), pad
-
-
-def unpad(array: np.ndarray, pad: HalfPad) -> np.ndarray:
-    """Remove the padding recorded by :func:`pad_to_multiple` (a view)."""
-    z, y, x = array.shape[-3:]
-    pz, py, px = pad.after
-    return array[..., : z - pz, : y - py, : x - px]
 
 
 # --- kidney crops --------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ __all__ = [
     "select_axial_slice",
     "plot_history",
     "plot_dice_curves",
+    "plot_seed_curves",
     "plot_overlays",
 ]
 
@@ -46,8 +47,9 @@ MAX_OVERLAY_CASES = 3
 
 # Fixed colours for the paper's two models so that every figure uses the same ones; other models
 # take the next free colours of matplotlib's tab10 cycle.
-_MODEL_COLOURS = {"MwoS": "tab:blue", "MwS": "tab:orange"}
-_CYCLE = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
+_MODEL_COLOURS = {"MwoS": "tab:blue", "MwS": "tab:orange", "MwS-region": "tab:orange",
+                  "MwS-masked": "tab:green", "region": "tab:orange", "masked": "tab:green"}
+_CYCLE = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
 
 
 @dataclass
@@ -282,6 +284,62 @@ def plot_dice_curves(
     _epoch_axis(ax, all_xs)
     ax.set_ylabel("validation Dice" if key == "val_dice" else key)
     ax.set_title("Validation Dice per epoch (cf. paper Fig. 5)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_seed_curves(
+    curves: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]],
+    path: str | Path,
+    key: str = "val_dice",
+    ylabel: str = "validation Dice",
+    title: str = "Validation Dice per epoch over seeds (cf. paper Fig. 5)",
+) -> Path:
+    """Per-epoch curves of several seeds: the mean over seeds (thick) with a band from the lowest
+    to the highest seed (shaded) and each seed thin, one colour per model.
+
+    Args:
+        curves: model (or variant) name -> seed -> history rows (``epoch``, ``key``).
+        path: output PNG.
+        key: the history key plotted (``val_dice``; ``val_accuracy`` for the proxy task).
+    """
+    colours = _model_colours(list(curves))
+    fig = _new_figure(7.0, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    all_xs = []
+    any_data = False
+    for name, by_seed in curves.items():
+        series = [_series(list(rows), key) for rows in by_seed.values()]
+        series = [(xs, ys) for xs, ys in series if np.isfinite(ys).any()]
+        if not series:
+            ax.plot([], [], color=colours[name], label=f"{name}: no data")
+            continue
+        any_data = True
+        epochs = sorted({float(x) for xs, _ in series for x in xs})
+        grid = np.full((len(series), len(epochs)), np.nan)
+        for i, (xs, ys) in enumerate(series):
+            for x, y in zip(xs, ys):
+                grid[i, epochs.index(float(x))] = y
+        xs_all = np.asarray(epochs) + 1  # 1-based epochs, as in the paper
+        all_xs.append(xs_all)
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(grid, axis=0)
+            low, high = np.nanmin(grid, axis=0), np.nanmax(grid, axis=0)
+        for row in grid:
+            ax.plot(xs_all, row, color=colours[name], linewidth=0.8, alpha=0.3)
+        if len(series) > 1:
+            ax.fill_between(xs_all, low, high, color=colours[name], alpha=0.15, linewidth=0)
+        marker = "o" if len(xs_all) <= 3 else None
+        ax.plot(xs_all, mean, color=colours[name], linewidth=2.5, marker=marker,
+                label=f"{name} (mean of {len(series)} seed{'' if len(series) == 1 else 's'}"
+                      f"{', band: min-max' if len(series) > 1 else ''})")
+    if not any_data:
+        ax.text(0.5, 0.5, f"no '{key}' values recorded", ha="center", va="center", transform=ax.transAxes)
+    _epoch_axis(ax, all_xs)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -27,7 +27,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from kidneyssl.io.atomic import atomic_write_text
-from kidneyssl.reporting.figures import OverlayCase, plot_dice_curves, plot_overlays
+from kidneyssl.reporting.figures import OverlayCase, plot_overlays
 
 __all__ = [
     "TABLE1_METRICS",
@@ -52,12 +52,18 @@ TABLE1_METRICS: tuple[tuple[str, str], ...] = (
 TABLE1_COLUMNS: tuple[str, ...] = (
     "model", "metric", "label", "mean", "sd", "n", "n_missed", "n_cases", "paper_value",
 )
-# Validation values of the paper's Table 1. Its "HD" column (0.303 / 0.291) is not in mm: it is the
-# authors' normalised HD, so it is compared with our "nhd" row, not with "hd_mm".
+# Validation values of the paper's Table 1 (DC and BL). Its "HD" column (0.303 MwoS / 0.291 MwS) has
+# no unit that can be reconstructed (see NHD_NOTE), so it is quoted in the text, not set beside a row.
 PAPER_TABLE1: dict[str, dict[str, float]] = {
-    "MwoS": {"dice": 0.907, "nhd": 0.303, "bl_pct": 14.0},
-    "MwS": {"dice": 0.931, "nhd": 0.291, "bl_pct": 12.9},
+    "MwoS": {"dice": 0.907, "bl_pct": 14.0},
+    "MwS": {"dice": 0.931, "bl_pct": 12.9},
 }
+PAPER_HD = {"MwoS": 0.303, "MwS": 0.291}
+
+
+def _paper_name(model: str) -> str:
+    """The paper's model a name of ours corresponds to (``MwS-region`` -> ``MwS``)."""
+    return model.split("-", 1)[0]
 FIG4_NAME = "fig4_overlays.png"
 FIG5_NAME = "fig5_dice_curves.png"
 
@@ -95,7 +101,7 @@ def table1_rows(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dic
             rows.append({
                 "model": model, "metric": key, "label": label, "mean": stats["mean"], "sd": stats["sd"],
                 "n": stats["n"], "n_missed": stats["n_nan"], "n_cases": summary["n_cases"],
-                "paper_value": PAPER_TABLE1.get(model, {}).get(key, math.nan),
+                "paper_value": PAPER_TABLE1.get(_paper_name(model), {}).get(key, math.nan),
             })
     return rows
 
@@ -128,7 +134,7 @@ _DIGITS = {"dice": 3, "hd_mm": 1, "hd95_mm": 1, "bl_pct": 1, "nhd": 3}
 
 def _table1_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
     models = list(dict.fromkeys(r["model"] for r in rows))
-    paper_models = [m for m in models if m in PAPER_TABLE1]
+    paper_models = list(dict.fromkeys(_paper_name(m) for m in models if _paper_name(m) in PAPER_TABLE1))
     header = ["Metric"] + models + [f"paper {m}" for m in paper_models]
     body = []
     for key, label in TABLE1_METRICS:
@@ -232,14 +238,17 @@ def _config_summary(config: Mapping[str, Any]) -> list[str]:
     """Key settings of a ``config_to_dict(ExperimentConfig)`` dict, those present only."""
     picks = [
         ("name", "preset"), ("preprocess.spacing_mm", "voxel spacing (mm, z y x)"),
-        ("preprocess.window_hu", "HU window"), ("preprocess.crop_size", "kidney crop (voxels)"),
+        ("preprocess.window_hu", "HU window"), ("pretrain.crop_size", "kidney crop (voxels)"),
+        ("pretrain.val_fraction", "proxy validation fraction (of the training cases)"),
+        ("protocol.proxy_variants", "proxy inputs"), ("protocol.test_fraction", "test fraction"),
+        ("protocol.seeds", "seeds"), ("protocol.split_seed", "split seed"),
+        ("train.pos_weight", "BCE positive weight"),
         ("model.init_features", "initial features"), ("model.growth_rate", "growth rate"),
         ("model.block_layers", "dense block layers"), ("model.reconstruction", "reconstruction branch"),
         ("pretrain.epochs", "siamese pretraining epochs"), ("pretrain.pairs_per_epoch", "pairs per epoch"),
         ("pretrain.margin", "contrastive margin"), ("train.epochs", "segmentation epochs"),
         ("train.lr", "learning rate (Adam)"), ("train.weight_decay", "weight decay"),
         ("train.batch_size", "batch size"), ("train.val_fraction", "validation fraction"),
-        ("train.seed", "seed"),
     ]
     items = []
     for dotted, label in picks:
@@ -267,23 +276,6 @@ def _format_seconds(value: Any) -> str:
     return f"{seconds:.1f} s ({_dt.timedelta(seconds=round(seconds))})"
 
 
-def _training_rows(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[list[str]]:
-    body = []
-    for model, rows in histories.items():
-        dice = [(_value(r, "val_dice"), int(_value(r, "epoch")) if math.isfinite(_value(r, "epoch")) else i)
-                for i, r in enumerate(rows)]
-        finite = [(d, e) for d, e in dice if math.isfinite(d)]
-        best = max(finite, key=lambda t: t[0]) if finite else None
-        seconds = sum(s for s in (_value(r, "seconds") for r in rows) if math.isfinite(s))
-        body.append([
-            model, str(len(rows)),
-            f"{best[0]:.3f} (epoch {best[1]})" if best else "–",
-            _fmt(finite[-1][0], 3) if finite else "–",
-            _format_seconds(seconds) if seconds else "–",
-        ])
-    return body
-
-
 def _case_counts(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[list[str], list[list[str]]]:
     header = ["Model", "cases", "empty prediction (missed)", "empty ground truth", "missed cases"]
     body = []
@@ -296,51 +288,141 @@ def _case_counts(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> tuple[l
 
 
 NHD_NOTE = (
-    "**Normalised HD** is the paper-comparable column: the authors' code reports, as \"HD\", the "
-    "directed Hausdorff distance in voxels divided by the number of predicted foreground voxels. It is "
-    "not a distance in mm and depends on the grid and the object size, so it is only meaningful beside "
-    "the paper's HD values (0.303 MwoS / 0.291 MwS); HD and HD95 in mm are the physical, symmetric "
-    "surface distances."
+    "**Normalised HD** is NOT the paper's HD column, and the paper's HD values (0.303 MwoS / 0.291 MwS) "
+    "cannot be reproduced: their unit cannot be reconstructed. The authors' `getHausdorff` passes "
+    "`np.where(...)` tuples (3 x N coordinate arrays) to scipy's `directed_hausdorff`, which then treats the "
+    "3 coordinate axes as points in N dimensions and takes the symmetric maximum over those; that is not a "
+    "surface distance, and its call is commented out in their code. Our `nhd` column is one reading of the "
+    "text (the directed Hausdorff distance in voxels over the number of predicted voxels), kept for "
+    "completeness only. **HD and HD95 in mm** (symmetric surface distances on the original grid) are the "
+    "real distance columns."
 )
+
+
+def _fmt_ci(stats: Mapping[str, Any], digits: int) -> str:
+    return (f"{_fmt(stats['mean'], digits)} [{_fmt(stats['ci_low'], digits)}, {_fmt(stats['ci_high'], digits)}]")
+
+
+def _verdict(d: Mapping[str, Any], higher_is_better: bool) -> str:
+    """One sentence saying which way a paired difference falls, and whether its interval excludes 0."""
+    low, high = d["ci_low"], d["ci_high"]
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "no paired values"
+    if low > 0 or high < 0:
+        better = (low > 0) == higher_is_better
+        return (f"{d['model']} is {'better' if better else 'worse'} than {d['reference']} "
+                "(the 95 % interval excludes 0)")
+    return f"no difference detectable between {d['model']} and {d['reference']} (the 95 % interval includes 0)"
+
+
+def _seed_table(rows: Sequence[Mapping[str, Any]], models: Sequence[str],
+                seeds: Sequence[int]) -> tuple[list[str], list[list[str]]]:
+    from kidneyssl.reporting.statistics import seed_means
+
+    header = ["Model"] + [f"seed {s}: val / test Dice" for s in seeds] + ["mean ± sd over seeds (test)"]
+    body = []
+    for model in models:
+        val, test = seed_means(rows, model, "dice", "val"), seed_means(rows, model, "dice", "test")
+        cells = [f"{_fmt(val.get(s, math.nan), 3)} / {_fmt(test.get(s, math.nan), 3)}" for s in seeds]
+        t = np.array([v for v in test.values() if math.isfinite(v)])
+        sd = float(t.std(ddof=1)) if t.size >= 2 else math.nan
+        body.append([model, *cells, f"{_fmt(float(t.mean()) if t.size else math.nan, 3)} ± {_fmt(sd, 3)}"])
+    return header, body
+
+
+def _convergence(histories: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]],
+                 reference: str = "MwoS") -> tuple[list[str], list[list[str]], dict[str, Any]]:
+    """Epochs to reach 90 % / 95 % of the final validation Dice of ``reference`` (per seed)."""
+    from kidneyssl.reporting.statistics import epochs_to_reach
+
+    header = ["Model", "epochs to 90 % of final MwoS Dice (per seed)", "epochs to 95 % (per seed)"]
+    body, data = [], {}
+    ref = histories.get(reference, {})
+    for model, by_seed in histories.items():
+        cells, entry = [], {}
+        for frac in (0.9, 0.95):
+            per_seed = {}
+            for seed, rows in by_seed.items():
+                ref_rows = ref.get(seed) or []
+                final = float(ref_rows[-1]["val_dice"]) if ref_rows else math.nan
+                per_seed[seed] = epochs_to_reach(rows, frac * final) if math.isfinite(final) else None
+            reached = [v for v in per_seed.values() if v is not None]
+            mean = f"{np.mean(reached):.1f}" if reached else "never"
+            cells.append(f"{mean} ({', '.join('–' if v is None else str(v) for v in per_seed.values())})")
+            entry[f"{int(frac * 100)}pct"] = per_seed
+        body.append([model, *cells])
+        data[model] = entry
+    return header, body, data
 
 
 def write_experiment_report(
     out_dir: str | Path,
-    per_case: Mapping[str, Sequence[Mapping[str, Any]]],
-    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    rows: Sequence[Mapping[str, Any]],
+    histories: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]],
+    proxy_histories: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]],
     overlays: Sequence[OverlayCase],
     config: Mapping[str, Any],
     timings: Mapping[str, Any] | None = None,
+    split: Mapping[str, Any] | None = None,
     title: str = "kidneyssl experiment report",
-) -> Path:
-    """Write the experiment's report folder and return the path of ``report.md``.
+) -> tuple[Path, dict[str, Any]]:
+    """Write the experiment's report folder.
 
     Args:
         out_dir: report folder (created).
-        per_case: model name ("MwoS", "MwS", ...) -> validation per-case metric rows as returned by
-            ``kidneyssl.metrics.compute_case_metrics`` (plus an optional ``case_id``).
-        histories: model name -> training history rows (``epoch``, ``val_dice``, ``seconds``, ...).
+        rows: per-case metric rows (``kidneyssl.metrics.compute_case_metrics``) with ``seed``,
+            ``model`` (``MwoS``, ``MwS-region``, ...), ``part`` (``val``/``test``), ``case_id`` and
+            optionally ``strategy``.
+        histories: model -> seed -> segmentation history rows (``epoch``, ``val_dice``, ...).
+        proxy_histories: proxy variant -> seed -> pretraining history rows (``val_accuracy``).
         overlays: up to 3 cases for Fig. 4 (may be empty: the figure is then left out).
         config: ``config_to_dict(ExperimentConfig)`` of the run.
-        timings: stage name -> seconds (or any printable value), shown as a table.
-        title: document title.
+        timings: stage name -> seconds.
+        split: ``{"train", "val", "test"}`` case counts (and ``test_source``).
 
     Returns:
-        ``out_dir / "report.md"``; ``report.html``, ``table1.csv``, ``table1.md`` and the figures
-        are beside it. Every file is written atomically.
+        ``(out_dir / "report.md", differences)``: ``differences`` holds the paired differences
+        (``reporting.statistics.paired_differences``) and the convergence numbers, also written as
+        ``differences.json``. ``report.html``, ``table1.csv``, ``table1.md`` and the figures are
+        beside the report. Every file is written atomically.
     """
     import yaml
 
+    from kidneyssl.io.atomic import atomic_write_json
+    from kidneyssl.reporting.figures import plot_seed_curves
+    from kidneyssl.reporting.statistics import paired_differences
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rows = table1_rows(per_case)
-    write_table1_csv(rows, out / "table1.csv")
-    table_md = table1_markdown(rows)
-    _write_text(out / "table1.md", table_md)
+    rows = list(rows)
+    models = list(histories) or list(dict.fromkeys(r["model"] for r in rows))
+    seeds = sorted({int(r["seed"]) for r in rows} | {int(s) for h in histories.values() for s in h})
+    parts = [p for p in ("test", "val") if any(r.get("part") == p for r in rows)]
+    tables: dict[str, list[dict[str, Any]]] = {}
+    csv_rows: list[dict[str, Any]] = []
+    for part in parts:
+        per_model = {m: [r for r in rows if r["model"] == m and r["part"] == part] for m in models}
+        tables[part] = table1_rows(per_model)
+        csv_rows += [{**r, "model": f"{r['model']} ({part})"} for r in tables[part]]
+    write_table1_csv(csv_rows, out / "table1.csv")
+    _write_text(out / "table1.md", "".join(f"## {part}\n\n{table1_markdown(t)}\n" for part, t in tables.items()))
+
+    mws = [m for m in models if m != "MwoS"]
+    diffs = [paired_differences(rows, m, "MwoS", metric, part)
+             for part in parts for m in mws for metric in ("dice", "hd95_mm")]
+    conv_header, conv_body, conv_data = _convergence(histories)
+    differences = {"paired": diffs, "epochs_to_reach": conv_data}
+    atomic_write_json(out / "differences.json", differences)
 
     images: dict[str, bytes] = {}
-    plot_dice_curves(histories, out / FIG5_NAME)
+    plot_seed_curves(histories, out / FIG5_NAME)
     images[FIG5_NAME] = (out / FIG5_NAME).read_bytes()
+    proxy_name = "proxy_accuracy.png"
+    if proxy_histories:
+        plot_seed_curves(proxy_histories, out / proxy_name, key="val_accuracy",
+                         ylabel="proxy validation pair accuracy",
+                         title="Siamese proxy task: validation pair accuracy per epoch")
+        images[proxy_name] = (out / proxy_name).read_bytes()
     if overlays:
         plot_overlays(overlays, out / FIG4_NAME)
         images[FIG4_NAME] = (out / FIG4_NAME).read_bytes()
@@ -348,39 +430,79 @@ def write_experiment_report(
     from kidneyssl import __version__
 
     now = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    models = list(per_case)
+    split = dict(split or {})
+    strategies = sorted({str(r.get("strategy")) for r in rows if r.get("strategy")})
+    headline = []
+    for d in diffs:
+        if d["metric"] == "dice":
+            headline.append(
+                f"**{d['model']} − MwoS, {d['part']} Dice: {_fmt_ci(d, 3)}** (mean paired difference, 95 % "
+                f"bootstrap interval over {d['n_cases']} cases x {d['n_seeds']} seed(s); {d['wins']} pairs "
+                f"favour {d['model']}, {d['losses']} favour MwoS): {_verdict(d, True)}.")
     blocks: list[Block] = [
         ("h1", title),
         ("p", f"Generated {now} by kidneyssl {__version__}. Reproduces the comparison of Dhere & Sivaswamy, "
               "\"Self-supervised learning for segmentation\": the same segmentation network trained from "
               "scratch (**MwoS**) and with its encoder initialised from a siamese network pretrained on the "
-              "same-side/opposite-side kidney proxy task (**MwS**), with identical settings, seeds and "
-              "training/validation split."),
+              "same-side/opposite-side kidney proxy task (**MwS**), with identical settings, seeds and split. "
+              "The proxy input is a choice the paper leaves open, so each variant gets its own MwS: "
+              "**MwS-region** (the whole fixed-size region around each kidney, as the paper's text says) and "
+              "**MwS-masked** (only the kidney, everything else zeroed, as the authors' code does)."),
+        ("h2", "Result"),
+        ("ul", headline or ["(no MwS model to compare)"]),
+        ("p", f"Seeds: {', '.join(str(s) for s in seeds)}. Cases: {split.get('train', '?')} training, "
+              f"{split.get('val', '?')} validation, {split.get('test', '?')} test ({split.get('test_source', '')}). "
+              "Training and pretraining read only the training cases (pretraining validates on a held-out part of "
+              "them); every model is scored with its last checkpoint, so no choice was made on validation or "
+              "test data. Scoring used the same inference as `kidneyssl predict` "
+              f"(strategy: {', '.join(strategies) or 'n/a'}), with no label anywhere before the metric."),
         ("h2", "What was run"),
         ("ul", _config_summary(config) or ["(no configuration given)"]),
-        ("table", (["Model", "epochs", "peak validation Dice", "final validation Dice", "training time"],
-                   _training_rows(histories))),
-        ("h2", "Table 1: validation metrics"),
-        ("p", "Mean ± sample standard deviation over the validation cases with a defined value (n). A case whose "
-              "metric is undefined (e.g. a distance for an empty prediction) is counted as missed, shown in the "
-              "table, never silently dropped; Dice counts every case (0 for a missed kidney). The paper's "
-              "validation values are beside ours (its HD column is the normalised HD; its DC values equal the "
-              "*peak* validation Dice it reports over 200 epochs, so compare them with the peak column above "
-              "too). Per-metric counts are in `table1.csv`."),
-        ("table", _table1_cells(rows)),
+        ("h2", "Per seed"),
+        ("table", _seed_table(rows, models, seeds)),
+    ]
+    for part in parts:
+        label = "test (held out, scored once)" if part == "test" else "validation (monitored every epoch)"
+        blocks += [
+            ("h2", f"Table 1: {label}"),
+            ("p", "Mean ± sample standard deviation over all (case, seed) pairs with a defined value (n). A case "
+                  "whose metric is undefined (e.g. a distance for an empty prediction) is counted as missed, "
+                  "never silently dropped; Dice counts every case (0 for a missed kidney). The paper's validation "
+                  "values are beside ours (DC and BL only; see the note on HD below)."),
+            ("table", _table1_cells(tables[part])),
+        ]
+    blocks += [
+        ("h2", "Paired differences MwS − MwoS"),
+        ("p", "Per (seed, case) pair, MwS minus MwoS of the same seed on the same case; 95 % percentile bootstrap "
+              "interval resampling seeds and cases independently (10 000 resamples). Dice: higher is better; "
+              "HD95: lower is better."),
+        ("table", (["Comparison", "part", "metric", "mean [95 % CI]", "pairs (cases x seeds)", "favour MwS / MwoS",
+                    "per seed"],
+                   [[f"{d['model']} − MwoS", d["part"], d["metric"], _fmt_ci(d, 3 if d["metric"] == "dice" else 1),
+                     f"{d['n_pairs']} ({d['n_cases']} x {d['n_seeds']})", f"{d['wins']} / {d['losses']}",
+                     ", ".join(f"{s}: {_fmt(v, 3)}" for s, v in d["per_seed"].items())] for d in diffs])),
+        ("h2", "Convergence (the paper's faster-convergence claim)"),
+        ("p", "First epoch at which each model's validation Dice reaches 90 % / 95 % of MwoS's final validation "
+              "Dice of the same seed; mean over the seeds that reached it, per seed in brackets."),
+        ("table", (conv_header, conv_body)),
         ("p", NHD_NOTE),
         ("p", "BL (%) = |B(prediction) - B(ground truth)| / B(ground truth) x 100 with B the size of the boundary "
               "(surface area in mm², see `kidneyssl.metrics`). Lower is better for HD, HD95, BL and "
               "normalised HD; higher for DC."),
         ("h2", "Empty and missed cases"),
-        ("table", _case_counts(per_case)),
+        ("table", _case_counts({f"{m} ({p})": [r for r in rows if r["model"] == m and r["part"] == p]
+                                for p in parts for m in models})),
         ("h2", "Figures"),
-        ("img", (FIG5_NAME, "Fig. 5: validation Dice per epoch, raw (thin) and moving average (thick)")),
+        ("img", (FIG5_NAME, "Fig. 5: validation Dice per epoch, mean over seeds (thick), each seed (thin) and "
+                            "the min-max band")),
     ]
+    if proxy_name in images:
+        blocks.append(("img", (proxy_name, "Proxy task: validation pair accuracy per epoch for each proxy input "
+                                           "(held-out training cases)")))
     if overlays:
         blocks.append(("img", (FIG4_NAME, "Fig. 4: ground truth (green) and prediction (red), overlap yellow, on "
-                                          "the axial slice with the largest ground-truth area; radiological "
-                                          "display (patient right on the image left, marked R/L)")))
+                                          "the axial slice with the largest ground-truth area (first seed, test "
+                                          "cases); radiological display (patient right on the image left)")))
     else:
         blocks.append(("p", "Fig. 4 left out: no overlay cases were given."))
     if timings:
@@ -388,13 +510,13 @@ def write_experiment_report(
                                                                      for k, v in timings.items()]))]
     config_yaml = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None)
     blocks += [("h2", "Configuration"), ("details", ("Full resolved configuration", config_yaml))]
-    if not models:
+    if not rows:
         log.warning("experiment report without any per-case metrics")
 
     _write_text(out / "report.html", _render_html(blocks, images, title))
     report = out / "report.md"
     _write_text(report, _render_md(blocks))
-    return report
+    return report, differences
 
 
 def _plain(value: Any) -> Any:

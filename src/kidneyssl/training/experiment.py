@@ -1,23 +1,38 @@
-"""The paper's experiment (section 3.3): prepare, pretrain once, train MwS and MwoS with identical
-settings, seeds and split, evaluate both on the validation cases, write the report.
+"""The paper's experiment (section 3.3), run as a reviewer would want it: prepare, then for every
+seed pretrain the siamese network once per proxy variant, train MwS (one per variant) and MwoS with
+identical settings, seed and split, score every model with the one inference procedure on the
+validation and the held-out test cases, and write the report.
 
 Experiment folder::
 
-    RUN/experiment.json   stage status and timings
-    RUN/config.yaml       resolved config
-    RUN/cache/            prepared cache (unless --cache points elsewhere)
-    RUN/pretrain/         siamese run folder
-    RUN/mws/, RUN/mwos/   segmentation run folders (MwS: encoder from pretrain/best.pt)
-    RUN/eval/<model>.json per-case metrics on the original grid
-    RUN/report/           Table 1, Fig. 4, Fig. 5, report.md, report.html
+    RUN/experiment.json                stage status and timings
+    RUN/config.yaml                    resolved config
+    RUN/split.json                     train / validation / test case ids (shared by every seed)
+    RUN/cache/, RUN/test_cache/        prepared caches (test_cache only with a separate test dataset)
+    RUN/seed_S/pretrain_V/             siamese run of seed S, proxy variant V (region | masked)
+    RUN/seed_S/mws_V/, RUN/seed_S/mwos/   segmentation runs (MwS-V: encoder from pretrain_V/best.pt)
+    RUN/eval/seed_S/<model>.json       per-case metrics on the original grid (validation and test)
+    RUN/report/                        Table 1, paired differences, Fig. 4, Fig. 5, report.md/.html
 
-Re-running the same command skips finished stages and resumes an interrupted training run.
-Evaluation uses each model's LAST checkpoint (the end of training, as in the paper's Table 1),
-not the epoch that scored best on the validation set (that would select on the test data).
+The procedure, and what it guarantees:
+
+* The split (``protocol.split_seed``) is made once. Training and pretraining read only its
+  training cases; pretraining holds out a part of them for its own validation and ``best.pt``
+  choice (:func:`kidneyssl.training.pretrain.proxy_split`). MwS refuses a siamese checkpoint that
+  touched a validation or test case.
+* Every model is scored with its LAST checkpoint (the end of training, as in the paper's Table 1):
+  nothing is selected on validation data, and test cases are scored once, at the end.
+* Scoring calls :func:`kidneyssl.inference.segment.segment_image` with the cached image and its
+  preprocessing record only (no label, no label-derived plane): the same function, and so the
+  same masks, as ``kidneyssl predict``. The label is read by the metric alone.
+
+Re-running the same command skips finished stages and resumes an interrupted training run; adding
+seeds or proxy variants (``--seeds 0 1 2``) continues the same experiment with the new runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -30,15 +45,15 @@ import numpy as np
 from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
-from kidneyssl.training.distributed import DistContext, init_distributed, shard, gather_objects
+from kidneyssl.training.distributed import DistContext, gather_objects, init_distributed, shard
 
-__all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "MODELS"]
+__all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "model_names", "seed_config"]
 
 log = logging.getLogger(__name__)
 
-#: Model name -> run sub-folder.
-MODELS = {"MwoS": "mwos", "MwS": "mws"}
 N_OVERLAY_CASES = 3
+#: Protocol keys that only add runs; an experiment may be continued with other values of these.
+_EXTENDABLE = ("seeds", "proxy_variants")
 
 
 @dataclass(frozen=True)
@@ -50,10 +65,32 @@ class ExperimentResult:
     final_val_dice: dict[str, float]
     summary: dict[str, Any]
     timings: dict[str, float]
+    differences: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def model_names(cfg: ExperimentConfig) -> dict[str, str]:
+    """Model name -> run sub-folder name: ``MwS-<variant>`` per proxy variant, then ``MwoS``."""
+    names = {f"MwS-{v}": f"mws_{v}" for v in cfg.protocol.proxy_variants}
+    names["MwoS"] = "mwos"
+    return names
+
+
+def seed_config(cfg: ExperimentConfig, seed: int, proxy_input: str | None = None) -> ExperimentConfig:
+    """``cfg`` for one seed's runs (``pretrain.seed = train.seed = seed``) and proxy variant."""
+    pretrain = dataclasses.replace(cfg.pretrain, seed=int(seed),
+                                   proxy_input=proxy_input or cfg.pretrain.proxy_input)
+    return dataclasses.replace(cfg, pretrain=pretrain, train=dataclasses.replace(cfg.train, seed=int(seed)))
 
 
 def _state_path(run: Path) -> Path:
     return run / "experiment.json"
+
+
+def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(cfg_dict))
+    for key in _EXTENDABLE:
+        out.get("protocol", {}).pop(key, None)
+    return out
 
 
 def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
@@ -65,10 +102,11 @@ def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
             state = json.loads(state_file.read_text())
         except ValueError as err:
             raise RunFolderError(f"{state_file}: unreadable ({err}); use --force to start over") from err
-        if state.get("config") != config_to_dict(cfg):
+        if _comparable(state.get("config", {})) != _comparable(config_to_dict(cfg)):
             raise RunFolderError(
                 f"{run}: holds an experiment with another config; re-run with the same options to "
-                "continue it, --force to start over, or choose another --out"
+                "continue it (more --seeds or --proxy-variants are fine), --force to start over, or "
+                "choose another --out"
             )
         return state
     if run.is_dir() and any(run.iterdir()) and not force:
@@ -94,40 +132,37 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
                    ctx: DistContext, keep_masks: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Per-case metrics of a segmentation checkpoint on ``case_ids``, on the ORIGINAL grid.
 
-    Each case: whole-volume inference on the cached preprocessed image (halves, as ``predict``),
-    threshold, largest component per side (``cfg.inference.largest_component``), mapped back to the
-    original file's grid with the cached :class:`PreprocessRecord`, then
+    Each case: :func:`kidneyssl.inference.segment.segment_image` on the cached image with its
+    preprocessing record -- exactly what ``kidneyssl predict`` does with the original file -- then
     :func:`kidneyssl.metrics.compute_case_metrics` against the original segmentation (kidney =
-    label > 0) with the original spacing.
+    label > 0) with the original spacing. The label is read here, after the prediction exists.
 
     Returns:
-        ``(rows, masks)``: one metrics row per case (with ``case_id``), in ``case_ids`` order, and
-        the preprocessed-grid masks of the cases in ``keep_masks`` (for Fig. 4).
+        ``(rows, masks)``: one metrics row per case (with ``case_id`` and ``strategy``), in
+        ``case_ids`` order, and the preprocessed-grid masks of the cases in ``keep_masks`` (Fig. 4).
     """
-    from kidneyssl.inference.predict import keep_kidney_components, load_model
+    from kidneyssl.inference.predict import load_model
+    from kidneyssl.inference.segment import segment_image
     from kidneyssl.io.volumes import read_volume
     from kidneyssl.metrics import compute_case_metrics
-    from kidneyssl.preprocessing.pipeline import PreprocessRecord
-    from kidneyssl.training.finetune import infer_cached_case
 
     model, cfg = load_model(checkpoint, ctx.device)
     rows: dict[str, dict[str, Any]] = {}
     masks: dict[str, np.ndarray] = {}
     for cid in shard(list(case_ids), ctx):
         case = cache.load(cid, mmap=True)
-        prob = infer_cached_case(model, case, cfg, ctx.device)
-        # exactly what `kidneyssl predict` does: post-process, restore probabilities, threshold
-        mask = keep_kidney_components(prob, int(case.meta["split_x"]), cfg.inference)
+        seg = segment_image(model, case.image, cfg, record=case.record, device=ctx.device)
         if cid in keep_masks:
-            masks[cid] = mask
-        record = PreprocessRecord.from_dict(case.meta["record"])
-        pred = record.restore(prob, order="linear", threshold=cfg.inference.threshold) > 0
+            masks[cid] = seg.mask
+        pred = seg.original_mask
+        assert pred is not None
         gt_vol = read_volume(gt_paths[cid])
         gt = np.asarray(gt_vol.array) > 0
         if gt.shape != pred.shape:
             raise KidneySSLError(f"{gt_paths[cid]}: segmentation shape {gt.shape} differs from the "
                                  f"restored prediction {pred.shape} (cache prepared from other data?)")
-        rows[cid] = {"case_id": cid, **compute_case_metrics(pred, gt, tuple(gt_vol.geometry.spacing))}
+        rows[cid] = {"case_id": cid, "strategy": seg.strategy,
+                     **compute_case_metrics(pred > 0, gt, tuple(gt_vol.geometry.spacing))}
     merged_rows: dict[str, dict[str, Any]] = {}
     merged_masks: dict[str, np.ndarray] = {}
     for part_rows, part_masks in gather_objects((rows, masks), ctx):
@@ -136,17 +171,45 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
     return [merged_rows[c] for c in case_ids], merged_masks
 
 
+def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, is_main: bool) -> Any:
+    """The experiment's split, made once and kept in ``RUN/split.json``."""
+    from kidneyssl.training.finetune import annotated_case_ids
+    from kidneyssl.training.runfolder import load_split, make_split, save_split
+
+    path = run / "split.json"
+    if path.is_file():
+        return load_split(path)
+    ids = annotated_case_ids(cache)
+    test_fraction = 0.0 if test_cache is not None else cfg.protocol.test_fraction
+    split = make_split(ids, cfg.train.val_fraction, cfg.protocol.split_seed, test_fraction=test_fraction)
+    if is_main:
+        save_split(split, path)
+    return split
+
+
 def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentConfig, *,
-                   cache_dir: str | Path | None = None, force: bool = False, device: str = "auto",
-                   workers: int | None = None) -> ExperimentResult:
-    """Run (or continue) the whole experiment in ``out_dir``; see the module docstring."""
+                   cache_dir: str | Path | None = None, test_data: str | Path | None = None,
+                   force: bool = False, device: str = "auto", workers: int | None = None) -> ExperimentResult:
+    """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
+
+    Args:
+        data_dir: annotated dataset (KiTS19 layout) for training, validation and (by default) test.
+        out_dir: experiment folder.
+        cfg: resolved config (``cfg.protocol``: seeds, split seed, test fraction, proxy variants).
+        cache_dir: where to prepare ``data_dir`` (default ``out_dir/cache``).
+        test_data: a separate annotated dataset used only as the test part (then no test cases
+            are taken from ``data_dir``).
+        force: start over.
+        device: ``auto``, ``cpu``, ``cuda``.
+        workers: prepare's worker processes.
+    """
     from kidneyssl.data.cache import open_cache, prepare_dataset
     from kidneyssl.io.kits19 import find_cases
     from kidneyssl.reporting.figures import OverlayCase
     from kidneyssl.reporting.report import write_experiment_report
     from kidneyssl.training.finetune import train_segmentation
     from kidneyssl.training.pretrain import pretrain_siamese
-    from kidneyssl.training.runfolder import RunFolder, load_split
+    from kidneyssl.training.runfolder import RunFolder
 
     ctx = init_distributed(device)
     run = Path(out_dir)
@@ -155,99 +218,142 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
     stages: dict[str, Any] = dict(state.get("stages", {}))
     timings: dict[str, float] = dict(state.get("timings", {}))
     cache_path = Path(cache_dir) if cache_dir else run / "cache"
+    test_cache_path = run / "test_cache" if test_data is not None else None
 
     def mark(stage: str, seconds: float) -> None:
         stages[stage] = "done"
         timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
         if ctx.is_main:
-            atomic_write_json(_state_path(run), {"config": config_to_dict(cfg), "data": str(Path(data_dir).resolve()),
-                                                 "cache": str(cache_path.resolve()), "stages": stages,
-                                                 "timings": timings})
+            atomic_write_json(_state_path(run), {
+                "config": config_to_dict(cfg), "data": str(Path(data_dir).resolve()),
+                "test_data": str(Path(test_data).resolve()) if test_data is not None else None,
+                "cache": str(cache_path.resolve()), "stages": stages, "timings": timings})
 
     if ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
 
-    # 1. prepare (rank 0 writes the cache; the others wait and open it)
-    if stages.get("prepare") != "done":
+    # 1. prepare (rank 0 writes the caches; the others wait and open them)
+    for stage, src, dst in (("prepare", data_dir, cache_path), ("prepare_test", test_data, test_cache_path)):
+        if src is None or dst is None or stages.get(stage) == "done":
+            continue
         t0 = time.perf_counter()
         if ctx.is_main:
-            log.info("== prepare: %s -> %s", data_dir, cache_path)
-            prepare_dataset(data_dir, cache_path, cfg.preprocess, workers=workers or 2)
+            log.info("== %s: %s -> %s", stage, src, dst)
+            prepare_dataset(src, dst, cfg.preprocess, workers=workers or 2)
         gather_objects(None, ctx)
-        mark("prepare", time.perf_counter() - t0)
+        mark(stage, time.perf_counter() - t0)
     cache = open_cache(cache_path, expected=cfg.preprocess)
+    test_cache = open_cache(test_cache_path, expected=cfg.preprocess) if test_cache_path is not None else None
+    split = _make_split(run, cache, cfg, test_cache, ctx.is_main)
+    gather_objects(None, ctx)
+    split_file = run / "split.json"
+    if test_cache is not None:
+        from kidneyssl.training.finetune import annotated_case_ids
 
-    # 2. pretrain once
-    pre_dir = run / "pretrain"
-    if stages.get("pretrain") != "done":
-        t0 = time.perf_counter()
-        log.info("== pretrain (siamese left/right proxy task): %s", pre_dir)
-        pretrain_siamese(cache_path, pre_dir, cfg, ctx=ctx,
-                         **_stage_folder_args(pre_dir, "siamese", fresh))
-        mark("pretrain", time.perf_counter() - t0)
-    split_file = pre_dir / "split.json"
-    init_ckpt = pre_dir / "best.pt"
-
-    # 3. MwS and MwoS with the same config, seeds and split
-    for name, sub in (("MwS", "mws"), ("MwoS", "mwos")):
-        if stages.get(f"train_{name}") == "done":
-            continue
-        t0 = time.perf_counter()
-        log.info("== train %s (%s): %s", name, "encoder from the siamese network" if name == "MwS"
-                 else "from scratch", run / sub)
-        train_segmentation(cache_path, run / sub, cfg, init=str(init_ckpt) if name == "MwS" else "scratch",
-                           split_file=split_file, ctx=ctx, **_stage_folder_args(run / sub, "segmentation", fresh))
-        mark(f"train_{name}", time.perf_counter() - t0)
-
-    # 4. evaluate both on the validation cases, on the original grid
-    split = load_split(split_file)
-    val_ids = list(split.val)
-    overlay_ids = val_ids[:N_OVERLAY_CASES]
+        test_ids, test_source = annotated_case_ids(test_cache), test_cache
+        test_gt = {c.case_id: c.segmentation for c in find_cases(test_data) if c.segmentation is not None}
+    else:
+        test_ids, test_source = list(split.test), cache
+        test_gt = {}
     gt_paths = {c.case_id: c.segmentation for c in find_cases(data_dir) if c.segmentation is not None}
-    missing = [c for c in val_ids if c not in gt_paths]
+    test_gt = test_gt or gt_paths
+    missing = [c for c in list(split.val) if c not in gt_paths] + [c for c in test_ids if c not in test_gt]
     if missing:
-        raise KidneySSLError(f"{data_dir}: no segmentation for validation case(s) {missing[:5]}")
-    eval_dir = run / "eval"
-    per_case: dict[str, list[dict[str, Any]]] = {}
-    overlay_masks: dict[str, dict[str, np.ndarray]] = {}
-    for name, sub in MODELS.items():
-        rows_file, masks_file = eval_dir / f"{name}.json", eval_dir / f"{name}_overlay_masks.npz"
-        if stages.get(f"eval_{name}") == "done" and rows_file.is_file() and masks_file.is_file():
-            per_case[name] = json.loads(rows_file.read_text())
-            with np.load(masks_file) as npz:
-                overlay_masks[name] = {k: npz[k] for k in npz.files}
-            continue
-        t0 = time.perf_counter()
-        log.info("== evaluate %s on %d validation cases", name, len(val_ids))
-        rows, masks = evaluate_model(RunFolder(run / sub).last, cache, val_ids, gt_paths, ctx, overlay_ids)
-        per_case[name], overlay_masks[name] = rows, masks
-        if ctx.is_main:
-            atomic_write_json(rows_file, rows)
-            from kidneyssl.io.atomic import atomic_save
+        raise KidneySSLError(f"no segmentation file for scored case(s) {missing[:5]}")
+    log.info("experiment: %d training, %d validation, %d test cases%s; seeds %s; proxy variants %s",
+             len(split.train), len(split.val), len(test_ids),
+             f" (test from {test_data})" if test_data is not None else "",
+             list(cfg.protocol.seeds), list(cfg.protocol.proxy_variants))
 
-            atomic_save(masks_file, lambda p: np.savez_compressed(p, **masks), suffix=".npz")
-        mark(f"eval_{name}", time.perf_counter() - t0)
+    names = model_names(cfg)
+    rows: list[dict[str, Any]] = []
+    histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
+    proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {v: {} for v in cfg.protocol.proxy_variants}
+    overlay_masks: dict[str, dict[str, np.ndarray]] = {}
+    first_seed = cfg.protocol.seeds[0]
+    overlay_ids = list(test_ids or split.val)[:N_OVERLAY_CASES]
+    overlay_source = test_source if test_ids else cache
+    for seed in cfg.protocol.seeds:
+        seed_dir = run / f"seed_{seed}"
+        # 2. pretrain once per proxy variant
+        for variant in cfg.protocol.proxy_variants:
+            stage, folder = f"seed_{seed}/pretrain_{variant}", seed_dir / f"pretrain_{variant}"
+            if stages.get(stage) != "done":
+                t0 = time.perf_counter()
+                log.info("== %s (siamese left/right proxy task, %s crops): %s", stage, variant, folder)
+                pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
+                                 ctx=ctx, **_stage_folder_args(folder, "siamese", fresh))
+                mark(stage, time.perf_counter() - t0)
+            proxy_histories[variant][seed] = RunFolder(folder).read_history()
+        # 3. MwS per variant and MwoS, same config, seed and split
+        for name, sub in names.items():
+            stage, folder = f"seed_{seed}/train_{name}", seed_dir / sub
+            variant = name.split("-", 1)[1] if name.startswith("MwS-") else None
+            if stages.get(stage) != "done":
+                t0 = time.perf_counter()
+                init = str(seed_dir / f"pretrain_{variant}" / "best.pt") if variant else "scratch"
+                log.info("== %s (%s): %s", stage, f"encoder from the {variant} siamese network" if variant
+                         else "from scratch", folder)
+                train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
+                                   split_file=split_file, ctx=ctx,
+                                   **_stage_folder_args(folder, "segmentation", fresh))
+                mark(stage, time.perf_counter() - t0)
+            histories[name][seed] = RunFolder(folder).read_history()
+        # 4. score every model's last checkpoint on validation and test cases (original grid)
+        eval_dir = run / "eval" / f"seed_{seed}"
+        for name, sub in names.items():
+            stage = f"seed_{seed}/eval_{name}"
+            rows_file, masks_file = eval_dir / f"{name}.json", eval_dir / f"{name}_overlay_masks.npz"
+            if stages.get(stage) == "done" and rows_file.is_file() and masks_file.is_file():
+                model_rows = json.loads(rows_file.read_text())
+                with np.load(masks_file) as npz:
+                    masks = {k: npz[k] for k in npz.files}
+            else:
+                t0 = time.perf_counter()
+                log.info("== evaluate %s (seed %d) on %d validation and %d test cases", name, seed,
+                         len(split.val), len(test_ids))
+                ckpt = RunFolder(seed_dir / sub).last
+                val_rows, _ = evaluate_model(ckpt, cache, list(split.val), gt_paths, ctx)
+                test_rows, masks = evaluate_model(ckpt, test_source, test_ids, test_gt, ctx, overlay_ids)
+                model_rows = ([{"part": "val", **r} for r in val_rows] + [{"part": "test", **r} for r in test_rows])
+                model_rows = [{"seed": int(seed), "model": name, **r} for r in model_rows]
+                if ctx.is_main:
+                    from kidneyssl.io.atomic import atomic_save
+
+                    atomic_write_json(rows_file, model_rows)
+                    atomic_save(masks_file, lambda p: np.savez_compressed(p, **masks), suffix=".npz")
+                mark(stage, time.perf_counter() - t0)
+            rows.extend(model_rows)
+            if seed == first_seed:
+                overlay_masks[name] = masks
 
     # 5. report
-    histories = {name: RunFolder(run / sub).read_history() for name, sub in MODELS.items()}
     report_path = run / "report" / "report.md"
+    differences: dict[str, Any] = {}
     if ctx.is_main:
         t0 = time.perf_counter()
         overlays = []
         for cid in overlay_ids:
-            case = cache.load(cid, mmap=True)
+            case = overlay_source.load(cid, mmap=True)
+            if case.label is None:
+                continue
             overlays.append(OverlayCase(cid, np.asarray(case.image), np.asarray(case.label) > 0,
-                                        {name: overlay_masks[name][cid] for name in MODELS}))
-        report_path = write_experiment_report(run / "report", per_case, histories, overlays, config_to_dict(cfg),
-                                              timings=dict(timings))
+                                        {name: overlay_masks[name][cid] for name in names
+                                         if cid in overlay_masks.get(name, {})}))
+        split_info = {"train": len(split.train), "val": len(split.val), "test": len(test_ids),
+                      "test_source": str(test_data) if test_data is not None else "held out of --data"}
+        report_path, differences = write_experiment_report(
+            run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
+            timings=dict(timings), split=split_info)
         mark("report", time.perf_counter() - t0)
     from kidneyssl.metrics import summarize
 
-    summary = {name: summarize([{k: v for k, v in r.items() if k != "case_id"} for r in rows])
-               for name, rows in per_case.items()}
-    final = {name: float(h[-1]["val_dice"]) if h else float("nan") for name, h in histories.items()}
-    return ExperimentResult(run, Path(report_path), final, summary, dict(timings))
+    summary = {f"{name}/{part}": summarize([r for r in rows if r["model"] == name and r["part"] == part])
+               for name in names for part in ("val", "test")}
+    final = {name: float(np.mean([h[-1]["val_dice"] for h in histories[name].values() if h]))
+             for name in names}
+    return ExperimentResult(run, Path(report_path), final, summary, dict(timings), differences)
 
 
 def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,

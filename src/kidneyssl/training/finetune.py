@@ -6,10 +6,15 @@ Loss per item: ``w_bce * BCE + w_dice * SoftDice + recon_weight * MSE(reconstruc
 the last. Adam (lr 1e-3, weight decay 1e-2). With ``recon_weight == 0`` the reconstruction branch is
 not built at all, so every parameter gets a gradient (DDP requires it).
 
-Validation Dice per epoch is computed on stitched WHOLE volumes: the validation case's cached
-preprocessed image goes through :func:`kidneyssl.inference.sliding_window.infer_volume` (the same
-half-volume inference ``predict`` uses), is thresholded and compared with the cached label on the
-preprocessed grid. Cases are sharded over ranks and gathered once per epoch.
+Validation Dice per epoch is computed on WHOLE volumes: the validation case's cached preprocessed
+image goes through :func:`kidneyssl.inference.segment.segment_image` (exactly what ``predict`` and
+Table 1 do: image-derived split plane, halves, post-processing) and the mask is compared with the
+cached label on the preprocessed grid. Validation Dice is monitoring (Fig. 5) and feeds ``best.pt``;
+the experiment scores each model's LAST checkpoint, so nothing is selected on validation data.
+Cases are sharded over ranks and gathered once per epoch.
+
+MwS refuses a siamese checkpoint that touched a validation or test case of its split
+(:func:`check_init_cases`), unless explicitly allowed (recorded in ``run.json``).
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ from kidneyssl.training.distributed import (DistContext, broadcast_object, gathe
                                             init_distributed, shard, unwrap, wrap_ddp)
 from kidneyssl.training.loop import (build_grad_scaler, build_optimizer, epoch_order,
                                      train_one_epoch)
+from kidneyssl.inference.sliding_window import context_voxels
 from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
-           "resolve_split", "effective_config"]
+           "resolve_split", "effective_config", "check_init_cases", "resolve_pos_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +86,19 @@ def resolve_split(cache: Any, cfg: ExperimentConfig, split_file: str | Path | No
     return make_split(ids, cfg.train.val_fraction, cfg.train.seed)
 
 
-def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    from kidneyssl.metrics import dice
-
-    return float(dice(pred, gt))
-
-
-def infer_cached_case(model: Any, case: Any, cfg: ExperimentConfig, device: Any) -> np.ndarray:
-    """Sigmoid probabilities (Z, Y, X) of a cached (preprocessed) case's whole volume, inferred
-    on its halves as ``predict`` does, split at the cached plane."""
-    import torch
-
-    from kidneyssl.inference.sliding_window import estimate_bytes_per_voxel, infer_volume
-
-    with torch.inference_mode():
-        return infer_volume(lambda x: model(x).logits, np.asarray(case.image), cfg.inference,
-                            split_x=int(case.meta["split_x"]), device=device,
-                            spacing_mm=cfg.preprocess.spacing_mm,
-                            bytes_per_voxel=estimate_bytes_per_voxel(cfg.model))
-
-
 def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: ExperimentConfig,
                           ctx: DistContext) -> dict[str, float]:
-    """Dice per validation case on the stitched whole volume (preprocessed grid).
+    """Dice per validation case on the whole volume (preprocessed grid).
 
-    Each rank evaluates the cases with index ``i % world_size == rank``; results are gathered with
-    one collective, so uneven counts cannot hang. Returns ``{case_id: dice}`` on every rank.
+    Each case goes through :func:`kidneyssl.inference.segment.segment_image`, the inference that
+    ``predict`` and Table 1 use, given only the cached image and its record; the label is read
+    afterwards, by the metric alone. Each rank evaluates the cases with index
+    ``i % world_size == rank``; results are gathered with one collective, so uneven counts cannot
+    hang. Returns ``{case_id: dice}`` on every rank.
     """
+    from kidneyssl.inference.segment import segment_image
+    from kidneyssl.metrics import dice
+
     net = unwrap(model)
     was_training = net.training
     net.eval()
@@ -114,8 +106,8 @@ def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: 
     try:
         for cid in shard(list(case_ids), ctx):
             case = cache.load(cid, mmap=True)
-            prob = infer_cached_case(net, case, cfg, ctx.device)
-            mine[cid] = _dice(prob >= cfg.inference.threshold, np.asarray(case.label) > 0)
+            seg = segment_image(net, case.image, cfg, spacing_mm=case.record.spacing_mm, device=ctx.device)
+            mine[cid] = float(dice(seg.mask, np.asarray(case.label) > 0))
     finally:
         net.train(was_training)
     merged: dict[str, float] = {}
@@ -124,15 +116,52 @@ def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: 
     return {cid: merged[cid] for cid in case_ids}
 
 
-def _load_init(model: Any, init: str, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Load the encoder of a siamese checkpoint into ``model`` (MwS).
+def check_init_cases(init: str | Path, touched: Sequence[str] | None, split: Split,
+                     allow_overlap: bool = False) -> list[str]:
+    """Refuse a siamese checkpoint that touched a held-out case of the segmentation split.
+
+    Args:
+        init: the checkpoint path (for the message).
+        touched: the case ids the siamese run read (``touched_cases`` in its checkpoint), or
+            ``None`` for a checkpoint that does not record them.
+        split: the segmentation split.
+        allow_overlap: experts only: accept (and return) the overlap; the run records it.
+
+    Returns:
+        The held-out cases the checkpoint touched (empty when clean).
 
     Raises:
-        CheckpointError: not a siamese checkpoint, or its encoder does not fit ``cfg.model``.
+        CheckpointError: the checkpoint touched validation/test cases (or cannot tell) and
+            ``allow_overlap`` is off.
+    """
+    if touched is None:
+        if allow_overlap:
+            return ["<unknown: checkpoint records no cases>"]
+        raise CheckpointError(f"{init}: this siamese checkpoint does not record which cases it was trained "
+                              "on, so it may have seen the validation or test cases; retrain it with this "
+                              "kidneyssl or accept the risk explicitly")
+    overlap = sorted(set(touched) & split.held_out)
+    if overlap and not allow_overlap:
+        raise CheckpointError(
+            f"{init}: the siamese network was trained on {len(overlap)} case(s) that this split holds out "
+            f"for validation/test ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); "
+            "pretrain on the training cases of this split, or accept the leak explicitly")
+    return overlap
+
+
+def _load_init(model: Any, init: str, cfg: ExperimentConfig, split: Split,
+               allow_overlap: bool) -> dict[str, Any]:
+    """Load the encoder of a siamese checkpoint into ``model`` (MwS), after checking that the
+    siamese run never touched a validation or test case of ``split``.
+
+    Raises:
+        CheckpointError: not a siamese checkpoint, it touched held-out cases, or its encoder does
+            not fit ``cfg.model``.
     """
     from kidneyssl.models.transfer import load_encoder
 
     ckpt = load_checkpoint(init, kind="siamese")
+    overlap = check_init_cases(init, ckpt.get("touched_cases"), split, allow_overlap)
     try:
         report = load_encoder(model, ckpt["model_state"])
     except CheckpointError as err:
@@ -143,7 +172,8 @@ def _load_init(model: Any, init: str, cfg: ExperimentConfig) -> dict[str, Any]:
     if report.missing:
         raise CheckpointError(f"{init}: encoder tensors missing from the checkpoint: {list(report.missing)[:3]}")
     return {"loaded": len(report.loaded), "missing": list(report.missing),
-            "unexpected": list(report.unexpected)}
+            "unexpected": list(report.unexpected), "held_out_cases_touched": overlap,
+            "proxy_input": ckpt["config"].get("pretrain", {}).get("proxy_input", "unknown")}
 
 
 def _memory_format(device: Any) -> Any:
@@ -154,11 +184,26 @@ def _memory_format(device: Any) -> Any:
     return torch.channels_last_3d if getattr(device, "type", str(device)) == "cpu" else torch.contiguous_format
 
 
-def _segmentation_loss(cfg: ExperimentConfig, epoch: int, device: Any):
+def resolve_pos_weight(cfg: ExperimentConfig, dataset: Any) -> float:
+    """The BCE positive-class weight: ``cfg.train.pos_weight``, or for ``auto``
+    ``sqrt((1 - f) / f)`` with ``f`` the training halves' kidney-voxel fraction (see
+    :class:`kidneyssl.config.SegTrainConfig`)."""
+    from kidneyssl.data.segmentation import foreground_fraction
+
+    if not isinstance(cfg.train.pos_weight, str):
+        return float(cfg.train.pos_weight)
+    fraction = foreground_fraction(dataset)
+    if not 0.0 < fraction < 1.0:
+        raise KidneySSLError(f"the training halves hold {fraction:.3%} kidney voxels: cannot weight the "
+                             "BCE automatically; set train.pos_weight to a number")
+    return float(np.sqrt((1.0 - fraction) / fraction))
+
+
+def _segmentation_loss(cfg: ExperimentConfig, epoch: int, device: Any, pos_weight: float):
     """``(model, item) -> (loss, parts, 1)`` for one half volume (batch size 1)."""
     from kidneyssl.losses import BCEDiceLoss, segmentation_loss
 
-    criterion = BCEDiceLoss(pos_weight=cfg.train.pos_weight).to(device)
+    criterion = BCEDiceLoss(pos_weight=pos_weight).to(device)
 
     fmt = _memory_format(device)
 
@@ -182,7 +227,8 @@ def _segmentation_loss(cfg: ExperimentConfig, epoch: int, device: Any):
 def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: ExperimentConfig, *,
                        init: str = "scratch", split_file: str | Path | None = None, resume: bool = False,
                        force: bool = False, extend_epochs: int = 0, device: str = "auto",
-                       accumulate: int = 1, ctx: DistContext | None = None) -> TrainResult:
+                       accumulate: int = 1, allow_init_overlap: bool = False,
+                       ctx: DistContext | None = None) -> TrainResult:
     """Train (or resume/extend) a segmentation run in ``out_dir``.
 
     Args:
@@ -196,6 +242,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         extend_epochs: continue a finished run with this many more epochs.
         device: ``auto``, ``cpu``, ``cuda`` (``cuda:LOCAL_RANK`` under torchrun).
         accumulate: items per optimiser step per rank (global batch = accumulate x world size).
+        allow_init_overlap: accept a siamese checkpoint that touched validation/test cases of
+            this split (recorded in ``run.json``); by default such a checkpoint is refused.
         ctx: an existing distributed context (default: initialised from the environment).
 
     Raises:
@@ -221,18 +269,19 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         raise KidneySSLError("--cache is required")
     cache = open_cache(cache_dir, expected=cfg.preprocess)
     split = resolve_split(cache, cfg, split_file)
-    # Training halves take the same context across the split plane as inference's halves.
-    overlap = int(np.ceil(cfg.inference.half_overlap_mm / cfg.preprocess.spacing_mm[2]))
-    dataset = HalfVolumeDataset(cache, list(split.train), overlap=overlap,
-                                pad_multiple=cfg.preprocess.pad_multiple)
+    # Training halves are inference's halves (preprocessing.sides.half_bounds): same context.
+    context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
+    dataset = HalfVolumeDataset(cache, list(split.train), context=context, multiple=16)
     if len(dataset) == 0:
         raise KidneySSLError(f"{cache_dir}: the training cases give no half volumes")
+    pos_weight = (float(info["pos_weight"]) if info is not None and "pos_weight" in info
+                  else resolve_pos_weight(cfg, dataset))
 
     seed_everything(cfg.train.seed)
     model = build_segmentation_model(cfg.model).to(ctx.device, memory_format=_memory_format(ctx.device))
     init_report = None
     if info is None and init != "scratch":
-        init_report = _load_init(model, init, cfg)
+        init_report = _load_init(model, init, cfg, split, allow_init_overlap)
         log.info("MwS: encoder initialised from %s", init)
     optimizer = build_optimizer(model, cfg.train.lr, cfg.train.weight_decay)
     scaler = build_grad_scaler(cfg.train.amp, ctx.device)
@@ -247,7 +296,12 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         restore_rng_state(state["rng"])
     epochs = cfg.train.epochs
     run_info = {"kind": "segmentation", "status": "running", "cache": str(Path(cache_dir).resolve()),
-                "init": str(init), "epochs": epochs, "world_size": ctx.world_size}
+                "init": str(init), "epochs": epochs, "world_size": ctx.world_size,
+                "pos_weight": pos_weight, "allow_init_overlap": bool(allow_init_overlap)}
+    if info is not None and "init_report" in info:
+        run_info["init_report"] = info["init_report"]
+    elif init_report:
+        run_info["init_report"] = init_report
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
@@ -260,13 +314,13 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         w_bce, w_dice = bce_dice_weights(epoch, epochs, cfg.train)
         order = epoch_order(len(dataset), epoch, cfg.train.seed, ctx)
         result = train_one_epoch(
-            net, (dataset[i] for i in order), _segmentation_loss(cfg, epoch, ctx.device),
+            net, (dataset[i] for i in order), _segmentation_loss(cfg, epoch, ctx.device, pos_weight),
             optimizer, ctx, accumulate=accumulate, scaler=scaler, amp=cfg.train.amp, total=len(order),
             desc=f"epoch {epoch + 1}/{epochs}")
         per_case = validate_segmentation(net, cache, split.val, cfg, ctx)
         val_dice = float(np.mean(list(per_case.values())))
         row = {"epoch": epoch, "train_loss": result.loss, **result.parts, "val_dice": val_dice,
-               "val_dice_per_case": per_case, "w_bce": w_bce, "w_dice": w_dice,
+               "val_dice_per_case": per_case, "w_bce": w_bce, "w_dice": w_dice, "pos_weight": pos_weight,
                "seconds": time.perf_counter() - t0}
         improved = val_dice > best["val_dice"]
         if improved:
@@ -280,8 +334,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
                  epoch + 1, epochs, result.loss, val_dice, w_bce, w_dice, row["seconds"])
         broadcast_object(None, ctx)  # keep ranks in step with rank 0's writes
     if ctx.is_main:
-        folder.write_info({**run_info, "status": "finished", "best": best,
-                           **({"init_report": init_report} if init_report else {})})
+        folder.write_info({**run_info, "status": "finished", "best": best})
         history = folder.read_history()
     last = history[-1]["val_dice"] if history else float("nan")
     return TrainResult(folder.path, int(best["epoch"]), float(best["val_dice"]), float(last), history)
@@ -291,7 +344,8 @@ def _save_epoch(folder: RunFolder, cfg: ExperimentConfig, model: Any, optimizer:
                 epoch: int, best: dict[str, Any], row: dict[str, Any], improved: bool, split: Split,
                 init: str) -> None:
     """Write last.pt (always, atomic) and best.pt (when the validation Dice improved)."""
-    common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict(), "init": str(init)}
+    common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict(), "init": str(init),
+              "pos_weight": float(row.get("pos_weight", float("nan")))}
     cfg_dict = config_to_dict(cfg)
     state = unwrap(model).state_dict()
     if improved:

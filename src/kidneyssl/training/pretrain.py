@@ -1,15 +1,21 @@
 """Siamese pretraining on the left/right kidney proxy task (paper, section 2).
 
-Pairs of fixed-size kidney crops (``cfg.preprocess.crop_size`` around each kidney) are labelled
-1 when both kidneys are of the same patient side and 0 otherwise; the network is trained with the
-contrastive loss (margin ``cfg.pretrain.margin``) and Adam. Each epoch draws a fresh balanced set of
-``pairs_per_epoch`` training pairs seeded by ``(seed, epoch)``; validation uses one fixed set of
-``val_pairs`` pairs drawn from validation cases only (the same seeded 80/20 case split as
-segmentation, saved as ``split.json``). Pair accuracy counts a pair as "same side" when the
-embedding distance is below ``margin / 2``.
+Pairs of fixed-size kidney crops (``cfg.pretrain.crop_size`` around each kidney; the whole region
+or only the kidney, ``cfg.pretrain.proxy_input``) are labelled 1 when both kidneys are of the same
+patient side and 0 otherwise; the network is trained with the contrastive loss (margin
+``cfg.pretrain.margin``) and Adam. Each epoch draws a fresh balanced set of ``pairs_per_epoch``
+training pairs seeded by ``(seed, epoch)``.
+
+Which cases it reads: only the TRAINING cases of the segmentation split (``split.json``, the same
+seeded split segmentation uses). A seeded ``pretrain.val_fraction`` of them is held out as proxy
+validation cases, which give one fixed set of ``val_pairs`` pairs; ``best.pt`` is chosen on them.
+The segmentation validation and test cases are never read, and every checkpoint records the cases
+the run touched (``touched_cases``), so ``train --init`` can refuse a checkpoint that saw a case
+its split holds out. Pair accuracy counts a pair as "same side" when the embedding distance is
+below ``margin / 2``.
 
 Checkpoints (kind ``"siamese"``): ``last.pt`` every epoch (with optimiser and RNG state, for
-``--resume``) and ``best.pt`` at the lowest validation loss.
+``--resume``) and ``best.pt`` at the lowest proxy validation loss.
 """
 
 from __future__ import annotations
@@ -55,8 +61,25 @@ def _pairs(cache: Any, case_ids: Sequence[str], n_pairs: int, seed: int, cfg: Ex
     from kidneyssl.data.pairs import KidneyPairDataset
 
     return KidneyPairDataset(cache, list(case_ids), n_pairs=n_pairs, seed=seed,
-                             crop_size=cfg.preprocess.crop_size,
-                             mask_outside=cfg.preprocess.crop_mask_outside)
+                             crop_size=cfg.pretrain.crop_size,
+                             mask_outside=cfg.pretrain.proxy_input == "masked")
+
+
+def proxy_split(split: Split, cfg: ExperimentConfig) -> Split:
+    """Proxy-task cases: the segmentation split's TRAINING cases, of which a seeded
+    ``pretrain.val_fraction`` (at least two cases: a same-side pair needs two patients) is held out
+    for proxy validation. Validation and test cases of ``split`` never appear."""
+    import numpy as np
+
+    ids = sorted(split.train)
+    if len(ids) < 4:
+        raise KidneySSLError(f"{len(ids)} training case(s): pretraining needs at least 4 (2 to train "
+                             "the proxy task, 2 to validate it; same-side pairs need two patients)")
+    n_val = min(len(ids) - 2, max(2, int(round(len(ids) * cfg.pretrain.val_fraction))))
+    order = np.random.default_rng([cfg.pretrain.seed, VAL_PAIR_SALT]).permutation(len(ids))
+    val = sorted(ids[i] for i in order[:n_val])
+    train = sorted(ids[i] for i in order[n_val:])
+    return Split(tuple(train), tuple(val), cfg.pretrain.seed, cfg.pretrain.val_fraction)
 
 
 def _batches(dataset: Any, order: Sequence[int], batch_size: int):
@@ -150,11 +173,14 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         raise KidneySSLError("--cache is required")
     cache = open_cache(cache_dir, expected=cfg.preprocess)
     split: Split = resolve_split(cache, cfg, split_file)
+    proxy = proxy_split(split, cfg)
+    touched = sorted(proxy.train + proxy.val)
+    assert not set(touched) & split.held_out  # by construction: proxy cases are training cases
     pc = cfg.pretrain
-    val_pairs = _pairs(cache, split.val, pc.val_pairs, pc.seed + VAL_PAIR_SALT, cfg)
-    train_pairs = _pairs(cache, split.train, pc.pairs_per_epoch, pc.seed, cfg)
+    val_pairs = _pairs(cache, proxy.val, pc.val_pairs, pc.seed + VAL_PAIR_SALT, cfg)
+    train_pairs = _pairs(cache, proxy.train, pc.pairs_per_epoch, pc.seed, cfg)
     if len(val_pairs) == 0 or len(train_pairs) == 0:
-        raise KidneySSLError(f"{cache_dir}: the {'validation' if len(val_pairs) == 0 else 'training'} "
+        raise KidneySSLError(f"{cache_dir}: the proxy {'validation' if len(val_pairs) == 0 else 'training'} "
                              "cases give no kidney pairs")
 
     seed_everything(pc.seed)
@@ -168,13 +194,15 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
         restore_rng_state(state["rng"])
     run_info = {"kind": "siamese", "status": "running", "cache": str(Path(cache_dir).resolve()),
-                "epochs": pc.epochs, "world_size": ctx.world_size}
+                "epochs": pc.epochs, "world_size": ctx.world_size, "proxy_input": pc.proxy_input,
+                "proxy_train_cases": list(proxy.train), "proxy_val_cases": list(proxy.val)}
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
     net = wrap_ddp(model, ctx)
-    log.info("pretrain: %d training cases, %d validation cases (%d fixed pairs), epochs %d..%d",
-             len(split.train), len(split.val), len(val_pairs), start_epoch, pc.epochs - 1)
+    log.info("pretrain (%s crops): %d proxy training cases, %d proxy validation cases (%d fixed pairs), "
+             "all from the segmentation training cases; epochs %d..%d", pc.proxy_input, len(proxy.train),
+             len(proxy.val), len(val_pairs), start_epoch, pc.epochs - 1)
     compute = _loss_fn(cfg, ctx.device)
     for epoch in range(start_epoch, pc.epochs):
         t0 = time.perf_counter()
@@ -191,7 +219,8 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
             best = {"val_loss": val_loss, "epoch": epoch}
         if ctx.is_main:
             history.append(row)
-            common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict()}
+            common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict(),
+                      "touched_cases": touched}
             state = unwrap(model).state_dict()
             if improved:
                 save_checkpoint(folder.best, kind="siamese", config=config_to_dict(cfg), model_state=state,
@@ -214,3 +243,6 @@ def _plot(history: list[dict[str, Any]], path: Path) -> None:
     from kidneyssl.training.finetune import _plot as plot
 
     plot(history, path)
+
+
+__all__.append("proxy_split")

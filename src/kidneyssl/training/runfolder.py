@@ -4,7 +4,7 @@ A run folder holds::
 
     run.json        {"kind", "status": "running"|"finished", "cache", "init", "epochs_done", ...}
     config.yaml     the resolved ExperimentConfig of the run
-    split.json      {"seed", "val_fraction", "train": [...], "val": [...]} (case ids)
+    split.json      {"seed", "val_fraction", "test_fraction", "train", "val", "test"} (case ids)
     history.jsonl   one JSON object per finished epoch
     history.png     the history plot, refreshed every epoch
     last.pt         checkpoint after every epoch (atomic), used by --resume
@@ -39,39 +39,62 @@ RUN_FILES = ("run.json", "config.yaml", "split.json", "history.jsonl", "history.
 
 @dataclass(frozen=True)
 class Split:
-    """A train/validation split of case ids."""
+    """A train/validation(/test) split of case ids.
+
+    ``train`` cases are the only ones training and pretraining read; ``val`` cases are scored
+    every epoch (monitoring, Fig. 5) and at the end; ``test`` cases are scored once, at the end,
+    and never inform any choice.
+    """
 
     train: tuple[str, ...]
     val: tuple[str, ...]
     seed: int
     val_fraction: float
+    test: tuple[str, ...] = ()
+    test_fraction: float = 0.0
+
+    @property
+    def held_out(self) -> frozenset[str]:
+        """Cases no training or pretraining may touch (validation and test)."""
+        return frozenset(self.val) | frozenset(self.test)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "train": list(self.train),
-                "val": list(self.val)}
+        return {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "train": list(self.train), "val": list(self.val), "test": list(self.test)}
 
 
-def make_split(case_ids: Sequence[str], val_fraction: float, seed: int, min_val: int = 2) -> Split:
-    """Seeded random split: ``round(n * val_fraction)`` validation cases, the rest for training.
+def make_split(case_ids: Sequence[str], val_fraction: float, seed: int, min_val: int = 2,
+               test_fraction: float = 0.0) -> Split:
+    """Seeded random split: ``round(n * test_fraction)`` test cases, ``round(n * val_fraction)``
+    validation cases, the rest for training (a pure function of the sorted ids, fractions, seed).
 
     Raises:
-        KidneySSLError: no cases, fewer than ``min_val`` validation cases, or no training case.
+        KidneySSLError: no cases, fewer than ``min_val`` validation (or, with a test fraction,
+            test) cases, or no training case.
     """
     ids = sorted(set(case_ids))
     if not ids:
         raise KidneySSLError("the dataset has no annotated cases: nothing to train on")
     n_val = int(round(len(ids) * val_fraction))
+    n_test = int(round(len(ids) * test_fraction))
     if n_val < min_val:
         raise KidneySSLError(
             f"{len(ids)} annotated case(s) with val_fraction {val_fraction} give {n_val} validation "
             f"case(s); at least {min_val} are needed (add cases or raise train.val_fraction)"
         )
-    if n_val >= len(ids):
-        raise KidneySSLError(f"val_fraction {val_fraction} leaves no training case out of {len(ids)}")
+    if test_fraction > 0 and n_test < min_val:
+        raise KidneySSLError(
+            f"{len(ids)} annotated case(s) with test_fraction {test_fraction} give {n_test} test "
+            f"case(s); at least {min_val} are needed (add cases or raise protocol.test_fraction)"
+        )
+    if n_val + n_test >= len(ids):
+        raise KidneySSLError(f"val_fraction {val_fraction} and test_fraction {test_fraction} leave no "
+                             f"training case out of {len(ids)}")
     order = np.random.default_rng(int(seed)).permutation(len(ids))
     val = sorted(ids[i] for i in order[:n_val])
-    train = sorted(ids[i] for i in order[n_val:])
-    return Split(tuple(train), tuple(val), int(seed), float(val_fraction))
+    test = sorted(ids[i] for i in order[n_val:n_val + n_test])
+    train = sorted(ids[i] for i in order[n_val + n_test:])
+    return Split(tuple(train), tuple(val), int(seed), float(val_fraction), tuple(test), float(test_fraction))
 
 
 def save_split(split: Split, path: str | Path) -> None:
@@ -80,7 +103,8 @@ def save_split(split: Split, path: str | Path) -> None:
 
 
 def load_split(path: str | Path, available: Sequence[str] | None = None, min_val: int = 2) -> Split:
-    """Read a split file; with ``available``, every listed case must be in it.
+    """Read a split file; with ``available``, every training and validation case must be in it
+    (test cases may live in another dataset).
 
     Raises:
         KidneySSLError: missing/invalid file, unknown case ids, overlap, too few validation cases.
@@ -89,13 +113,17 @@ def load_split(path: str | Path, available: Sequence[str] | None = None, min_val
     try:
         data = json.loads(path.read_text())
         split = Split(tuple(data["train"]), tuple(data["val"]), int(data.get("seed", -1)),
-                      float(data.get("val_fraction", 0.0)))
+                      float(data.get("val_fraction", 0.0)), tuple(data.get("test", ())),
+                      float(data.get("test_fraction", 0.0)))
     except FileNotFoundError as err:
         raise KidneySSLError(f"{path}: split file not found") from err
     except (ValueError, KeyError, TypeError) as err:
         raise KidneySSLError(f"{path}: not a split file (expected JSON with 'train' and 'val' lists)") from err
-    if set(split.train) & set(split.val):
-        raise KidneySSLError(f"{path}: cases in both train and val: {sorted(set(split.train) & set(split.val))}")
+    parts = {"train": set(split.train), "val": set(split.val), "test": set(split.test)}
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        both = parts[a] & parts[b]
+        if both:
+            raise KidneySSLError(f"{path}: cases in both {a} and {b}: {sorted(both)[:5]}")
     if len(split.val) < min_val:
         raise KidneySSLError(f"{path}: {len(split.val)} validation case(s); at least {min_val} are needed")
     if not split.train:

@@ -1,0 +1,121 @@
+"""THE inference procedure: one preprocessed image in, a post-processed kidney mask out.
+
+Every code path that scores or applies a model calls :func:`segment_image`: per-epoch validation
+(``training/finetune.py``), Table 1 and Fig. 4 of the experiment (``training/experiment.py``) and
+``kidneyssl predict`` (:func:`kidneyssl.inference.predict.predict_volume`). It takes an image
+(never a label) and:
+
+1. finds the lateral split plane from the image alone (the body's lateral centre,
+   :func:`kidneyssl.preprocessing.sides.find_split_x` without a mask);
+2. picks the strategy for the device (:func:`kidneyssl.inference.sliding_window.choose_strategy`:
+   the two halves of :func:`kidneyssl.preprocessing.sides.half_bounds` -- the same halves training
+   uses -- whenever they fit the memory, the sliding window as a fallback);
+3. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
+   largest component per side, :func:`kidneyssl.inference.postprocess.keep_kidney_components`);
+4. with a :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord`, restores the probabilities to
+   the original file's grid (trilinear) and thresholds there.
+
+Because the cache stores exactly ``preprocess_image(read_volume(imaging))``, the experiment's
+Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoint (tested).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from kidneyssl.config import ExperimentConfig
+from kidneyssl.inference.postprocess import keep_kidney_components, threshold_probabilities
+from kidneyssl.inference.sliding_window import choose_strategy, estimate_bytes_per_voxel, infer_volume
+from kidneyssl.preprocessing.pipeline import PreprocessRecord
+from kidneyssl.preprocessing.sides import find_split_x
+
+__all__ = ["Segmentation", "segment_image"]
+
+
+@dataclass
+class Segmentation:
+    """What :func:`segment_image` returns.
+
+    Attributes:
+        mask: uint8 kidney mask on the preprocessed grid (post-processed).
+        probabilities: float32 probabilities on the preprocessed grid, zeroed away from the kept
+            components (``None`` once restored, unless asked to keep them).
+        split_x: the image-derived lateral split plane on the preprocessed grid.
+        strategy: ``halves``, ``sliding`` or ``whole``.
+        original_mask: uint8 mask on the original file's grid (with a record), else ``None``.
+        original_probabilities: float32 probabilities on the original grid (when asked).
+        timings: seconds for ``infer``, ``postprocess`` and ``restore``.
+    """
+
+    mask: np.ndarray
+    probabilities: np.ndarray | None
+    split_x: int
+    strategy: str
+    original_mask: np.ndarray | None = None
+    original_probabilities: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
+                  record: PreprocessRecord | None = None, spacing_mm: Any = None,
+                  device: Any = "cpu", sw_device: Any = None,
+                  bf16: bool = False, strategy: str = "auto", progress: bool = False,
+                  keep_probabilities: bool = False) -> Segmentation:
+    """Segment the kidneys of one preprocessed image (the module docstring lists the steps).
+
+    Args:
+        model: segmentation network in ``eval()`` mode returning ``SegmentationOutput``, on
+            ``sw_device or device``.
+        image: ``(Z, Y, X)`` float32 preprocessed canonical image (e.g. a cached ``image.npy``).
+        cfg: the checkpoint's config (``inference``, ``model``, ``preprocess``).
+        record: the image's preprocessing record; with it the result is also restored to the
+            original grid (``original_mask``) and its grid spacing is used.
+        spacing_mm: grid spacing (z, y, x) without a record (default ``cfg.preprocess.spacing_mm``).
+        device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
+        bf16: bfloat16 autocast for the network.
+        strategy: ``auto`` (halves when they fit, else sliding window), ``halves``, ``sliding``,
+            ``whole``.
+        keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
+            record).
+    """
+    import torch
+
+    icfg = cfg.inference
+    image = np.asarray(image)
+    if record is not None:
+        spacing_mm = record.spacing_mm
+    spacing = tuple(float(s) for s in (spacing_mm if spacing_mm is not None else cfg.preprocess.spacing_mm))
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    split_x = int(find_split_x(None, image))
+    bpv = estimate_bytes_per_voxel(cfg.model, bf16=bf16)
+    chosen = choose_strategy(image.shape, split_x, icfg, spacing[2], bpv, strategy)  # type: ignore[arg-type]
+    with torch.inference_mode():
+        prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
+                            sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=chosen,
+                            bytes_per_voxel=bpv, bf16=bf16)
+    timings["infer"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
+    timings["postprocess"] = time.perf_counter() - t0
+    result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=str(chosen),
+                          timings=timings)
+    if record is None:
+        return result
+    t0 = time.perf_counter()
+    restored = record.restore(prob, order="linear")
+    result.original_mask = threshold_probabilities(restored, icfg.threshold)
+    if tuple(result.original_mask.shape) != tuple(record.original.shape):  # the data layer's contract
+        raise RuntimeError(f"restored mask shape {result.original_mask.shape} differs from the input's "
+                           f"{record.original.shape}")
+    if keep_probabilities:
+        result.original_probabilities = np.asarray(restored, dtype=np.float32)
+    else:
+        result.probabilities = None
+    del restored
+    timings["restore"] = time.perf_counter() - t0
+    return result
