@@ -264,6 +264,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
     if info is not None:
         cache_dir = cache_dir or info.get("cache")
         init = info.get("init", init)
+        allow_init_overlap = bool(info.get("allow_init_overlap", allow_init_overlap))
         split_file = folder.split_path
     if cache_dir is None:
         raise KidneySSLError("--cache is required")
