@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli._common import (add_config_arguments, add_dataset_arguments, dataset_options,
+                                   resolve_config)
 
 __all__ = ["add_arguments", "run", "print_result"]
 
@@ -13,13 +14,15 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="KiTS19-layout dataset folder")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (KiTS19/KiTS23 case folders, nnU-Net raw, pairs)")
     parser.add_argument("--out", required=True, help="experiment folder (re-run to continue it)")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
     parser.add_argument("--force", action="store_true", help="start over in an OUT that holds something else")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None, help="worker processes for prepare")
     add_config_arguments(parser)
+    add_dataset_arguments(parser)
 
 
 def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported lazily
@@ -35,7 +38,10 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.experiment import run_experiment
 
+    # run_experiment takes data_format / kidney_labels once training/experiment.py is wired; until
+    # then they are passed only when given.
+    data = {k: v for k, v in dataset_options(args).items() if v is not None}
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache, force=args.force,
-                            device=args.device, workers=args.workers)
+                            device=args.device, workers=args.workers, **data)
     print_result(result)
     return 0
