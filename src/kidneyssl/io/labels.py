@@ -23,6 +23,8 @@ __all__ = [
     "KITS19_POLICY",
     "KITS23_POLICY",
     "parse_label_list",
+    "parse_label_map",
+    "PREDICTION_POLICY",
     "policy_from_nnunet_labels",
     "label_values",
 ]
@@ -128,6 +130,8 @@ class LabelPolicy:
 KITS19_POLICY = LabelPolicy(kidney=(1, 2), tumor=2, allowed=(0, 1, 2), name="kits19")
 #: KiTS21/KiTS23: 0 background, 1 kidney, 2 tumour, 3 cyst; kidney target = 1, 2 and 3.
 KITS23_POLICY = LabelPolicy(kidney=(1, 2, 3), tumor=2, allowed=(0, 1, 2, 3), name="kits23")
+#: What a predicted mask may hold: binary, or KiTS labels (kidney = any non-zero label).
+PREDICTION_POLICY = LabelPolicy(kidney=(1, 2, 3), tumor=2, allowed=(0, 1, 2, 3), name="prediction")
 
 
 def _label_list(values: tuple[int, ...]) -> str:
@@ -164,6 +168,37 @@ def parse_label_list(text: str | None) -> tuple[int, ...] | None:
     if not values or any(v <= 0 for v in values):
         raise ValueError(f"kidney labels must be positive integers (0 is background), got {text!r}")
     return values
+
+
+def parse_label_map(items: list[str] | tuple[str, ...]) -> LabelPolicy:
+    """An explicit label map, e.g. ``["kidney=2,3", "tumor=3"]``: any other value is background.
+
+    Raises:
+        ValueError: an item is not ``kidney=L,...`` or ``tumor=L`` (``tumour`` also accepted), or
+            no kidney labels are given.
+    """
+    kidney: tuple[int, ...] | None = None
+    tumor: int | None = None
+    for item in items:
+        for part in str(item).split(";"):
+            if not part.strip():
+                continue
+            name, sep, values = part.partition("=")
+            name = name.strip().lower()
+            if not sep or name not in ("kidney", "tumor", "tumour"):
+                raise ValueError(f"expected kidney=L1,L2,... or tumor=L, got {part!r}")
+            parsed = parse_label_list(values)
+            if parsed is None:
+                raise ValueError(f"no labels in {part!r}")
+            if name == "kidney":
+                kidney = parsed
+            elif len(parsed) != 1:
+                raise ValueError(f"one tumour label expected, got {part!r}")
+            else:
+                tumor = parsed[0]
+    if kidney is None:
+        raise ValueError(f"the label map {list(items)} names no kidney labels (kidney=L1,L2,...)")
+    return LabelPolicy(kidney, tumor, None, "custom")
 
 
 def _words(name: str) -> set[str]:
