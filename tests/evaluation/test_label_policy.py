@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from kidneyssl.cli.main import main
 from kidneyssl.evaluation import evaluate_folders, ground_truth_policy

@@ -11,7 +11,7 @@ import pytest
 
 from kidneyssl.cli.main import main
 from kidneyssl.io.geometry import Geometry
-from kidneyssl.io.volumes import read_volume, write_mask, write_volume
+from kidneyssl.io.volumes import read_volume, write_volume
 from kidneyssl.metrics import dice
 from kidneyssl.unlabeled import kidney_confidence, locate_scans
 
