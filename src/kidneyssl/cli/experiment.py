@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli._common import (add_config_arguments, add_dataset_arguments, dataset_options,
+                                   resolve_config)
 
 __all__ = ["add_arguments", "run", "print_result", "add_protocol_arguments", "protocol_overrides"]
 
@@ -13,10 +14,11 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="KiTS19-layout dataset folder")
+    parser.add_argument("--data", required=True,
+                        help="dataset folder (KiTS19/KiTS23 case folders, nnU-Net raw, pairs)")
     parser.add_argument("--test-data", default=None,
-                        help="a separate annotated dataset used only as the held-out test part "
-                             "(default: protocol.test_fraction of --data is held out)")
+                        help="a separate annotated dataset (same format) used only as the held-out test "
+                             "part (default: protocol.test_fraction of --data is held out)")
     add_protocol_arguments(parser)
     parser.add_argument("--out", required=True, help="experiment folder (re-run to continue it)")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=int, default=None, help="worker processes for prepare")
     add_config_arguments(parser)
+    add_dataset_arguments(parser)
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +70,6 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
                             test_data=args.test_data, force=args.force, device=args.device,
-                            workers=args.workers)
+                            workers=args.workers, **dataset_options(args))
     print_result(result)
     return 0

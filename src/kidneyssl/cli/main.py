@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "experiment": "the paper's MwS vs MwoS comparison, with report",
     "demo": "synthesise phantoms and run the experiment at demo scale on a CPU",
     "predict": "segment kidneys in new scans with a trained model",
+    "locate": "write kidney masks for unlabeled scans with a trained model (pseudo-labels)",
     "evaluate": "score predictions against ground truth (Dice, Hausdorff, boundary length)",
 }
 

@@ -1,4 +1,5 @@
-"""``kidneyssl synth``: write a synthetic KiTS19-layout dataset of kidney phantoms."""
+"""``kidneyssl synth``: write a synthetic dataset of kidney phantoms (KiTS19 layout by default;
+``--format kits23|nnunet|pairs`` writes the other formats ``kidneyssl check/prepare`` read)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="demo: ~50x180x180, 4-6 mm slices; full: 512x512, 1-5 mm slices (default: demo)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--force", action="store_true", help="replace a different dataset already in --out")
+    parser.add_argument("--format", dest="data_format", choices=("kits19", "kits23", "nnunet", "pairs"),
+                        default="kits19", help="dataset format to write (default: kits19)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -29,6 +32,14 @@ def run(args: argparse.Namespace) -> int:
         log.error("kidneyssl synth: --cases and --workers must be >= 1")
         return 2
     start = time.perf_counter()
+    if args.data_format != "kits19":
+        from kidneyssl.phantoms.formats import write_dataset_as
+
+        names = write_dataset_as(args.out, args.data_format, cases=args.cases, seed=args.seed,
+                                 resolution=args.resolution, force=args.force)
+        print(f"wrote {len(names)} {args.resolution} phantom cases to {args.out} in {args.data_format} "
+              f"format (seed {args.seed}) in {time.perf_counter() - start:.1f} s")
+        return 0
     folders = write_dataset(args.out, cases=args.cases, seed=args.seed, resolution=args.resolution,
                             workers=args.workers, force=args.force)
     import json

@@ -2,7 +2,8 @@
 
 Layout::
 
-    CACHE/cache.json              {"format_version", "kidneyssl_version", "preprocess", "cases", ...}
+    CACHE/cache.json              {"format_version", "kidneyssl_version", "preprocess", "labels",
+                                   "data_format", "cases", ...}
     CACHE/case_XXXXX/image.npy    float32 (Z, Y, X), preprocessed and padded (canonical I, P, L)
     CACHE/case_XXXXX/label.npy    uint8, same grid (absent for unannotated cases)
     CACHE/case_XXXXX/meta.json    {"case_id", "record", "split_x", "kidneys", "preprocess", ...}
@@ -10,7 +11,9 @@ Layout::
 Every file is written to a temporary name and renamed; ``meta.json`` is written last, so a case
 counts as done only when all of its files are complete, and a killed run is simply re-run.
 ``cache.json`` is written at the end. A case is skipped when its ``meta.json`` records the same
-preprocessing config and the same input files (size and modification time).
+preprocessing config, the same label policy (which labels form the kidney target, see
+:mod:`kidneyssl.io.labels`) and the same input files (size and modification time). A cache
+without a recorded policy (made before policies existed) used KiTS19's (kidney = label > 0).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ import numpy as np
 from kidneyssl.config import PreprocessConfig, config_from_dict, config_to_dict
 from kidneyssl.errors import DataError, KidneySSLError
 from kidneyssl.io.atomic import atomic_path, atomic_write_json
-from kidneyssl.io.kits19 import Case, find_cases, load_case
+from kidneyssl.io.datasets import open_dataset
+from kidneyssl.io.kits19 import Case, load_case
+from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
 from kidneyssl.progress import progress
 
 __all__ = [
@@ -78,6 +83,7 @@ class Cache:
         self.preprocess: PreprocessConfig = config_from_dict(PreprocessConfig, info["preprocess"],
                                                               "preprocess")
         self.case_ids: list[str] = [str(c) for c in info["cases"]]
+        self.labels: LabelPolicy = LabelPolicy.from_dict(_labels_of(info))
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -124,12 +130,19 @@ def _config_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
             for k in keys if found.get(k) != expected.get(k)]
 
 
-def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None) -> Cache:
+def _labels_of(info: dict[str, Any]) -> dict[str, Any]:
+    """The label policy recorded in a cache.json / meta.json (KiTS19's for older caches)."""
+    return info.get("labels") or KITS19_POLICY.to_dict()
+
+
+def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None,
+               labels: LabelPolicy | None = None) -> Cache:
     """Open a cache made by :func:`prepare_dataset`.
 
     Raises:
-        KidneySSLError: no ``cache.json``, another format version, or (with ``expected``) the
-            cache was prepared with another preprocessing config; the message names the keys.
+        KidneySSLError: no ``cache.json``, another format version, or (with ``expected`` /
+            ``labels``) the cache was prepared with another preprocessing config or label
+            policy; the message names the keys.
     """
     root = Path(cache_dir)
     path = root / CACHE_JSON
@@ -150,6 +163,13 @@ def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None) 
                 f"{root}: cache was prepared with another preprocessing config ("
                 + "; ".join(diff) + "); re-run `kidneyssl prepare` with this config or point "
                 "to a matching cache")
+    if labels is not None:
+        diff = _config_diff(_labels_of(info), labels.to_dict())
+        if diff:
+            raise KidneySSLError(
+                f"{root}: cache was prepared with another label policy ("
+                + "; ".join(diff) + "); re-run `kidneyssl prepare` with these kidney labels or "
+                "point to a matching cache")
     return Cache(root, info)
 
 
@@ -185,12 +205,14 @@ def _fingerprint(case: Case) -> dict[str, Any]:
     return out
 
 
-def _is_done(case: Case, folder: Path, cfg_dict: dict[str, Any]) -> bool:
+def _is_done(case: Case, folder: Path, cfg_dict: dict[str, Any], labels_dict: dict[str, Any]) -> bool:
     try:
         meta = json.loads((folder / META_JSON).read_text())
     except (OSError, ValueError):
         return False
     if meta.get("format_version") != FORMAT_VERSION or meta.get("preprocess") != cfg_dict:
+        return False
+    if _labels_of(meta) != labels_dict:
         return False
     if meta.get("source") != _fingerprint(case):
         return False
@@ -204,8 +226,12 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
-                 threads: int | None = None) -> tuple[str, str, list[str]]:
+                 threads: int | None = None,
+                 labels_dict: dict[str, Any] | None = None) -> tuple[str, str, list[str]]:
     """Check, preprocess and cache one case (the worker function; spawn-safe, picklable args).
+
+    ``labels_dict`` is a :class:`~kidneyssl.io.labels.LabelPolicy` as a dict (default KiTS19's):
+    it checks the label values and makes the kidney target.
 
     Returns:
         (case_id, status ``ok`` or ``failed``, reasons).
@@ -215,15 +241,17 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
 
     start = time.perf_counter()
     cfg = config_from_dict(PreprocessConfig, cfg_dict, "preprocess")
+    policy = LabelPolicy.from_dict(labels_dict or KITS19_POLICY.to_dict())
     folder = Path(cache_dir) / case.case_id
     try:
-        image, label, errors = load_case(case)
+        image, label, errors = load_case(case, policy=policy)
         if errors:
             return case.case_id, "failed", [str(e) for e in errors]
         assert image is not None
         array, record = preprocess_image(image, cfg, threads=threads)
         del image
-        mask = preprocess_label(label, record, cfg, threads=threads) if label is not None else None
+        mask = (preprocess_label(label, record, cfg, threads=threads, policy=policy)
+                if label is not None else None)
         del label
         split_x = find_split_x(mask, array)
         kidneys = locate_kidneys(mask, split_x) if mask is not None else {}
@@ -243,6 +271,7 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
             "split_x": int(split_x),
             "kidneys": {side.value: loc.to_dict() for side, loc in kidneys.items()},
             "preprocess": cfg_dict,
+            "labels": policy.to_dict(),
             "source": _fingerprint(case),
             "seconds": round(time.perf_counter() - start, 3),
         }
@@ -264,8 +293,10 @@ def _check_paths(data_dir: Path, cache_dir: Path) -> None:
 
 def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: PreprocessConfig,
                     workers: int = 2, force: bool = False,
-                    case_ids: list[str] | None = None) -> PrepareSummary:
-    """Check and preprocess every case of a KiTS19-layout dataset into ``cache_dir``.
+                    case_ids: list[str] | None = None, *, data_format: str | None = None,
+                    kidney_labels: tuple[int, ...] | None = None) -> PrepareSummary:
+    """Check and preprocess every case of a dataset (any format of :mod:`kidneyssl.io.datasets`)
+    into ``cache_dir``.
 
     Cases run in ``workers`` spawned processes (``workers <= 1``: in this process) with a progress
     bar; a bad case is reported (file, field, expected, found) and the others go on. Cases already
@@ -273,12 +304,16 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     every usable case at the end. Nothing is ever written into ``data_dir``.
 
     Args:
-        data_dir: folder of ``case_XXXXX`` folders.
+        data_dir: dataset folder (KiTS19, KiTS21/23, nnU-Net raw or image/label pairs).
         cache_dir: output folder (created); must not be inside or equal to ``data_dir``.
         cfg: preprocessing config.
         workers: worker processes.
         force: redo every case, and accept a cache folder prepared with another config.
         case_ids: only these cases (default: all).
+        data_format: ``kits19``, ``kits23``, ``nnunet``, ``pairs`` or ``None``/``auto`` (detect).
+        kidney_labels: labels forming the kidney target (default: the format's, see
+            :func:`kidneyssl.io.datasets.open_dataset`). The policy is recorded in the cache; a
+            cache prepared with another policy is refused like another config.
 
     Raises:
         DataError: bad ``data_dir``/``cache_dir`` or no cases.
@@ -286,7 +321,11 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     _check_paths(data_dir, cache_dir)
-    cases = find_cases(data_dir)
+    dataset = open_dataset(data_dir, data_format, kidney_labels)
+    for line in dataset.skipped:
+        log.warning("%s", line)
+    cases = dataset.cases
+    labels_dict = dataset.policy.to_dict()
     if case_ids is not None:
         wanted = set(case_ids)
         cases = [c for c in cases if c.case_id in wanted]
@@ -294,10 +333,11 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     existing = cache_dir / CACHE_JSON
     if existing.is_file() and not force:
         try:
-            old = json.loads(existing.read_text()).get("preprocess", {})
+            old_info = json.loads(existing.read_text())
         except ValueError:
-            old = {}
-        diff = _config_diff(old, cfg_dict)
+            old_info = {}
+        diff = _config_diff(old_info.get("preprocess", {}), cfg_dict)
+        diff += [f"labels.{d}" for d in _config_diff(_labels_of(old_info), labels_dict)]
         if diff:
             raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
                                  + "; ".join(diff) + "); use --force to rebuild it, or another --out")
@@ -306,13 +346,13 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     summary = PrepareSummary()
     todo: list[Case] = []
     for case in cases:
-        if not force and _is_done(case, cache_dir / case.case_id, cfg_dict):
+        if not force and _is_done(case, cache_dir / case.case_id, cfg_dict, labels_dict):
             summary.skipped.append(case.case_id)
         else:
             todo.append(case)
     if summary.skipped:
         log.info("%d case(s) already prepared, skipped", len(summary.skipped))
-    results = _run(todo, cache_dir, cfg_dict, workers)
+    results = _run(todo, cache_dir, cfg_dict, workers, labels_dict)
     for case_id, status, reasons in results:
         if status == "ok":
             summary.ok.append(case_id)
@@ -327,6 +367,8 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
         "format_version": FORMAT_VERSION,
         "kidneyssl_version": __version__,
         "preprocess": cfg_dict,
+        "labels": labels_dict,
+        "data_format": dataset.format,
         "data_dir": str(data_dir.resolve()),
         "cases": summary.cases,
         "failed": summary.to_dict()["failed"],
@@ -336,21 +378,21 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
 
 
 def _run(todo: list[Case], cache_dir: Path, cfg_dict: dict[str, Any],
-         workers: int) -> list[tuple[str, str, list[str]]]:
+         workers: int, labels_dict: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
     if not todo:
         return []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     workers = max(1, min(workers, len(todo)))
     threads = max(1, cores // workers)
     if workers == 1:
-        return [prepare_case(c, cache_dir, cfg_dict, threads)
+        return [prepare_case(c, cache_dir, cfg_dict, threads, labels_dict)
                 for c in progress(todo, desc="prepare", unit="case")]
     results = []
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx,
                              initializer=_init_worker, initargs=(threads,)) as pool:
         futures: dict[Future, Case] = {
-            pool.submit(prepare_case, c, cache_dir, cfg_dict, threads): c for c in todo}
+            pool.submit(prepare_case, c, cache_dir, cfg_dict, threads, labels_dict): c for c in todo}
         for fut in progress(as_completed(futures), desc="prepare", total=len(futures), unit="case"):
             case = futures[fut]
             try:

@@ -14,6 +14,7 @@ import numpy as np
 
 from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
 from kidneyssl.io.volumes import read_geometry, read_volume
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "find_cases",
     "check_case",
     "check_labels",
+    "folder_contents",
     "load_case",
 ]
 
@@ -42,11 +44,16 @@ _AFFINE_ATOL_MM = 1e-3
 
 @dataclass(frozen=True)
 class Case:
-    """One KiTS19 case: its id (folder name) and its files (``None`` when absent)."""
+    """One case: its id (folder name, or file stem) and its files (``None`` when absent).
+
+    ``expected_imaging`` is where the imaging file should be (for the message when it is missing;
+    default: ``imaging.nii.gz`` beside the segmentation).
+    """
 
     case_id: str
     imaging: Path | None
     segmentation: Path | None
+    expected_imaging: Path | None = None
 
     @property
     def annotated(self) -> bool:
@@ -73,7 +80,7 @@ def find_cases(data_dir: str | Path) -> list[Case]:
     if not data_dir.is_dir():
         raise DataError(data_dir, "dataset", "a folder of case_XXXXX folders", "no such folder")
     cases = [
-        Case(d.name, _find_file(d, IMAGING_NAME), _find_file(d, SEGMENTATION_NAME))
+        Case(d.name, _find_file(d, IMAGING_NAME), _find_file(d, SEGMENTATION_NAME), d / IMAGING_NAME)
         for d in sorted(data_dir.iterdir())
         if d.is_dir() and _CASE_RE.match(d.name)
     ]
@@ -99,38 +106,37 @@ def _check_geometry(case: Case, image_geom: Geometry, label_geom: Geometry) -> l
     return []
 
 
-def check_labels(path: Path, labels: np.ndarray) -> list[DataError]:
-    """Label values within {0, 1, 2} and at least one kidney voxel."""
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        rounded = np.round(labels)
-        if not np.array_equal(rounded, labels):
-            return [DataError(path, "labels", "integer values {0, 1, 2}", "non-integer values")]
-    lo, hi = labels.min(), labels.max()
-    if lo < BACKGROUND or hi > TUMOR:
-        bad = labels[(labels < BACKGROUND) | (labels > TUMOR)]
-        values = np.unique(bad)
-        shown = ", ".join(str(v.item()) for v in values[:6]) + (", ..." if len(values) > 6 else "")
-        return [DataError(path, "labels", "values in {0, 1, 2}", f"{{{shown}}} in {bad.size} voxels")]
-    if not (labels == KIDNEY).any():
-        return [DataError(path, "kidney", "at least one kidney voxel (label 1)", "none")]
-    return []
+def check_labels(path: Path, labels: np.ndarray, policy: LabelPolicy = KITS19_POLICY) -> list[DataError]:
+    """Label values allowed by ``policy`` (default KiTS19: {0, 1, 2}) and at least one kidney voxel."""
+    return policy.check(path, labels)
 
 
-def load_case(case: Case, require_imaging: bool = True
+def folder_contents(folder: Path, limit: int = 8) -> str:
+    """What ``folder`` holds, for messages about a missing file (absolute folder path)."""
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    if not names:
+        return f"{folder} is empty"
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
+    return f"{folder} holds: {shown}"
+
+
+def load_case(case: Case, require_imaging: bool = True, policy: LabelPolicy = KITS19_POLICY
               ) -> tuple[Volume | None, Volume | None, list[DataError]]:
-    """Read and check one case in a single pass over its files.
+    """Read and check one case in a single pass over its files (labels checked with ``policy``).
 
     Returns:
         (image Volume or None, label Volume or None, list of :class:`DataError`); volumes are
         ``None`` where their file is absent or bad. With errors, do not use the case.
     """
     errors: list[DataError] = []
-    folder_hint = case.imaging.parent if case.imaging else (
-        case.segmentation.parent if case.segmentation else Path(case.case_id))
-    if case.imaging is None:
-        if require_imaging:
-            errors.append(DataError(folder_hint / IMAGING_NAME, "imaging", "an imaging file",
-                                    "missing"))
+    if case.imaging is None and require_imaging:
+        expected = case.expected_imaging or (
+            case.segmentation.parent if case.segmentation else Path(case.case_id)) / IMAGING_NAME
+        errors.append(DataError(expected, "imaging", "an imaging file", "missing",
+                                hint=folder_contents(expected.parent)))
     # Header checks first: cheap, and they catch shape/affine mismatches before any decompression.
     geoms: dict[str, Geometry] = {}
     for key, path in (("imaging", case.imaging), ("segmentation", case.segmentation)):
@@ -154,11 +160,12 @@ def load_case(case: Case, require_imaging: bool = True
         except DataError as err:
             errors.append(err)
         else:
-            errors.extend(check_labels(case.segmentation, label.array))  # type: ignore[arg-type]
+            errors.extend(policy.check(case.segmentation, label.array))  # type: ignore[arg-type]
     return image, label, errors
 
 
-def check_case(case: Case, require_imaging: bool = True) -> list[DataError]:
+def check_case(case: Case, require_imaging: bool = True,
+               policy: LabelPolicy = KITS19_POLICY) -> list[DataError]:
     """Every problem of one case, as :class:`DataError` objects naming the file (empty if fine).
 
     Checked: missing imaging (unless ``require_imaging=False``, e.g. for mask-only folders),
@@ -166,4 +173,4 @@ def check_case(case: Case, require_imaging: bool = True) -> list[DataError]:
     truncated gzip, NaN voxels, label values outside {0, 1, 2}, no kidney in the mask.
     Voxel data is read once per file (needed for the gzip, NaN and label checks).
     """
-    return load_case(case, require_imaging=require_imaging)[2]
+    return load_case(case, require_imaging=require_imaging, policy=policy)[2]

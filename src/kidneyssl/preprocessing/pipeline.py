@@ -27,6 +27,7 @@ from nibabel import orientations as nio
 from kidneyssl.config import PreprocessConfig
 from kidneyssl.io.geometry import (CANONICAL_AXCODES, Geometry, Reorientation, Volume,
                                    from_canonical)
+from kidneyssl.io.labels import LabelPolicy
 from kidneyssl.preprocessing.intensity import clip_window, zscore
 from kidneyssl.preprocessing.spatial import (Padding, pad_to_multiple, resample_to_shape,
                                              resampled_affine, resampled_shape, unpad)
@@ -212,10 +213,11 @@ def preprocess_image(volume: Volume, cfg: PreprocessConfig,
 
 def preprocess_label(label_volume: Volume, record: PreprocessRecord, cfg: PreprocessConfig,
                      order: str = "linear", threads: int | None = None,
-                     soft: bool = False) -> np.ndarray:
+                     soft: bool = False, policy: LabelPolicy | None = None) -> np.ndarray:
     """Put a label map on the grid of ``record`` (the image's preprocessed grid).
 
-    Kidney target ``label > 0`` -> 1 (or labels 0/1/2 kept with ``cfg.keep_tumor``); resampled
+    Kidney target: labels in ``policy.kidney`` -> 1 (default, ``policy=None``: ``label > 0``);
+    with ``cfg.keep_tumor``, 0 background / 1 kidney / 2 tumour (``policy.tumor``); resampled
     without inventing label values (linear + 0.5 threshold / per-label arg-max, or nearest),
     reoriented and zero-padded like the image.
 
@@ -233,7 +235,9 @@ def preprocess_label(label_volume: Volume, record: PreprocessRecord, cfg: Prepro
                          f"{record.original!r}")
     array = label_volume.array
     if not cfg.keep_tumor:
-        array = array > 0
+        array = array > 0 if policy is None else policy.target(array)
+    elif policy is not None and not soft:
+        array = policy.kidney_tumor_target(array)
     elif soft:
         raise ValueError("soft labels are for the binary kidney target (keep_tumor=False)")
     out, _ = _resample_in_file_layout(array, label_volume.geometry, record.ornt, cfg, order,

@@ -134,8 +134,8 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
 
     Each case: :func:`kidneyssl.inference.segment.segment_image` on the cached image with its
     preprocessing record -- exactly what ``kidneyssl predict`` does with the original file -- then
-    :func:`kidneyssl.metrics.compute_case_metrics` against the original segmentation (kidney =
-    label > 0) with the original spacing. The label is read here, after the prediction exists.
+    :func:`kidneyssl.metrics.compute_case_metrics` against the original segmentation (kidney = the
+    cache's label policy, e.g. label > 0 for KiTS19) with the original spacing. The label is read here, after the prediction exists.
 
     Returns:
         ``(rows, masks)``: one metrics row per case (with ``case_id`` and ``strategy``), in
@@ -157,7 +157,7 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
         pred = seg.original_mask
         assert pred is not None
         gt_vol = read_volume(gt_paths[cid])
-        gt = np.asarray(gt_vol.array) > 0
+        gt = cache.labels.target(np.asarray(gt_vol.array))  # the cache's label policy (KiTS19: > 0)
         if gt.shape != pred.shape:
             raise KidneySSLError(f"{gt_paths[cid]}: segmentation shape {gt.shape} differs from the "
                                  f"restored prediction {pred.shape} (cache prepared from other data?)")
@@ -189,7 +189,9 @@ def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, i
 
 def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentConfig, *,
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
-                   force: bool = False, device: str = "auto", workers: int | None = None) -> ExperimentResult:
+                   force: bool = False, device: str = "auto", workers: int | None = None,
+                   data_format: str | None = None,
+                   kidney_labels: tuple[int, ...] | None = None) -> ExperimentResult:
     """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
 
     Args:
@@ -202,9 +204,12 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         force: start over.
         device: ``auto``, ``cpu``, ``cuda``.
         workers: prepare's worker processes.
+        data_format, kidney_labels: dataset format (``kits19``, ``kits23``, ``nnunet``, ``pairs``;
+            default: detected) and the labels forming the kidney target (default: the format's);
+            see :func:`kidneyssl.io.datasets.open_dataset`. ``test_data`` is read the same way.
     """
     from kidneyssl.data.cache import open_cache, prepare_dataset
-    from kidneyssl.io.kits19 import find_cases
+    from kidneyssl.io.datasets import open_dataset
     from kidneyssl.reporting.figures import OverlayCase
     from kidneyssl.reporting.report import write_experiment_report
     from kidneyssl.training.finetune import train_segmentation
@@ -240,7 +245,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         t0 = time.perf_counter()
         if ctx.is_main:
             log.info("== %s: %s -> %s", stage, src, dst)
-            prepare_dataset(src, dst, cfg.preprocess, workers=workers or 2)
+            prepare_dataset(src, dst, cfg.preprocess, workers=workers or 2, data_format=data_format,
+                            kidney_labels=kidney_labels)
         gather_objects(None, ctx)
         mark(stage, time.perf_counter() - t0)
     cache = open_cache(cache_path, expected=cfg.preprocess)
@@ -252,11 +258,13 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         from kidneyssl.training.finetune import annotated_case_ids
 
         test_ids, test_source = annotated_case_ids(test_cache), test_cache
-        test_gt = {c.case_id: c.segmentation for c in find_cases(test_data) if c.segmentation is not None}
+        test_gt = {c.case_id: c.segmentation for c in open_dataset(test_data, data_format, kidney_labels).cases
+                   if c.segmentation is not None}
     else:
         test_ids, test_source = list(split.test), cache
         test_gt = {}
-    gt_paths = {c.case_id: c.segmentation for c in find_cases(data_dir) if c.segmentation is not None}
+    gt_paths = {c.case_id: c.segmentation for c in open_dataset(data_dir, data_format, kidney_labels).cases
+                if c.segmentation is not None}
     test_gt = test_gt or gt_paths
     missing = [c for c in list(split.val) if c not in gt_paths] + [c for c in test_ids if c not in test_gt]
     if missing:

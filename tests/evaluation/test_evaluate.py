@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kidneyssl.cli.evaluate import evaluate_folders, pair_cases
+from kidneyssl.evaluation import evaluate_folders, pair_cases
 from kidneyssl.cli.main import main
 from kidneyssl.io.geometry import Geometry
 from kidneyssl.io.volumes import write_mask

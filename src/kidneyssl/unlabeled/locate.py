@@ -1,0 +1,168 @@
+"""Locate kidneys in scans without masks with a trained segmentation model (``kidneyssl locate``).
+
+The located masks are pseudo-labels for pretraining on unlabeled scans. Output (a ``pairs``
+dataset that ``kidneyssl prepare``/``check`` read, see :mod:`kidneyssl.io.datasets`)::
+
+    OUT/images/<id>.nii.gz   the scan: a symbolic link to the input (a NIfTI copy for DICOM)
+    OUT/labels/<id>.nii.gz   the located kidney mask (uint8 0/1) on the scan's own grid
+    OUT/locate.json          per case: files, kidney voxels and mL, connected components,
+                             confidence = mean kidney probability inside the mask (0 if empty)
+
+``<id>`` is ``case_XXXXX`` for KiTS case folders, else the file stem or DICOM folder name.
+Prediction is :func:`kidneyssl.inference.predict_volume`, exactly as ``kidneyssl predict``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kidneyssl.errors import DataError, KidneySSLError
+from kidneyssl.io.geometry import Volume
+
+__all__ = ["LOCATE_JSON", "LocateSummary", "kidney_confidence", "locate_scans", "locate_path"]
+
+log = logging.getLogger(__name__)
+
+LOCATE_JSON = "locate.json"
+_CASE = re.compile(r"^case_\d+$")
+
+
+@dataclass
+class LocateSummary:
+    """Outcome of :func:`locate_scans`: per-case records (see the module docstring), failures."""
+
+    out_dir: Path
+    cases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def found(self) -> int:
+        """Cases with at least one kidney voxel."""
+        return sum(c["kidney_voxels"] > 0 for c in self.cases.values())
+
+    def __str__(self) -> str:
+        return (f"{len(self.cases)} scan(s) located ({self.found} with kidneys), "
+                f"{len(self.failed)} failed -> {self.out_dir}")
+
+
+def kidney_confidence(mask: np.ndarray, probabilities: np.ndarray,
+                      spacing_mm: tuple[float, float, float]) -> dict[str, Any]:
+    """Confidence of one located mask: voxels, mL, components, mean probability inside.
+
+    Args:
+        mask: (Z, Y, X) uint8/bool kidney mask; probabilities: float map on the same grid.
+        spacing_mm: voxel size, for the volume in mL.
+    """
+    from scipy import ndimage
+
+    inside = mask > 0
+    voxels = int(inside.sum())
+    return {
+        "kidney_voxels": voxels,
+        "kidney_ml": round(voxels * float(np.prod(spacing_mm)) / 1000.0, 3),
+        "components": int(ndimage.label(inside)[1]) if voxels else 0,
+        "confidence": round(float(probabilities[inside].mean()), 4) if voxels else 0.0,
+    }
+
+
+def _case_id(name: str, output_id: str) -> str:
+    return name if _CASE.match(name) else output_id
+
+
+def _link_image(source: Path, target: Path, volume: Volume, kind: str) -> None:
+    """``target`` -> ``source`` as a symbolic link (a NIfTI copy for DICOM or without links)."""
+    from kidneyssl.io.volumes import write_volume
+
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if kind != "nifti" or not source.name.endswith(".nii.gz"):
+        write_volume(volume.array, volume.geometry, target)
+        return
+    try:
+        os.symlink(source.resolve(), target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Path, *,
+                 device: str = "cpu", model_path: str | Path | None = None) -> LocateSummary:
+    """Locate the kidneys of every scan under ``input_path`` with ``model`` (see module docstring).
+
+    Args:
+        model: segmentation network in eval mode (as from :func:`kidneyssl.inference.load_model`).
+        cfg: its :class:`~kidneyssl.config.ExperimentConfig` (preprocessing and inference).
+        input_path: a NIfTI file, a KiTS-layout folder, a folder of NIfTI files or DICOM series.
+        out_dir: output folder (not the input folder); existing outputs of a case are replaced.
+        model_path: recorded in ``locate.json``.
+
+    Returns:
+        :class:`LocateSummary`; one bad scan is reported in ``failed`` and the others go on.
+
+    Raises:
+        DataError: ``input_path`` holds no scans, or ``out_dir`` is ``input_path``.
+    """
+    from kidneyssl.inference import find_inputs, predict_volume, read_dicom_series
+    from kidneyssl.io.atomic import atomic_write_json
+    from kidneyssl.io.volumes import read_volume, write_mask
+    from kidneyssl.progress import progress
+
+    out = Path(out_dir).absolute()
+    if out == Path(input_path).absolute():
+        raise DataError(out, "output", "a folder other than the input", "the input folder")
+    items = find_inputs(input_path)
+    summary = LocateSummary(out)
+    for item in progress(items, desc="locate", unit="case"):
+        case_id = _case_id(item.name, item.output_id)
+        start = time.perf_counter()
+        try:
+            volume = read_dicom_series(item.path) if item.kind == "dicom" else read_volume(item.path)
+            result = predict_volume(model, volume, cfg, device=device, keep_probabilities=True)
+            label_path = out / "labels" / f"{case_id}.nii.gz"
+            image_path = out / "images" / f"{case_id}.nii.gz"
+            write_mask(result.mask, label_path, like=result.geometry)
+            _link_image(Path(item.path), image_path, volume, item.kind)
+            record = {"input": str(Path(item.path).absolute()), "image": str(image_path),
+                      "label": str(label_path),
+                      **kidney_confidence(result.mask, result.probabilities, volume.geometry.spacing),
+                      "seconds": round(time.perf_counter() - start, 2)}
+            summary.cases[case_id] = record
+            log.debug("%s: %s", case_id, record)
+        except (KidneySSLError, ValueError, OSError) as err:
+            summary.failed[case_id] = str(err)
+            log.error("%s: %s", case_id, err)
+    atomic_write_json(out / LOCATE_JSON, {
+        "model": None if model_path is None else str(Path(model_path).absolute()),
+        "input": str(Path(input_path).absolute()),
+        "threshold": float(cfg.inference.threshold),
+        "found": summary.found,
+        "cases": summary.cases,
+        "failed": summary.failed,
+    })
+    return summary
+
+
+def locate_path(model_path: str | Path, input_path: str | Path, out_dir: str | Path, *,
+                device: str = "cpu", threads: int | None = None) -> LocateSummary:
+    """:func:`locate_scans` with the model and config of a segmentation checkpoint.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be used (nothing is written).
+    """
+    from kidneyssl.inference import load_model
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    model, cfg = load_model(model_path, device)
+    return locate_scans(model, cfg, input_path, out_dir, device=device, model_path=model_path)
