@@ -117,7 +117,7 @@ def bench_siamese(cfg, steps: int, warmup: int, amp: bool, device, crop=None) ->
     from kidneyssl.models import build_siamese_model
 
     torch.manual_seed(0)
-    crop = tuple(crop or cfg.preprocess.crop_size)
+    crop = tuple(crop or cfg.pretrain.crop_size)
     model = build_siamese_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.pretrain.lr, weight_decay=cfg.pretrain.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None

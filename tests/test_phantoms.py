@@ -11,8 +11,14 @@ from scipy import ndimage
 
 from kidneyssl.errors import RunFolderError
 from kidneyssl.io.geometry import LATERAL_AXIS, Side, Volume, to_canonical
-from kidneyssl.phantoms import (MANIFEST, case_seed, generate_case, kits_affine, sample_anatomy,
-                                write_dataset)
+from kidneyssl.phantoms import (
+    MANIFEST,
+    case_seed,
+    generate_case,
+    kits_affine,
+    sample_anatomy,
+    write_dataset,
+)
 from kidneyssl.phantoms.generate import scan_grid
 
 N_CASES = 10

@@ -11,10 +11,7 @@ import torch
 from kidneyssl.data.pairs import KidneyPairDataset, kidney_items, sample_pairs
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
-from kidneyssl.preprocessing.sides import kidney_crop
-
-
-
+from kidneyssl.preprocessing.crops import kidney_crop
 
 
 def _items(n_cases: int, single: dict[int, Side] | None = None):

@@ -10,7 +10,7 @@ import torch
 from kidneyssl.data.segmentation import HalfVolumeDataset, foreground_fraction
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
-from kidneyssl.preprocessing.sides import half_bounds, stitch_halves
+from kidneyssl.preprocessing.halves import half_bounds, stitch_halves
 
 
 def test_half_items_are_the_halves_with_context(make_cache, tmp_path):

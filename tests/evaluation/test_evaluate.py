@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kidneyssl.evaluation import evaluate_folders, pair_cases
 from kidneyssl.cli.main import main
+from kidneyssl.evaluation import evaluate_folders, pair_cases
 from kidneyssl.io.geometry import Geometry
 from kidneyssl.io.volumes import write_mask
 from kidneyssl.reporting.tables import read_case_table

@@ -133,8 +133,9 @@ def box_model() -> BoxModel:
 
 def small_config():
     """Demo model, coarse preprocessing (small arrays), halves by default."""
-    from kidneyssl.config import PreprocessConfig, load_preset
     import dataclasses
+
+    from kidneyssl.config import PreprocessConfig, load_preset
 
     cfg = load_preset("demo")
     return dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0)),

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from kidneyssl.inference.postprocess import (
-    bounding_box,
     largest_component_per_side,
     threshold_probabilities,
 )
+from kidneyssl.preprocessing.spatial import bounding_box
 
 
 def test_threshold_inclusive_and_uint8():

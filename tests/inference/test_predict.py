@@ -13,8 +13,8 @@ import SimpleITK as sitk
 import torch
 
 from kidneyssl.errors import CheckpointError
-from kidneyssl.io.geometry import Geometry, Volume, to_canonical
 from kidneyssl.inference.predict import load_model, predict_path, predict_volume
+from kidneyssl.io.geometry import Geometry, Volume, to_canonical
 
 
 def dice(a, b) -> float:
@@ -109,8 +109,8 @@ def test_incompatible_checkpoints_raise_clear_errors(demo_checkpoint, tmp_path):
     with pytest.raises(CheckpointError, match="format 99"):
         load_model(tmp_path / "old.pt")
     # the config says growth 8, the weights were made for growth 4
-    from kidneyssl.models import build_segmentation_model
     from kidneyssl.config import ModelConfig
+    from kidneyssl.models import build_segmentation_model
 
     other = build_segmentation_model(ModelConfig(init_features=8, growth_rate=4, norm_groups=4))
     torch.save(dict(payload, model_state=other.state_dict()), tmp_path / "arch.pt")

@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from kidneyssl.config import InferenceConfig, ModelConfig
-from kidneyssl.io.geometry import Side
-from kidneyssl.preprocessing.sides import half_bounds
 from kidneyssl.inference.sliding_window import (
     PAPER_BYTES_PER_VOXEL,
     choose_strategy,
@@ -16,6 +14,8 @@ from kidneyssl.inference.sliding_window import (
     infer_volume,
     probability_predictor,
 )
+from kidneyssl.io.geometry import Side
+from kidneyssl.preprocessing.halves import half_bounds
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -170,7 +170,7 @@ def test_windows_on_gpu_stitching_on_cpu(box_predictor, blob_image):  # pragma: 
 
 
 def test_split_found_from_the_image_when_not_given(box_predictor, make_blob_image):
-    from kidneyssl.preprocessing.sides import find_split_x
+    from kidneyssl.preprocessing.split_plane import find_split_x
 
     img = make_blob_image(shape=(16, 32, 64), seed=3)
     cfg = InferenceConfig(half_context_mm=0.0)

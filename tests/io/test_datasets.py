@@ -13,7 +13,11 @@ from kidneyssl.io.datasets import detect_format, open_dataset
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.kits19 import check_case, load_case
 from kidneyssl.phantoms import kits_affine
-from kidneyssl.phantoms.formats import NNUNET_LABELS, write_case_as, write_format_metadata
+from kidneyssl.phantoms.formats import (
+    NNUNET_LABELS,
+    write_case_as,
+    write_format_metadata,
+)
 
 SHAPE = (8, 16, 20)
 

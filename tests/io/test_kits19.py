@@ -9,8 +9,15 @@ import numpy as np
 import pytest
 
 from kidneyssl.errors import DataError
-from kidneyssl.io.kits19 import (BACKGROUND, KIDNEY, TUMOR, Case, check_case, find_cases,
-                                 load_case)
+from kidneyssl.io.kits19 import (
+    BACKGROUND,
+    KIDNEY,
+    TUMOR,
+    Case,
+    check_case,
+    find_cases,
+    load_case,
+)
 
 AFFINE = np.array([[0, 0, -0.9, 100.0], [0, -0.9, 0, 50.0], [-3.0, 0, 0, 20.0], [0, 0, 0, 1]])
 

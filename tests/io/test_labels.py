@@ -6,8 +6,13 @@ import numpy as np
 import pytest
 
 from kidneyssl.errors import DataError
-from kidneyssl.io.labels import (KITS19_POLICY, KITS23_POLICY, LabelPolicy, parse_label_list,
-                                 policy_from_nnunet_labels)
+from kidneyssl.io.labels import (
+    KITS19_POLICY,
+    KITS23_POLICY,
+    LabelPolicy,
+    parse_label_list,
+    policy_from_nnunet_labels,
+)
 
 LABELS = np.array([0, 1, 2, 3, 0, 1], np.uint8)
 

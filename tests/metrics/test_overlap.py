@@ -4,7 +4,7 @@ import torch
 from monai.metrics import DiceMetric
 
 from kidneyssl.metrics import dice
-from kidneyssl.metrics.overlap import union_bbox
+from kidneyssl.preprocessing.spatial import bounding_box
 
 
 def _line(n: int, on: list[int]) -> np.ndarray:
@@ -49,10 +49,10 @@ def test_shape_mismatch_and_non_3d_raise():
         dice(np.zeros((2, 2)), np.zeros((2, 2)))
 
 
-def test_union_bbox_margin_is_clipped_to_array():
+def test_bounding_box_of_two_masks_with_margin_is_clipped_to_array():
     a = np.zeros((5, 6, 7), bool)
     b = np.zeros_like(a)
     a[0, 2, 3] = True
     b[2, 4, 6] = True
-    assert union_bbox(a, b, margin=1) == (slice(0, 4), slice(1, 6), slice(2, 7))
-    assert union_bbox(np.zeros_like(a), np.zeros_like(a)) is None
+    assert bounding_box(a, b, margin=1) == (slice(0, 4), slice(1, 6), slice(2, 7))
+    assert bounding_box(np.zeros_like(a), np.zeros_like(a)) is None

@@ -7,11 +7,11 @@ from kidneyssl.metrics import (
     METRIC_NAMES,
     ROW_KEYS,
     MetricAccumulator,
+    boundary_length_difference,
     compute_case_metrics,
     dice,
     hausdorff_distance,
     normalized_hausdorff,
-    boundary_length_difference,
     summarize,
 )
 

@@ -13,7 +13,11 @@ from nibabel import orientations as nio
 from kidneyssl.config import PreprocessConfig
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.volumes import read_volume, write_mask
-from kidneyssl.preprocessing.pipeline import PreprocessRecord, preprocess_image, preprocess_label
+from kidneyssl.preprocessing.pipeline import (
+    PreprocessRecord,
+    preprocess_image,
+    preprocess_label,
+)
 from kidneyssl.preprocessing.spatial import unpad
 
 CFG = PreprocessConfig(spacing_mm=(4.0, 2.0, 2.0), pad_multiple=16)

@@ -7,9 +7,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kidneyssl.preprocessing.spatial import (Padding, pad_to_multiple, resample_to_shape,
-                                             resample_to_spacing, resampled_affine,
-                                             resampled_shape, unpad)
+from kidneyssl.preprocessing.spatial import (
+    Padding,
+    pad_to_multiple,
+    resample_to_shape,
+    resample_to_spacing,
+    resampled_affine,
+    resampled_shape,
+    unpad,
+)
 
 RNG = np.random.default_rng(0)
 

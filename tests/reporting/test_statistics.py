@@ -7,7 +7,12 @@ import math
 import numpy as np
 import pytest
 
-from kidneyssl.reporting.statistics import bootstrap_mean_ci, epochs_to_reach, paired_differences, seed_means
+from kidneyssl.reporting.statistics import (
+    bootstrap_mean_ci,
+    epochs_to_reach,
+    paired_differences,
+    seed_means,
+)
 
 
 def _rows(values_a, values_b):

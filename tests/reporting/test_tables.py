@@ -3,7 +3,11 @@ import math
 import pytest
 
 from kidneyssl.metrics import summarize
-from kidneyssl.reporting.tables import read_case_table, summary_markdown, write_case_table
+from kidneyssl.reporting.tables import (
+    read_case_table,
+    summary_markdown,
+    write_case_table,
+)
 
 
 def _row(case_id, dice, hd95, empty_pred=False, diag=300.0):

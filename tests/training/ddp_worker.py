@@ -17,7 +17,12 @@ def main(out: str, accumulate: int, epochs: int) -> None:
     from kidneyssl.config import ModelConfig, SegTrainConfig
     from kidneyssl.losses import BCEDiceLoss, segmentation_loss
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.distributed import gather_objects, init_distributed, shard, shutdown_distributed
+    from kidneyssl.training.distributed import (
+        gather_objects,
+        init_distributed,
+        shard,
+        shutdown_distributed,
+    )
     from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
     from kidneyssl.training.seeding import configure_determinism, seed_everything
 

@@ -8,7 +8,13 @@ import pytest
 
 from kidneyssl.config import load_preset, save_config
 from kidneyssl.errors import KidneySSLError, RunFolderError
-from kidneyssl.training.runfolder import RunFolder, begin_run, load_split, make_split, save_split
+from kidneyssl.training.runfolder import (
+    RunFolder,
+    begin_run,
+    load_split,
+    make_split,
+    save_split,
+)
 
 IDS = [f"case_{i:05d}" for i in range(10)]
 

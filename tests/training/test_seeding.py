@@ -7,8 +7,12 @@ import random
 import numpy as np
 import torch
 
-from kidneyssl.training.seeding import (capture_rng_state, epoch_generator, restore_rng_state,
-                                        seed_everything)
+from kidneyssl.training.seeding import (
+    capture_rng_state,
+    epoch_generator,
+    restore_rng_state,
+    seed_everything,
+)
 
 
 def _draw() -> tuple[float, float, float]:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kidneyssl.cli._common import (add_config_arguments, add_dataset_arguments, dataset_options,
-                                   resolve_config)
+from kidneyssl.cli._common import (
+    add_config_arguments,
+    add_dataset_arguments,
+    dataset_options,
+    resolve_config,
+)
 
 __all__ = ["add_arguments", "run", "print_result", "add_protocol_arguments", "protocol_overrides"]
 

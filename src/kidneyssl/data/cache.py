@@ -237,7 +237,7 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
         (case_id, status ``ok`` or ``failed``, reasons).
     """
     from kidneyssl.preprocessing.pipeline import preprocess_image, preprocess_label
-    from kidneyssl.preprocessing.sides import find_split_x, locate_kidneys
+    from kidneyssl.preprocessing.split_plane import find_split_x, locate_kidneys
 
     start = time.perf_counter()
     cfg = config_from_dict(PreprocessConfig, cfg_dict, "preprocess")

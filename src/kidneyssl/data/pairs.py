@@ -3,7 +3,7 @@
 A *kidney item* is ``(case_id, Side)`` for every side of a case that has a kidney (the cache's
 ``meta["kidneys"]``): a single-kidney case contributes its one side only. :func:`sample_pairs` draws
 balanced, seeded pairs of distinct items; :class:`KidneyPairDataset` turns them into fixed-size
-crops centred on each kidney (:func:`kidneyssl.preprocessing.sides.kidney_crop`), read from the
+crops centred on each kidney (:func:`kidneyssl.preprocessing.crops.kidney_crop`), read from the
 memory-mapped cache arrays.
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
-from kidneyssl.preprocessing.sides import crop_padded, kidney_crop
+from kidneyssl.preprocessing.crops import crop_padded, kidney_crop
 
 __all__ = ["KidneyItem", "Pair", "kidney_items", "sample_pairs", "KidneyPairDataset"]
 
@@ -109,8 +109,8 @@ class KidneyPairDataset:
         case_ids: cases to draw from (e.g. the training split; validation uses its own cases).
         n_pairs: pairs per epoch.
         seed: base seed; epoch ``e`` uses ``[seed, e]``.
-        crop_size: crop (z, y, x) in voxels (``PreprocessConfig.crop_size``).
-        mask_outside: zero voxels outside the kidney mask (``PreprocessConfig.crop_mask_outside``).
+        crop_size: crop (z, y, x) in voxels (``PretrainConfig.crop_size``).
+        mask_outside: zero voxels outside the kidney mask (``PretrainConfig.proxy_input == "masked"``).
 
     Raises:
         KidneySSLError: no kidney in ``case_ids``, or too few to form both kinds of pair.

@@ -2,13 +2,13 @@
 
 The paper divides every CT volume into two halves along the sagittal plane, one kidney in each,
 and trains the segmentation network on these halves. A half here is exactly what inference feeds
-the network (:func:`kidneyssl.preprocessing.sides.half_bounds`, the one definition of a half): the
+the network (:func:`kidneyssl.preprocessing.halves.half_bounds`, the one definition of a half): the
 patient-right part ``x < split_x`` or the patient-left part ``x >= split_x`` of a cached,
 preprocessed case, with ``context`` columns of real image across the plane, widened with more real
 image to a multiple of 16 (the cache is padded to a multiple of 16, so no half needs padding).
 
 Training may use the label: its plane is the cached ``meta["split_x"]``, chosen at ``prepare`` time
-so that no kidney is cut (:func:`kidneyssl.preprocessing.sides.find_split_x` with the mask).
+so that no kidney is cut (:func:`kidneyssl.preprocessing.split_plane.find_split_x` with the mask).
 Nothing that scores a model reads that plane or the label: validation, Table 1 and ``predict``
 all go through :func:`kidneyssl.inference.segment.segment_image`, which finds its plane from the
 image alone.
@@ -22,7 +22,7 @@ import numpy as np
 
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
-from kidneyssl.preprocessing.sides import split_halves
+from kidneyssl.preprocessing.halves import split_halves
 
 __all__ = ["HalfVolumeDataset", "foreground_fraction"]
 

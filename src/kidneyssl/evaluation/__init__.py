@@ -2,7 +2,12 @@
 length) under a label policy; used by ``kidneyssl evaluate`` and callable without the CLI."""
 
 from kidneyssl.evaluation.pairing import case_id_of, index_masks, pair_cases
-from kidneyssl.evaluation.scoring import EvaluationResult, evaluate_folders, ground_truth_policy, score_case
+from kidneyssl.evaluation.scoring import (
+    EvaluationResult,
+    evaluate_folders,
+    ground_truth_policy,
+    score_case,
+)
 
 __all__ = [
     "pair_cases",

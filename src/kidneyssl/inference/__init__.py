@@ -5,7 +5,10 @@ Importing this package does not import torch; the functions do when called.
 """
 
 from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_dicom_series
-from kidneyssl.inference.postprocess import largest_component_per_side, threshold_probabilities
+from kidneyssl.inference.postprocess import (
+    largest_component_per_side,
+    threshold_probabilities,
+)
 from kidneyssl.inference.predict import (
     PredictionResult,
     PredictSummary,

@@ -12,9 +12,9 @@ import numpy as np
 from scipy import ndimage
 
 from kidneyssl.io.geometry import LATERAL_AXIS
+from kidneyssl.preprocessing.spatial import bounding_box
 
-__all__ = ["threshold_probabilities", "largest_component_per_side", "bounding_box",
-           "keep_kidney_components"]
+__all__ = ["threshold_probabilities", "largest_component_per_side", "keep_kidney_components"]
 
 
 def threshold_probabilities(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
@@ -22,18 +22,6 @@ def threshold_probabilities(prob: np.ndarray, threshold: float = 0.5) -> np.ndar
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], got {threshold}")
     return (np.asarray(prob) >= threshold).astype(np.uint8)
-
-
-def bounding_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Smallest box holding every non-zero voxel of ``mask``, or ``None`` when it is empty."""
-    box = []
-    for axis in range(mask.ndim):
-        others = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(np.any(mask, axis=others))
-        if idx.size == 0:
-            return None
-        box.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(box)
 
 
 def largest_component_per_side(mask: np.ndarray, split_x: float, lateral_axis: int = LATERAL_AXIS,

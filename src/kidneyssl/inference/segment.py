@@ -6,9 +6,9 @@ Every code path that scores or applies a model calls :func:`segment_image`: per-
 (never a label) and:
 
 1. finds the lateral split plane from the image alone (the body's lateral centre,
-   :func:`kidneyssl.preprocessing.sides.find_split_x` without a mask);
+   :func:`kidneyssl.preprocessing.split_plane.find_split_x` without a mask);
 2. picks the strategy for the device (:func:`kidneyssl.inference.sliding_window.choose_strategy`:
-   the two halves of :func:`kidneyssl.preprocessing.sides.half_bounds` -- the same halves training
+   the two halves of :func:`kidneyssl.preprocessing.halves.half_bounds` -- the same halves training
    uses -- whenever they fit the memory, the sliding window as a fallback);
 3. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
    largest component per side, :func:`kidneyssl.inference.postprocess.keep_kidney_components`);
@@ -28,10 +28,17 @@ from typing import Any
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig
-from kidneyssl.inference.postprocess import keep_kidney_components, threshold_probabilities
-from kidneyssl.inference.sliding_window import choose_strategy, estimate_bytes_per_voxel, infer_volume
+from kidneyssl.inference.postprocess import (
+    keep_kidney_components,
+    threshold_probabilities,
+)
+from kidneyssl.inference.sliding_window import (
+    choose_strategy,
+    estimate_bytes_per_voxel,
+    infer_volume,
+)
 from kidneyssl.preprocessing.pipeline import PreprocessRecord
-from kidneyssl.preprocessing.sides import find_split_x
+from kidneyssl.preprocessing.split_plane import find_split_x
 
 __all__ = ["Segmentation", "segment_image"]
 

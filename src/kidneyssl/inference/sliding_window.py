@@ -31,7 +31,7 @@ import numpy as np
 
 from kidneyssl.config import InferenceConfig, ModelConfig
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
-from kidneyssl.preprocessing.sides import half_bounds
+from kidneyssl.preprocessing.halves import half_bounds
 
 __all__ = [
     "Strategy",
@@ -157,7 +157,7 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
         cfg: threshold-independent settings used here: ``memory_budget_mb``, ``sw_roi_size``,
             ``sw_overlap``, ``half_context_mm``, ``tta_flip``.
         split_x: lateral split plane (x < split_x is the patient-right half); ``None`` finds it
-            from the image with :func:`kidneyssl.preprocessing.sides.find_split_x`.
+            from the image with :func:`kidneyssl.preprocessing.split_plane.find_split_x`.
         device: where outputs are stitched (sliding window) and where inputs live.
         sw_device: where the network runs; ``None`` means ``device``. E.g. ``sw_device="cuda"``,
             ``device="cpu"`` runs windows on the GPU and stitches on the CPU.
@@ -190,7 +190,7 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
     spacing_x = float(spacing_mm[LATERAL_AXIS]) if spacing_mm is not None else None
 
     if strategy in ("auto", "halves") and split_x is None:
-        from kidneyssl.preprocessing.sides import find_split_x
+        from kidneyssl.preprocessing.split_plane import find_split_x
 
         split_x = int(find_split_x(None, image[:, :, : shape[2]]))
     chosen = choose_strategy(padded_shape, split_x if split_x is not None else padded_shape[2] // 2, cfg,

@@ -28,7 +28,12 @@ from pathlib import Path
 
 from kidneyssl.errors import DataError
 from kidneyssl.io.kits19 import IMAGING_NAME, SEGMENTATION_NAME, Case, folder_contents
-from kidneyssl.io.labels import KITS19_POLICY, KITS23_POLICY, LabelPolicy, policy_from_nnunet_labels
+from kidneyssl.io.labels import (
+    KITS19_POLICY,
+    KITS23_POLICY,
+    LabelPolicy,
+    policy_from_nnunet_labels,
+)
 
 __all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy"]
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["dice", "as_binary_pair", "union_bbox"]
+__all__ = ["dice", "as_binary_pair"]
 
 
 def as_binary_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,25 +32,6 @@ def as_binary_pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.nda
     if pred.shape != gt.shape:
         raise ValueError(f"prediction shape {pred.shape} differs from ground-truth shape {gt.shape}")
     return (pred if pred.dtype == bool else pred != 0), (gt if gt.dtype == bool else gt != 0)
-
-
-def union_bbox(pred: np.ndarray, gt: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
-    """Bounding box of ``pred | gt`` grown by ``margin`` voxels and clipped to the array.
-
-    Returns None when both masks are empty. Used to crop before distance transforms: every
-    foreground voxel of either mask lies inside it, so distances *between* the two masks are
-    unchanged by the crop (see :mod:`kidneyssl.metrics.surface`).
-    """
-    slices = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(pred.any(axis=other) | gt.any(axis=other))
-        if hit.size == 0:
-            return None
-        lo = max(int(hit[0]) - margin, 0)
-        hi = min(int(hit[-1]) + 1 + margin, pred.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)  # type: ignore[return-value]
 
 
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 
-from kidneyssl.metrics.overlap import as_binary_pair, dice, union_bbox
+from kidneyssl.metrics.overlap import as_binary_pair, dice
 from kidneyssl.metrics.surface import (
     BoundaryMode,
     _hd_from_distances,
@@ -31,6 +31,7 @@ from kidneyssl.metrics.surface import (
     boundary_length_difference,
     surface_voxels,
 )
+from kidneyssl.preprocessing.spatial import bounding_box
 
 __all__ = [
     "METRIC_NAMES",
@@ -68,7 +69,7 @@ def compute_case_metrics(
     spacing = _spacing3(spacing_mm)
     p, g = as_binary_pair(pred, gt)
     diag = math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(p.shape, spacing)))
-    box = union_bbox(p, g, margin=1)
+    box = bounding_box(p, g, margin=1)
     if box is not None:  # every metric below is unchanged by this crop (see surface.py)
         p, g = p[box], g[box]
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))

@@ -41,7 +41,8 @@ from typing import Literal, Sequence
 import numpy as np
 from scipy import ndimage
 
-from kidneyssl.metrics.overlap import as_binary_pair, union_bbox
+from kidneyssl.metrics.overlap import as_binary_pair
+from kidneyssl.preprocessing.spatial import bounding_box
 
 __all__ = [
     "surface_voxels",
@@ -103,7 +104,7 @@ def surface_distances(
     """
     spacing = _spacing3(spacing_mm)
     p, g = as_binary_pair(pred, gt)
-    box = union_bbox(p, g, margin=1)
+    box = bounding_box(p, g, margin=1)
     if box is None or not p.any() or not g.any():
         raise ValueError("surface distances need two non-empty masks")
     return _surface_distances(surface_voxels(p[box]), surface_voxels(g[box]), spacing)
@@ -162,7 +163,7 @@ def _sitk_perimeter(mask: np.ndarray, spacing_xyz: tuple[float, ...]) -> float:
 
 
 def _crop_to_foreground(mask: np.ndarray) -> np.ndarray | None:
-    box = union_bbox(mask, mask, margin=0)
+    box = bounding_box(mask)
     return None if box is None else mask[box]
 
 
@@ -251,7 +252,7 @@ def normalized_hausdorff(pred: np.ndarray, gt: np.ndarray) -> float:
         Both empty -> 0.0; empty prediction or empty ground truth (not both) -> NaN.
     """
     p, g = as_binary_pair(pred, gt)
-    box = union_bbox(p, g, margin=1)
+    box = bounding_box(p, g, margin=1)
     if box is None:
         return 0.0
     p, g = p[box], g[box]

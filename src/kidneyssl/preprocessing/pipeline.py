@@ -25,12 +25,23 @@ import numpy as np
 from nibabel import orientations as nio
 
 from kidneyssl.config import PreprocessConfig
-from kidneyssl.io.geometry import (CANONICAL_AXCODES, Geometry, Reorientation, Volume,
-                                   from_canonical)
+from kidneyssl.io.geometry import (
+    CANONICAL_AXCODES,
+    Geometry,
+    Reorientation,
+    Volume,
+    from_canonical,
+)
 from kidneyssl.io.labels import LabelPolicy
 from kidneyssl.preprocessing.intensity import clip_window, zscore
-from kidneyssl.preprocessing.spatial import (Padding, pad_to_multiple, resample_to_shape,
-                                             resampled_affine, resampled_shape, unpad)
+from kidneyssl.preprocessing.spatial import (
+    Padding,
+    pad_to_multiple,
+    resample_to_shape,
+    resampled_affine,
+    resampled_shape,
+    unpad,
+)
 from kidneyssl.types import Shape3, Spacing3
 
 __all__ = ["PreprocessRecord", "preprocess_image", "preprocess_label", "RECORD_VERSION"]

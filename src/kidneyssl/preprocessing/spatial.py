@@ -49,6 +49,7 @@ __all__ = [
     "resample_to_spacing",
     "pad_to_multiple",
     "unpad",
+    "bounding_box",
 ]
 
 IMAGE_ORDERS = ("nearest", "linear", "cubic")
@@ -398,3 +399,31 @@ def pad_to_multiple(array: np.ndarray, multiple: int, value: float = 0.0,
 def unpad(array: np.ndarray, padding: Padding) -> np.ndarray:
     """Remove ``padding`` (a view of ``array``)."""
     return array[tuple(slice(b, n - a) for b, a, n in zip(padding.before, padding.after, array.shape))]
+
+
+def bounding_box(*masks: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """Smallest box holding every non-zero voxel of the given masks (their union), grown by
+    ``margin`` voxels on each side and clipped to the array; ``None`` when all are empty.
+
+    The one bounding box of the package: kidney location, post-processing and the metrics' crops
+    (every foreground voxel of either mask lies inside, so distances between them are unchanged).
+
+    Raises:
+        ValueError: no mask, or masks of different shapes.
+    """
+    if not masks:
+        raise ValueError("bounding_box needs at least one mask")
+    shape = masks[0].shape
+    if any(m.shape != shape for m in masks):
+        raise ValueError(f"masks have different shapes: {[m.shape for m in masks]}")
+    box = []
+    for axis in range(len(shape)):
+        others = tuple(a for a in range(len(shape)) if a != axis)
+        hit = np.zeros(shape[axis], dtype=bool)
+        for m in masks:
+            hit |= np.any(m, axis=others)
+        idx = np.flatnonzero(hit)
+        if idx.size == 0:
+            return None
+        box.append(slice(max(int(idx[0]) - margin, 0), min(int(idx[-1]) + 1 + margin, shape[axis])))
+    return tuple(box)

@@ -91,7 +91,9 @@ def table1_rows(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dic
         than two values) over the cases with a finite value, ``n`` those cases, ``n_missed`` the others,
         ``n_cases`` all cases, ``paper_value`` the paper's validation value or NaN.
     """
-    from kidneyssl.metrics import summarize  # mean/sd over finite values, NaN counted in n_nan
+    from kidneyssl.metrics import (
+        summarize,  # mean/sd over finite values, NaN counted in n_nan
+    )
 
     rows = []
     for model, cases in per_case.items():

@@ -45,7 +45,12 @@ import numpy as np
 from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
-from kidneyssl.training.distributed import DistContext, gather_objects, init_distributed, shard
+from kidneyssl.training.distributed import (
+    DistContext,
+    gather_objects,
+    init_distributed,
+    shard,
+)
 
 __all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "model_names", "seed_config"]
 
@@ -330,7 +335,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                     from kidneyssl.io.atomic import atomic_save
 
                     atomic_write_json(rows_file, model_rows)
-                    atomic_save(masks_file, lambda p: np.savez_compressed(p, **masks), suffix=".npz")
+                    atomic_save(masks_file, lambda p, m=masks: np.savez_compressed(p, **m), suffix=".npz")
                 mark(stage, time.perf_counter() - t0)
             rows.extend(model_rows)
             if seed == first_seed:
@@ -368,9 +373,9 @@ def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
              device: str = "auto") -> ExperimentResult:
     """Synthesise ``cfg.synth`` phantoms into ``out_dir/data`` (once) and run the experiment in
     ``out_dir/run``. ``cfg.synth`` keys: ``cases``, ``seed``, ``resolution`` (``demo``/``full``)."""
-    from kidneyssl.phantoms import write_dataset
-
     import os
+
+    from kidneyssl.phantoms import write_dataset
 
     out = Path(out_dir)
     data = out / "data"

@@ -30,14 +30,35 @@ import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import CheckpointError, KidneySSLError
-from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
-from kidneyssl.training.distributed import (DistContext, broadcast_object, gather_objects,
-                                            init_distributed, shard, unwrap, wrap_ddp)
-from kidneyssl.training.loop import (build_grad_scaler, build_optimizer, epoch_order,
-                                     train_one_epoch)
 from kidneyssl.inference.sliding_window import context_voxels
-from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
-from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
+from kidneyssl.training.distributed import (
+    DistContext,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    shard,
+    unwrap,
+    wrap_ddp,
+)
+from kidneyssl.training.loop import (
+    build_grad_scaler,
+    build_optimizer,
+    epoch_order,
+    train_one_epoch,
+)
+from kidneyssl.training.runfolder import (
+    RunFolder,
+    Split,
+    begin_run,
+    load_split,
+    make_split,
+)
+from kidneyssl.training.seeding import (
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+)
 
 __all__ = ["TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
            "resolve_split", "effective_config", "check_init_cases", "resolve_pos_weight"]
@@ -270,7 +291,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         raise KidneySSLError("--cache is required")
     cache = open_cache(cache_dir, expected=cfg.preprocess)
     split = resolve_split(cache, cfg, split_file)
-    # Training halves are inference's halves (preprocessing.sides.half_bounds): same context.
+    # Training halves are inference's halves (preprocessing.halves.half_bounds): same context.
     context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
     dataset = HalfVolumeDataset(cache, list(split.train), context=context, multiple=16)
     if len(dataset) == 0:

@@ -29,12 +29,23 @@ from typing import Any, Sequence
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
-from kidneyssl.training.distributed import (DistContext, all_reduce_sum, broadcast_object,
-                                            init_distributed, shard, unwrap, wrap_ddp)
+from kidneyssl.training.distributed import (
+    DistContext,
+    all_reduce_sum,
+    broadcast_object,
+    init_distributed,
+    shard,
+    unwrap,
+    wrap_ddp,
+)
 from kidneyssl.training.finetune import resolve_split
 from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
 from kidneyssl.training.runfolder import RunFolder, Split, begin_run
-from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from kidneyssl.training.seeding import (
+    capture_rng_state,
+    restore_rng_state,
+    seed_everything,
+)
 
 __all__ = ["PretrainResult", "pretrain_siamese", "evaluate_pairs"]
 

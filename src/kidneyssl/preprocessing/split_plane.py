@@ -1,4 +1,4 @@
-"""Patient-left/right halves of a canonical volume, and fixed-size kidney crops.
+"""Where the patient's left/right split plane lies, and where each kidney is.
 
 All arrays here are on a canonical ``(Z, Y, X)`` grid (:mod:`kidneyssl.io.geometry`): axis 2 is
 the lateral axis and runs towards the patient's LEFT, so columns ``x < split_x`` form the
@@ -31,23 +31,20 @@ separates the kidneys as well (tests). The masked plane only differs where a kid
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 from scipy import ndimage
 
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
+from kidneyssl.preprocessing.spatial import bounding_box
 
 __all__ = [
     "KidneyLocation",
     "body_midline_x",
     "find_split_x",
     "locate_kidneys",
-    "split_halves",
-    "stitch_halves",
-    "half_bounds",
-    "crop_padded",
-    "kidney_crop",
+    "check_3d",
 ]
 
 #: Components smaller than this fraction of the largest kidney component are ignored as specks.
@@ -83,7 +80,7 @@ class KidneyLocation:
         )
 
 
-def _check_3d(array: np.ndarray, name: str) -> None:
+def check_3d(array: np.ndarray, name: str) -> None:
     if array.ndim != 3:
         raise ValueError(f"{name} must be a 3-D (Z, Y, X) array, got shape {array.shape}")
 
@@ -95,7 +92,7 @@ def body_midline_x(image: np.ndarray) -> int:
     excluded. Falls back to the image midline ``X // 2`` when no voxel qualifies. Works on HU or
     z-scored images alike (the rule only uses the image's own intensity range).
     """
-    _check_3d(image, "image")
+    check_3d(image, "image")
     width = image.shape[LATERAL_AXIS]
     # Subsample for speed: the median column of a body is insensitive to it.
     sub = np.asarray(image[::2, ::2, :], dtype=np.float32)
@@ -113,18 +110,6 @@ def body_midline_x(image: np.ndarray) -> int:
         return width // 2
     # Median column: the first x at which the cumulative count reaches half of the body.
     return int(np.searchsorted(np.cumsum(counts), (total + 1) / 2))
-
-
-def _nonzero_box(mask: np.ndarray) -> tuple[slice, slice, slice] | None:
-    """Bounding box of a boolean (Z, Y, X) mask, or None when it is empty (speeds up labelling:
-    kidneys fill a small part of a CT volume)."""
-    box = []
-    for axis in range(3):
-        hits = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        if hits.size == 0:
-            return None
-        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
-    return tuple(box)  # type: ignore[return-value]
 
 
 def _components(mask: np.ndarray, min_fraction: float) -> tuple[np.ndarray, list[int]]:
@@ -163,9 +148,9 @@ def find_split_x(
     if label is None and image is None:
         raise ValueError("find_split_x needs a label, an image, or both")
     if label is not None:
-        _check_3d(label, "label")
+        check_3d(label, "label")
     if image is not None:
-        _check_3d(image, "image")
+        check_3d(image, "image")
         if label is not None and label.shape != image.shape:
             raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
     shape = (label if label is not None else image).shape  # type: ignore[union-attr]
@@ -177,7 +162,7 @@ def find_split_x(
         return midline
 
     full_mask = np.asarray(label) > 0
-    box = _nonzero_box(full_mask)
+    box = bounding_box(full_mask)
     if box is None:
         return midline
     mask = full_mask[box]
@@ -230,12 +215,12 @@ def locate_kidneys(
     at ``x >= split_x``. 26-connected components smaller than ``min_fraction`` of the largest
     component (over both halves) are dropped as specks; a side with nothing left is absent.
     """
-    _check_3d(label, "label")
+    check_3d(label, "label")
     width = label.shape[LATERAL_AXIS]
     if not 0 <= split_x <= width:
         raise ValueError(f"split_x {split_x} outside [0, {width}]")
     mask = np.asarray(label) > 0
-    box = _nonzero_box(mask)
+    box = bounding_box(mask)
     if box is None:
         return {}
     # Work inside the mask's bounding box; offsets bring coordinates back to the full grid.
@@ -263,150 +248,3 @@ def locate_kidneys(
         center = tuple((a + b) // 2 for a, b in bbox)
         found[side] = KidneyLocation(center=center, bbox=bbox, voxels=int(coords[0].size))  # type: ignore[arg-type]
     return found
-
-
-# --- halves --------------------------------------------------------------------------------------
-
-
-def _ceil_to(value: int, multiple: int) -> int:
-    return -(-int(value) // int(multiple)) * int(multiple)
-
-
-def half_bounds(width: int, split_x: int, context: int = 0, multiple: int = 1) -> dict[Side, slice]:
-    """Lateral extents of the two half volumes: THE definition of a half, for training and
-    inference alike.
-
-    The patient-RIGHT half is ``x < split_x``, the patient-LEFT half ``x >= split_x``; each extends
-    ``context`` voxels across the plane (real image context), then further until its width is a
-    multiple of ``multiple`` (more real context rather than zero padding), clamped to the grid.
-    :func:`stitch_halves` keeps only each side's own columns.
-
-    Args:
-        width: size of the lateral axis.
-        split_x: split plane, ``0 <= split_x <= width``.
-        context: voxels of context across the plane, ``>= 0``.
-        multiple: half widths are rounded up to a multiple of this (16 for the network; a grid
-            whose width is a multiple of 16 then gives halves that need no padding).
-
-    Returns:
-        ``{Side.RIGHT: slice(0, x1), Side.LEFT: slice(x0, width)}``.
-    """
-    if not 0 <= split_x <= width:
-        raise ValueError(f"split_x {split_x} outside the lateral extent [0, {width}]")
-    if context < 0:
-        raise ValueError(f"context must be >= 0, got {context}")
-    if multiple < 1:
-        raise ValueError(f"multiple must be >= 1, got {multiple}")
-    right_stop = min(width, _ceil_to(split_x + context, multiple))
-    left_start = max(0, width - _ceil_to(width - split_x + context, multiple))
-    return {Side.RIGHT: slice(0, right_stop), Side.LEFT: slice(left_start, width)}
-
-
-def split_halves(array: np.ndarray, split_x: int, context: int = 0,
-                 multiple: int = 1) -> dict[Side, np.ndarray]:
-    """Cut an array along its last (lateral) axis into patient-RIGHT and patient-LEFT halves.
-
-    Args:
-        array: ``(..., Z, Y, X)`` canonical array (leading channel axes allowed).
-        split_x: plane from :func:`find_split_x`.
-        context, multiple: as in :func:`half_bounds`.
-
-    Returns:
-        ``{Side.RIGHT: array[..., right], Side.LEFT: array[..., left]}`` with the slices of
-        :func:`half_bounds` (views into ``array``, not copies).
-    """
-    bounds = half_bounds(array.shape[-1], split_x, context, multiple)
-    return {side: array[..., cols] for side, cols in bounds.items()}
-
-
-def stitch_halves(halves: Mapping[Side, np.ndarray], split_x: int, width: int, context: int = 0,
-                  multiple: int = 1) -> np.ndarray:
-    """Inverse of :func:`split_halves`: the full ``(..., X=width)`` array from its two halves.
-
-    Each half contributes its own side's columns only (RIGHT: ``x < split_x``; LEFT: the rest), so
-    ``stitch_halves(split_halves(a, s, c, m), s, a.shape[-1], c, m)`` equals ``a`` exactly.
-
-    Raises:
-        ValueError: a half is missing, has the wrong width, or leading shapes differ.
-    """
-    bounds = half_bounds(width, split_x, context, multiple)
-    for side in (Side.RIGHT, Side.LEFT):
-        if side not in halves:
-            raise ValueError(f"stitch_halves needs both halves, {side.value} is missing")
-        cols = bounds[side]
-        if halves[side].shape[-1] != cols.stop - cols.start:
-            raise ValueError(
-                f"{side.value} half has width {halves[side].shape[-1]}, expected "
-                f"{cols.stop - cols.start} (split_x={split_x}, width={width}, context={context}, "
-                f"multiple={multiple})"
-            )
-    right, left = halves[Side.RIGHT], halves[Side.LEFT]
-    if right.shape[:-1] != left.shape[:-1]:
-        raise ValueError(f"half shapes differ outside the lateral axis: {right.shape} vs {left.shape}")
-    own_left_start = split_x - bounds[Side.LEFT].start
-    return np.concatenate([right[..., :split_x], left[..., own_left_start:]], axis=-1)
-
-
-# --- kidney crops --------------------------------------------------------------------------------
-
-
-def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """Copy the box ``[start, start + size)`` of the last three axes, zero where it leaves the array.
-
-    Only the in-bounds part is read, so memory-mapped arrays stay on disk except for the box.
-    """
-    if len(start) != 3 or len(size) != 3:
-        raise ValueError(f"start and size must have 3 entries, got {start!r} and {size!r}")
-    if any(int(s) < 1 for s in size):
-        raise ValueError(f"crop size must be positive, got {tuple(size)}")
-    dims = array.shape[-3:]
-    out = np.zeros(array.shape[:-3] + tuple(int(s) for s in size), dtype=array.dtype)
-    src, dst = [], []
-    for st, sz, n in zip(start, size, dims):
-        st, sz = int(st), int(sz)
-        a, b = max(st, 0), min(st + sz, n)
-        if a >= b:
-            return out  # the box misses the array entirely
-        src.append(slice(a, b))
-        dst.append(slice(a - st, b - st))
-    out[(..., *dst)] = array[(..., *src)]
-    return out
-
-
-def kidney_crop(
-    image: np.ndarray,
-    center: Sequence[int],
-    size: Sequence[int] = (64, 112, 112),
-    label: np.ndarray | None = None,
-    mask_outside: bool = False,
-) -> np.ndarray:
-    """Fixed-size crop of a canonical ``(Z, Y, X)`` image centred on a kidney, zero-padded.
-
-    The box starts at ``center - size // 2`` on each axis (so a box of even size covers the
-    kidney's bbox exactly when the bbox has that size); parts outside the volume are zeros.
-
-    Args:
-        image: ``(Z, Y, X)`` array (e.g. a memory-mapped cache image).
-        center: (z, y, x) voxel index, e.g. :attr:`KidneyLocation.center`.
-        size: crop size (z, y, x) in voxels (paper: 64 x 112 x 112 at 3.22 x 1.62 x 1.62 mm;
-            ``PreprocessConfig.crop_size``).
-        label: labels on the same grid, needed for ``mask_outside``. Kidney = ``label > 0``; pass a
-            label restricted to one half to keep the other kidney out.
-        mask_outside: zero every voxel outside the kidney mask (the authors' code). Default off:
-            the paper's text passes the whole region around the kidney.
-
-    Returns:
-        ``size``-shaped array of ``image``'s dtype.
-    """
-    _check_3d(image, "image")
-    if len(center) != 3:
-        raise ValueError(f"center must be (z, y, x), got {center!r}")
-    start = [int(c) - int(s) // 2 for c, s in zip(center, size)]
-    crop = crop_padded(image, start, size)
-    if mask_outside:
-        if label is None:
-            raise ValueError("mask_outside=True needs the label array")
-        if label.shape != image.shape:
-            raise ValueError(f"label shape {label.shape} differs from image shape {image.shape}")
-        crop[crop_padded(label, start, size) == 0] = 0
-    return crop

@@ -1,4 +1,4 @@
-"""Left/right split plane, kidney location, halves that stitch back exactly, kidney crops."""
+"""Left/right split plane (with and without a mask) and kidney location, on synthetic, phantom and real masks."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import pytest
 from scipy import ndimage
 
 from kidneyssl.io.geometry import Geometry, Side, Volume, to_canonical
-from kidneyssl.preprocessing.sides import (
+from kidneyssl.preprocessing.split_plane import (
     KidneyLocation,
     body_midline_x,
-    crop_padded,
     find_split_x,
-    half_bounds,
-    kidney_crop,
     locate_kidneys,
-    split_halves,
-    stitch_halves,
 )
 
 
@@ -119,76 +114,6 @@ def test_split_without_anything_or_with_empty_mask():
 def test_kidney_location_round_trips_through_dict():
     loc = KidneyLocation(center=(1, 2, 3), bbox=((0, 2), (1, 4), (2, 5)), voxels=7)
     assert KidneyLocation.from_dict(loc.to_dict()) == loc
-
-
-# --- halves --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("split_x", [0, 1, 17, 32, 63, 64])
-@pytest.mark.parametrize("context", [0, 5, 40])
-@pytest.mark.parametrize("multiple", [1, 16])
-def test_halves_stitch_back_exactly(split_x, context, multiple):
-    rng = np.random.default_rng(split_x * 100 + context)
-    a = rng.normal(size=(3, 5, 64)).astype(np.float32)
-    halves = split_halves(a, split_x, context, multiple)
-    right_width = -(-(split_x + context) // multiple) * multiple
-    left_width = -(-(64 - split_x + context) // multiple) * multiple
-    assert halves[Side.RIGHT].shape[-1] == min(64, right_width)
-    assert halves[Side.LEFT].shape[-1] == min(64, left_width)
-    if multiple == 16:  # a grid that is a multiple of 16 gives halves that need no padding
-        assert all(h.shape[-1] % 16 == 0 for h in halves.values())
-    np.testing.assert_array_equal(halves[Side.RIGHT][..., :split_x], a[..., :split_x])
-    back = stitch_halves(halves, split_x, 64, context, multiple)
-    assert back.dtype == a.dtype
-    np.testing.assert_array_equal(back, a)
-
-
-def test_stitch_takes_each_sides_own_columns_and_checks_widths():
-    a = np.arange(2 * 3 * 10, dtype=np.float32).reshape(1, 2, 3, 10)  # a leading channel axis
-    halves = {s: h.copy() for s, h in split_halves(a, 4, context=2).items()}
-    halves[Side.RIGHT][..., 4:] = -1  # context columns of the right half belong to the left side
-    halves[Side.LEFT][..., :2] = -1
-    np.testing.assert_array_equal(stitch_halves(halves, 4, 10, context=2), a)
-    assert half_bounds(10, 4, 2) == {Side.RIGHT: slice(0, 6), Side.LEFT: slice(2, 10)}
-    with pytest.raises(ValueError, match="width"):
-        stitch_halves({Side.RIGHT: a[..., :5], Side.LEFT: a[..., 4:]}, 4, 10)
-    with pytest.raises(ValueError, match="missing"):
-        stitch_halves({Side.RIGHT: a[..., :4]}, 4, 10)
-    with pytest.raises(ValueError, match="outside"):
-        split_halves(a, 11)
-
-
-# --- crops ---------------------------------------------------------------------------------------
-
-
-def test_crop_inside_equals_slice():
-    image = np.arange(10 * 12 * 14, dtype=np.float32).reshape(10, 12, 14)
-    crop = kidney_crop(image, center=(5, 6, 7), size=(4, 6, 8))
-    np.testing.assert_array_equal(crop, image[3:7, 3:9, 3:11])
-
-
-def test_crop_at_volume_borders_is_zero_padded():
-    image = np.arange(1, 5 * 6 * 7 + 1, dtype=np.float32).reshape(5, 6, 7)
-    crop = kidney_crop(image, center=(0, 0, 0), size=(2, 2, 2))  # box starts at (-1, -1, -1)
-    assert crop.shape == (2, 2, 2)
-    assert crop[1, 1, 1] == image[0, 0, 0] == 1.0
-    assert crop[0].sum() == 0 and crop[:, 0].sum() == 0 and crop[:, :, 0].sum() == 0
-    far = kidney_crop(image, center=(4, 5, 6), size=(4, 4, 4))  # box [2, 6) x [3, 7) x [4, 8)
-    np.testing.assert_array_equal(far[:3, :3, :3], image[2:5, 3:6, 4:7])
-    assert far[3].sum() == 0 and far[:, 3].sum() == 0 and far[:, :, 3].sum() == 0
-    assert not kidney_crop(image, center=(50, 50, 50), size=(2, 2, 2)).any()
-    assert crop_padded(image, (-3, 0, 0), (3, 2, 2)).sum() == 0
-
-
-def test_crop_mask_outside():
-    image = np.full((6, 6, 6), 2.0, dtype=np.float32)
-    label = np.zeros((6, 6, 6), dtype=np.uint8)
-    label[2:4, 2:4, 2:4] = 2  # tumour counts as kidney
-    crop = kidney_crop(image, (3, 3, 3), (4, 4, 4), label=label, mask_outside=True)
-    assert crop.sum() == 2.0 * 8 and crop[1:3, 1:3, 1:3].min() == 2.0
-    assert kidney_crop(image, (3, 3, 3), (4, 4, 4), label=label).sum() == 2.0 * 64  # default: off
-    with pytest.raises(ValueError, match="needs the label"):
-        kidney_crop(image, (3, 3, 3), (4, 4, 4), mask_outside=True)
 
 
 # --- real data -----------------------------------------------------------------------------------
