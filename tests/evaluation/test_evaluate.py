@@ -52,7 +52,7 @@ def test_ground_truth_as_prediction_scores_perfectly(tmp_path, capsys):
         assert r["dice"] == 1.0 and r["hd_mm"] == 0.0 and r["hd95_mm"] == 0.0 and r["bl_pct"] == 0.0
         assert r["nhd"] == 0.0 and r["dice_tumor"] == 1.0 and r["missing_prediction"] is False
     md = out.with_suffix(".md").read_text()
-    assert "| Dice | 1.000 ± 0.000 |" in md and "| Dice (tumour) | 1.000 ± 0.000 |" in md
+    assert "| Dice (DC) | 1.000 ± 0.000 |" in md and "| Dice (tumour) | 1.000 ± 0.000 |" in md
     assert "| HD (mm) | 0.000 ± 0.000 |" in md
     assert md in printed  # the summary is printed too
 

@@ -78,9 +78,9 @@ def test_table1_markdown_layout(per_case):
     md = table1_markdown(table1_rows(per_case))
     lines = md.strip().splitlines()
     assert lines[0] == "| Metric | MwoS | MwS | paper MwoS | paper MwS |"
-    assert lines[2].startswith("| DC | 0.567 ± 0.493 (n=3) | 0.925 ± 0.035 (n=2) | 0.907 | 0.931 |")
-    assert "| HD (mm) | 15.0 ± 7.1 (n=2, 1 missed) |" in md
-    assert "| normalised HD | 0.300 ± 0.141 (n=2, 1 missed) | 0.300 ± 0.000 (n=2) | – | – |" in md
+    assert lines[2].startswith("| Dice (DC) | 0.567 ± 0.493 | 0.925 ± 0.035 | 0.907 | 0.931 |")
+    assert "| HD (mm) | 15.0 ± 7.1 (n=2/3, 1 undefined) |" in md
+    assert "| normalised HD (not the paper's HD) | 0.300 ± 0.141 (n=2/3, 1 undefined) | 0.300 ± 0.000 | – | – |" in md
 
 
 def _experiment_rows(per_case):
@@ -126,7 +126,7 @@ def test_write_experiment_report_files_and_contents(tmp_path, per_case):
     assert float(table["MwoS (test)", "dice"]["mean"]) == pytest.approx(1.7 / 3)  # 3 cases x 2 seeds
     assert table["MwoS (test)", "dice"]["n"] == "6"
     assert table["MwoS (val)", "hd95_mm"]["n_missed"] == "2" and table["MwoS (val)", "hd95_mm"]["n"] == "4"
-    assert table["MwS-region (test)", "dice"]["label"] == "DC"
+    assert table["MwS-region (test)", "dice"]["label"] == "Dice (DC)"
 
     # paired differences over the 2 cases both models have, x 2 seeds: (0.1, 0.05) and (0.15, 0.1)
     dice_test = next(d for d in differences["paired"] if d["metric"] == "dice" and d["part"] == "test")
@@ -165,7 +165,7 @@ def test_report_single_epoch_nan_metrics_no_overlays(tmp_path):
     md = report.read_text()
     assert "Fig. 4 left out" in md and "fig4_overlays.png" not in md
     assert not (tmp_path / "fig4_overlays.png").exists()
-    assert "| HD (mm) | 3.0 ± – (n=1) | – ± – (n=0, 1 missed) | – | – |" in md
+    assert "| HD (mm) | 3.0 ± – | – ± – (n=0/1, 1 undefined) | – | – |" in md
     table = _table(tmp_path / "table1.csv")
     assert table["MwoS (test)", "bl_pct"]["mean"] == "nan" and table["MwoS (test)", "bl_pct"]["n_missed"] == "1"
     assert len(re.findall("data:image/png;base64,", (tmp_path / "report.html").read_text())) == 1

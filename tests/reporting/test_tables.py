@@ -36,7 +36,7 @@ def test_summary_markdown_single_reports_counts_and_undefined():
     rows = [_row("a", 0.9, 4.0), _row("b", 0.8, 6.0), _row("c", 0.0, float("nan"), empty_pred=True)]
     md = summary_markdown(summarize(rows), title="Validation")
     assert md.startswith("## Validation\n")
-    assert "| Dice | 0.567 ± 0.493 |" in md  # mean of 0.9, 0.8, 0.0; sample SD
+    assert "| Dice (DC) | 0.567 ± 0.493 |" in md  # mean of 0.9, 0.8, 0.0; sample SD
     assert "| HD95 (mm) | 5.000 ± 1.414 (n=2/3, 1 undefined) |" in md
     assert "| missed (empty prediction) | 1 |" in md and "| cases | 3 |" in md
     assert "a model that misses more can look better" in md
@@ -50,9 +50,9 @@ def test_summary_markdown_side_by_side():
     md = summary_markdown({"MwoS": a, "MwS": b})
     lines = md.splitlines()
     assert lines[0] == "| Metric | MwoS (mean ± SD) | MwS (mean ± SD) |"
-    dice_line = next(line for line in lines if line.startswith("| Dice |"))
-    assert dice_line == "| Dice | 0.910 ± 0.014 | 0.940 ± 0.014 |"
-    assert any(line.startswith("| normalised HD") and "0.0001 ± 0" in line for line in lines)
+    dice_line = next(line for line in lines if line.startswith("| Dice (DC) |"))
+    assert dice_line == "| Dice (DC) | 0.910 ± 0.014 | 0.940 ± 0.014 |"
+    assert any(line.startswith("| normalised HD") and "e-04 ± " in line for line in lines)  # tiny values keep their size
     assert "undefined" not in md  # complete summaries carry no warning
 
 

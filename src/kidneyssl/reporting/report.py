@@ -28,6 +28,7 @@ import numpy as np
 
 from kidneyssl.io.atomic import atomic_write_text
 from kidneyssl.reporting.figures import OverlayCase, plot_overlays
+from kidneyssl.reporting.tables import DIGITS, METRIC_LABELS, format_value, metric_cell
 
 __all__ = [
     "TABLE1_METRICS",
@@ -41,14 +42,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# (row key in the per-case metric rows, column label as in the paper's Table 1)
-TABLE1_METRICS: tuple[tuple[str, str], ...] = (
-    ("dice", "DC"),
-    ("hd_mm", "HD (mm)"),
-    ("hd95_mm", "HD95 (mm)"),
-    ("bl_pct", "BL (%)"),
-    ("nhd", "normalised HD"),
-)
+# (row key in the per-case metric rows, column label): the labels of reporting.tables.
+TABLE1_METRICS: tuple[tuple[str, str], ...] = tuple(
+    (key, METRIC_LABELS[key]) for key in ("dice", "hd_mm", "hd95_mm", "bl_pct", "nhd"))
 TABLE1_COLUMNS: tuple[str, ...] = (
     "model", "metric", "label", "mean", "sd", "n", "n_missed", "n_cases", "paper_value",
 )
@@ -123,15 +119,7 @@ def _write_text(path: Path, text: str) -> None:
     atomic_write_text(path, text)
 
 
-def _fmt(value: float, digits: int) -> str:
-    if not math.isfinite(value):
-        return "–"
-    if value != 0 and abs(value) < 10 ** -digits:  # e.g. normalised HD ~1e-4: keep its magnitude
-        return f"{value:.2e}"
-    return f"{value:.{digits}f}"
-
-
-_DIGITS = {"dice": 3, "hd_mm": 1, "hd95_mm": 1, "bl_pct": 1, "nhd": 3}
+_fmt = format_value
 
 
 def _table1_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
@@ -143,12 +131,10 @@ def _table1_cells(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[li
         line = [label]
         for model in models:
             r = next(r for r in rows if r["model"] == model and r["metric"] == key)
-            d = _DIGITS[key]
-            cell = f"{_fmt(r['mean'], d)} ± {_fmt(r['sd'], d)}"
-            cell += f" (n={r['n']}, {r['n_missed']} missed)" if r["n_missed"] else f" (n={r['n']})"
-            line.append(cell)
+            line.append(metric_cell({"mean": r["mean"], "sd": r["sd"], "n": r["n"], "n_nan": r["n_missed"]},
+                                    int(r["n_cases"]), DIGITS[key]))
         for model in paper_models:
-            line.append(_fmt(PAPER_TABLE1[model].get(key, math.nan), _DIGITS[key]))
+            line.append(_fmt(PAPER_TABLE1[model].get(key, math.nan), DIGITS[key]))
         body.append(line)
     return header, body
 

@@ -14,17 +14,20 @@ from typing import Any, Iterable, Mapping
 
 from kidneyssl.io.atomic import atomic_write_text
 
-__all__ = ["METRIC_LABELS", "write_case_table", "read_case_table", "summary_markdown"]
+__all__ = ["METRIC_LABELS", "DIGITS", "format_value", "metric_cell", "write_case_table", "read_case_table",
+           "summary_markdown"]
 
 #: Column labels of the summary table, in table order (unknown metrics follow, by key).
 METRIC_LABELS: dict[str, str] = {
-    "dice": "Dice",
+    "dice": "Dice (DC)",
     "dice_tumor": "Dice (tumour)",
     "hd_mm": "HD (mm)",
     "hd95_mm": "HD95 (mm)",
     "bl_pct": "BL (%)",
-    "nhd": "normalised HD (paper's 'HD')",
+    "nhd": "normalised HD (not the paper's HD)",
 }
+#: Decimals shown per metric in reports (others: 3).
+DIGITS: dict[str, int] = {"dice": 3, "dice_tumor": 3, "hd_mm": 1, "hd95_mm": 1, "bl_pct": 1, "nhd": 3}
 
 
 def _cell(value: Any) -> str:
@@ -75,14 +78,20 @@ def read_case_table(path_csv: str | Path) -> list[dict[str, Any]]:
         return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
-def _fmt(x: float, digits: int) -> str:
-    if math.isnan(x):
-        return "n/a"
-    return f"{x:.{digits}f}" if abs(x) >= 10 ** -digits or x == 0 else f"{x:.{digits}g}"
+def format_value(x: float, digits: int) -> str:
+    """A metric value for a table: ``digits`` decimals, ``–`` when undefined (NaN/inf), and
+    scientific notation for tiny non-zero values (e.g. normalised HD ~1e-4) so they keep their size."""
+    if not math.isfinite(x):
+        return "–"
+    if x != 0 and abs(x) < 10 ** -digits:
+        return f"{x:.2e}"
+    return f"{x:.{digits}f}"
 
 
-def _metric_cell(stats: Mapping[str, Any], n_cases: int, digits: int) -> str:
-    text = f"{_fmt(stats['mean'], digits)} ± {_fmt(stats['sd'], digits)}"
+def metric_cell(stats: Mapping[str, Any], n_cases: int, digits: int) -> str:
+    """``mean ± sd``, with ``(n=k/N, m undefined)`` when the mean leaves cases out: the one cell
+    format of every metric table (``evaluate``'s summary and the experiment's Table 1)."""
+    text = f"{format_value(stats['mean'], digits)} ± {format_value(stats['sd'], digits)}"
     notes = []
     if stats.get("n_nan"):
         notes.append(f"n={stats['n']}/{n_cases}, {stats['n_nan']} undefined")
@@ -120,7 +129,7 @@ def summary_markdown(summary: Mapping[str, Any], title: str | None = None, digit
     lines.append("|---" * (len(names) + 1) + "|")
     for key in _metric_keys(summaries):
         cells = [
-            _metric_cell(s[key], int(s.get("n_cases", 0)), digits) if key in s else "—" for s in summaries.values()
+            metric_cell(s[key], int(s.get("n_cases", 0)), digits) if key in s else "—" for s in summaries.values()
         ]
         lines.append(f"| {METRIC_LABELS.get(key, key)} | " + " | ".join(cells) + " |")
     for label, key in (("cases", "n_cases"), ("missed (empty prediction)", "n_missed"),
