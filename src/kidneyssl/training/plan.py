@@ -83,7 +83,7 @@ class PlanOptions:
 
     announce: bool = True
     probe: bool = True
-    probe_steps: int = 2
+    probe_steps: int = 1
     dry_run: bool = False
     assume_yes: bool = False
     max_hours: float = DEFAULT_MAX_HOURS
@@ -355,7 +355,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, m
 
 def estimate_stage(name: str, kind: str, cfg: Any, cache: Any, split: Any, ctx: Any, *, model: Any = None,
                    optimizer: Any = None, start_epoch: int = 0, accumulate: int = 1, probe: bool = True,
-                   probe_steps: int = 2) -> StagePlan:
+                   probe_steps: int = 1) -> StagePlan:
     """Plan one stage and, with ``probe``, estimate its duration on ``ctx.device``.
 
     Args:
@@ -516,8 +516,8 @@ def announce_plan(stages: Sequence[StagePlan], options: PlanOptions, *, ctx: Any
     limit_s = options.max_hours * 3600.0
     if total is not None and total > limit_s:
         tips = _suggestions(stages, limit_s, cfg)
-        log.warning("this run is estimated to take ~%s, more than the %s limit (--max-hours %g).%s",
-                    format_duration(total), format_duration(limit_s), options.max_hours,
+        log.warning("this run is estimated to take ~%s, more than the %g h limit (--max-hours).%s",
+                    format_duration(total), options.max_hours,
                     " What would fit: " + "; ".join(tips) + "." if tips else "")
         interactive = options.interactive
         if interactive is None:
