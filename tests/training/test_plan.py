@@ -145,3 +145,31 @@ def test_dry_run_writes_nothing(tiny_cache: Path, tiny_overrides: list[str], tmp
                "--device", "cpu", "--dry-run", "--force", "--no-probe"])
     assert rc == 0 and {p.name: p.read_bytes() for p in held.iterdir()} == before
     assert "estimate: none" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_experiment_wide_plan_from_fresh_models(tiny_cache: Path, tiny_cfg) -> None:
+    """What ``run_experiment`` does: estimate each stage before any exists, print one plan."""
+    import dataclasses
+
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.finetune import resolve_split
+    from kidneyssl.training.plan import estimate_stage
+
+    cache = open_cache(tiny_cache, expected=tiny_cfg.preprocess)
+    split = resolve_split(cache, tiny_cfg, None)
+    ctx = init_distributed("cpu")
+    rng = torch.get_rng_state().clone()
+    pre = estimate_stage("pretrain", "siamese", tiny_cfg, cache, split, ctx)  # probed on a fresh model
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert pre.seconds_per_epoch and pre.seconds_per_epoch > 0
+    # (the segmentation probe runs in every train_segmentation test; here it is only planned)
+    mws = estimate_stage("MwS", "segmentation", tiny_cfg, cache, split, ctx, probe=False)
+    mws = dataclasses.replace(mws, seconds_per_iteration=2.0, seconds_per_val_unit=1.0)
+    stages = [pre, mws, dataclasses.replace(mws, name="MwoS")]
+    assert mws.iterations_per_epoch == 2 * len(split.train) and mws.val_units == len(split.val)
+    assert pre.steps_per_epoch == tiny_cfg.pretrain.pairs_per_epoch // tiny_cfg.pretrain.batch_size
+    assert remaining_after(stages, "pretrain") == pytest.approx(2 * mws.remaining_seconds)
+    text = format_plan(stages)
+    assert text.count("(segmentation)") == 2 and "total: ~" in text
