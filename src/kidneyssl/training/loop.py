@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EpochResult:
-    """Mean training loss (and named loss parts) over every item of every rank in one epoch."""
+    """Mean training loss (and named loss parts) over every item of every rank in one epoch;
+    ``seconds`` (wall) and ``data_seconds`` (waiting for items) are this rank's."""
 
     loss: float
     parts: dict[str, float]
