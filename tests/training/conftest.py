@@ -66,3 +66,21 @@ def pretrain_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tin
     out = tmp_path_factory.mktemp("pretrain") / "run"
     pretrain_siamese(tiny_cache, out, tiny_cfg, device="cpu")
     return out
+
+
+@pytest.fixture(scope="session")
+def cli_pretrain_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path) -> tuple[Path, str]:
+    """``kidneyssl pretrain`` (2 epochs, with the plan's probe) on the tiny cache: (run folder, stderr)."""
+    import contextlib
+    import io
+
+    from kidneyssl.cli.main import main
+
+    out = tmp_path_factory.mktemp("cli_pretrain") / "run"
+    sets = [arg for item in TINY_OVERRIDES for arg in ("--set", item)]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(["pretrain", "--cache", str(tiny_cache), "--out", str(out), "--preset", "demo", *sets,
+                   "--device", "cpu", "--yes"])
+    assert rc == 0, err.getvalue()[-3000:]
+    return out, err.getvalue()

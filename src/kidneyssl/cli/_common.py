@@ -1,12 +1,19 @@
-"""Options shared by several subcommands: presets, config files and ``--set`` overrides."""
+"""Options shared by several subcommands: presets, config files and ``--set`` overrides; the plan
+before a training run (``--dry-run``, ``--yes``, ``--max-hours``) and the run summary after it."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+from typing import Any, Mapping
 
 from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, load_preset
 
-__all__ = ["add_config_arguments", "resolve_config", "add_dataset_arguments", "dataset_options"]
+__all__ = ["add_config_arguments", "resolve_config", "add_dataset_arguments", "dataset_options",
+           "add_plan_arguments", "plan_options", "log_run_summary"]
+
+log = logging.getLogger("kidneyssl.cli")
 
 _FORMATS = ("auto", "kits19", "kits23", "nnunet", "pairs")  # as kidneyssl.io.datasets.FORMATS
 
@@ -53,3 +60,33 @@ def dataset_options(args: argparse.Namespace) -> dict:
         raise KidneySSLError(f"--kidney-labels: {err}") from None
     fmt = getattr(args, "data_format", "auto")
     return {"data_format": None if fmt == "auto" else fmt, "kidney_labels": labels}
+
+
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dry-run``, ``--yes``, ``--max-hours`` and ``--no-probe`` to ``parser``."""
+    from kidneyssl.training.plan import DEFAULT_MAX_HOURS
+
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the plan and time estimate, then stop (nothing is written to --out)")
+    parser.add_argument("-y", "--yes", action="store_true",
+                        help="never ask before a run estimated over --max-hours (scripts)")
+    parser.add_argument("--max-hours", type=float, default=DEFAULT_MAX_HOURS, metavar="H",
+                        help=f"call out plans estimated longer than H hours (default {DEFAULT_MAX_HOURS:g})")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="plan without timing a few steps on the device (no time estimate)")
+
+
+def plan_options(args: argparse.Namespace) -> Any:
+    """The :class:`kidneyssl.training.plan.PlanOptions` of the command line (asks only on a terminal)."""
+    from kidneyssl.training.plan import PlanOptions
+
+    return PlanOptions(probe=not args.no_probe, dry_run=args.dry_run, assume_yes=args.yes,
+                       max_hours=args.max_hours, interactive=None)
+
+
+def log_run_summary(run_dir: str | Path, stage_seconds: Mapping[str, float], metrics: Mapping[str, Any]) -> None:
+    """Log what the command wrote where, its metrics, wall time and peak memory (rank 0)."""
+    from kidneyssl.training.logs import format_run_summary, is_main_process
+
+    if is_main_process():
+        log.info("%s", format_run_summary(run_dir, stage_seconds, metrics))

@@ -68,8 +68,8 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kidneyssl`` console script. Returns the process exit status."""
-    from kidneyssl.errors import KidneySSLError
     from kidneyssl.config import ConfigError
+    from kidneyssl.errors import KidneySSLError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args).preprocess
     summary = prepare_dataset(args.data, args.out, cfg, workers=args.workers, force=args.force,
                               **dataset_options(args))
-    for case_id, reasons in sorted(summary.failed.items()):
+    for _case_id, reasons in sorted(summary.failed.items()):
         print(" | ".join(reasons), flush=True)
     print(f"prepared {args.data} -> {args.out}: {summary}")
     return 1 if summary.failed else 0

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
-from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli._common import (
+    add_config_arguments,
+    add_plan_arguments,
+    log_run_summary,
+    plan_options,
+    resolve_config,
+)
 
 __all__ = ["add_arguments", "run", "add_run_arguments"]
 
@@ -13,13 +20,14 @@ log = logging.getLogger(__name__)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options every training command shares: resume/force/extend, device."""
+    """Options every training command shares: resume/force/extend, device, the plan."""
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run in --out exactly (uses its saved config)")
     parser.add_argument("--force", action="store_true", help="start over in an --out that holds a run")
     parser.add_argument("--extend-epochs", type=int, default=0, metavar="N",
                         help="continue a FINISHED run with N more epochs (schedule over the new total)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    add_plan_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +41,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.pretrain import pretrain_siamese
 
+    t0 = time.perf_counter()
     result = pretrain_siamese(args.cache, args.out, resolve_config(args), split_file=args.split,
                               resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
-                              device=args.device)
+                              device=args.device, plan=plan_options(args))
+    if args.dry_run:
+        return 0
     log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",
              result.best_epoch + 1, result.best_val_loss, result.last_val_accuracy, result.run_dir)
+    log_run_summary(result.run_dir, {"pretrain": time.perf_counter() - t0},
+                    {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
+                     "last val pair accuracy": result.last_val_accuracy})
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 
-from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli._common import add_config_arguments, log_run_summary, plan_options, resolve_config
 from kidneyssl.cli.pretrain import add_run_arguments
 
 __all__ = ["add_arguments", "run"]
@@ -32,10 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.finetune import train_segmentation
 
+    t0 = time.perf_counter()
     result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init,
                                 split_file=args.split, resume=args.resume, force=args.force,
                                 extend_epochs=args.extend_epochs, device=args.device,
-                                accumulate=args.grad_accum, allow_init_overlap=args.allow_init_overlap)
+                                accumulate=args.grad_accum, allow_init_overlap=args.allow_init_overlap,
+                                plan=plan_options(args))
+    if args.dry_run:
+        return 0
     log.info("training done: best val Dice %.4f at epoch %d, last %.4f; checkpoints in %s",
              result.best_dice, result.best_epoch + 1, result.last_dice, result.run_dir)
+    log_run_summary(result.run_dir, {"train": time.perf_counter() - t0},
+                    {"best epoch": result.best_epoch + 1, "best val Dice": result.best_dice,
+                     "last val Dice": result.last_dice})
     return 0

@@ -41,24 +41,10 @@ from kidneyssl.training.distributed import (
     unwrap,
     wrap_ddp,
 )
-from kidneyssl.training.loop import (
-    build_grad_scaler,
-    build_optimizer,
-    epoch_order,
-    train_one_epoch,
-)
-from kidneyssl.training.runfolder import (
-    RunFolder,
-    Split,
-    begin_run,
-    load_split,
-    make_split,
-)
-from kidneyssl.training.seeding import (
-    capture_rng_state,
-    restore_rng_state,
-    seed_everything,
-)
+from kidneyssl.training.loop import build_grad_scaler, build_optimizer, epoch_order, train_one_epoch
+from kidneyssl.training.plan import PlanOptions
+from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
+from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
 __all__ = ["TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
            "resolve_split", "effective_config", "check_init_cases", "resolve_pos_weight"]
@@ -249,7 +235,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
                        init: str = "scratch", split_file: str | Path | None = None, resume: bool = False,
                        force: bool = False, extend_epochs: int = 0, device: str = "auto",
                        accumulate: int = 1, allow_init_overlap: bool = False,
-                       ctx: DistContext | None = None) -> TrainResult:
+                       ctx: DistContext | None = None, plan: PlanOptions | None = None) -> TrainResult:
     """Train (or resume/extend) a segmentation run in ``out_dir``.
 
     Args:
@@ -266,6 +252,9 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         allow_init_overlap: accept a siamese checkpoint that touched validation/test cases of
             this split (recorded in ``run.json``); by default such a checkpoint is refused.
         ctx: an existing distributed context (default: initialised from the environment).
+        plan: planning before the first step (:mod:`kidneyssl.training.plan`); default: probe
+            and print the plan, never ask. With ``dry_run`` nothing is written and the result
+            has ``best_epoch == -1`` and an empty history.
 
     Raises:
         KidneySSLError (RunFolderError, CheckpointError, DataError): before training starts, for
@@ -276,11 +265,14 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
     from kidneyssl.data.segmentation import HalfVolumeDataset
     from kidneyssl.losses import bce_dice_weights
     from kidneyssl.models import build_segmentation_model
+    from kidneyssl.training.logs import RunLogger
+    from kidneyssl.training.plan import announce_plan, estimate_stage
 
+    plan = plan or PlanOptions()
     ctx = ctx or init_distributed(device)
     folder = RunFolder(out_dir)
     cfg, info = begin_run(folder, "segmentation", cfg, section="train", resume=resume, force=force,
-                          extend_epochs=extend_epochs, is_main=ctx.is_main)
+                          extend_epochs=extend_epochs, is_main=ctx.is_main and not plan.dry_run)
     cfg = effective_config(cfg)
     if info is not None:
         cache_dir = cache_dir or info.get("cache")
@@ -316,6 +308,12 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             scaler.load_state_dict(state["scaler"])
         start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
         restore_rng_state(state["rng"])
+    # -- plan before the work: a probe on copies (no RNG trace), printed; --dry-run stops here --
+    stage = estimate_stage(plan.stage_name or "train", "segmentation", cfg, cache, split, ctx, model=model,
+                           optimizer=optimizer, start_epoch=start_epoch, accumulate=accumulate,
+                           probe=plan.announce and plan.probe and ctx.is_main, probe_steps=plan.probe_steps)
+    if not announce_plan([stage], plan, ctx=ctx, cfg=cfg):
+        return TrainResult(folder.path, -1, float("nan"), float("nan"), [])
     epochs = cfg.train.epochs
     run_info = {"kind": "segmentation", "status": "running", "cache": str(Path(cache_dir).resolve()),
                 "init": str(init), "epochs": epochs, "world_size": ctx.world_size,
@@ -327,6 +325,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
+    logger = RunLogger(folder.path, stage, enabled=ctx.is_main, later_seconds=plan.later_seconds)
 
     net = wrap_ddp(model, ctx)
     log.info("segmentation: %d training halves (%d cases), %d validation cases, epochs %d..%d, init %s",
@@ -338,7 +337,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         result = train_one_epoch(
             net, (dataset[i] for i in order), _segmentation_loss(cfg, epoch, ctx.device, pos_weight),
             optimizer, ctx, accumulate=accumulate, scaler=scaler, amp=cfg.train.amp, total=len(order),
-            desc=f"epoch {epoch + 1}/{epochs}")
+            desc=f"epoch {epoch + 1}/{epochs}", on_step=logger.on_step(epoch))
         per_case = validate_segmentation(net, cache, split.val, cfg, ctx)
         val_dice = float(np.mean(list(per_case.values())))
         row = {"epoch": epoch, "train_loss": result.loss, **result.parts, "val_dice": val_dice,
@@ -354,7 +353,9 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             _plot(history, folder.path / "history.png")
         log.info("epoch %d/%d  loss %.4f  val Dice %.4f  (w_bce %.2f, w_dice %.2f)  %.1f s",
                  epoch + 1, epochs, result.loss, val_dice, w_bce, w_dice, row["seconds"])
+        logger.end_epoch(row, result, optimizer)  # history.csv, TensorBoard, ETA line
         broadcast_object(None, ctx)  # keep ranks in step with rank 0's writes
+    logger.close()
     if ctx.is_main:
         folder.write_info({**run_info, "status": "finished", "best": best})
         history = folder.read_history()

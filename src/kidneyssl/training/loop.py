@@ -15,13 +15,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from kidneyssl.progress import progress
 from kidneyssl.training.distributed import DistContext, all_reduce_sum
 
-__all__ = ["EpochResult", "epoch_order", "train_one_epoch", "build_optimizer", "build_grad_scaler",
+__all__ = ["EpochResult", "StepStats", "epoch_order", "train_one_epoch", "build_optimizer", "build_grad_scaler",
            "autocast_context"]
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,46 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class EpochResult:
-    """Mean training loss (and named loss parts) over every item of every rank in one epoch."""
+    """Mean training loss (and named loss parts) over every item of every rank in one epoch;
+    ``seconds`` (wall) and ``data_seconds`` (waiting for items) are this rank's."""
 
     loss: float
     parts: dict[str, float]
     items: int
     steps: int
+    seconds: float = 0.0
+    data_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """One optimiser step on this rank, as reported to ``train_one_epoch(on_step=...)``.
+
+    Attributes:
+        step: index of the step within the epoch.
+        loss, parts: means over the step's items (this rank).
+        lr: learning rate of the first parameter group.
+        seconds: wall time of the step, loading included; data_seconds: of which waiting for items.
+    """
+
+    step: int
+    loss: float
+    parts: dict[str, float]
+    lr: float
+    seconds: float
+    data_seconds: float
+
+
+def _timed_iter(iterable: Iterable[Any]) -> Iterator[tuple[Any, float]]:
+    """``(item, seconds spent in next())`` for each item: the data-loading time."""
+    iterator = iter(iterable)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        yield item, time.perf_counter() - t0
 
 
 def epoch_order(n_items: int, epoch: int, seed: int, ctx: DistContext, shuffle: bool = True) -> list[int]:
@@ -77,7 +112,8 @@ def autocast_context(amp: bool, device: Any) -> Any:
 
 def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
                     optimizer: Any, ctx: DistContext, *, accumulate: int = 1, scaler: Any | None = None,
-                    amp: bool = False, total: int | None = None, desc: str = "train") -> EpochResult:
+                    amp: bool = False, total: int | None = None, desc: str = "train",
+                    on_step: Callable[[StepStats], None] | None = None) -> EpochResult:
     """Run one epoch of optimisation.
 
     Args:
@@ -90,6 +126,7 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
         scaler: a ``GradScaler`` for CUDA mixed precision, or None.
         amp: run forward passes under float16 autocast (CUDA only).
         total: number of items, for the progress bar.
+        on_step: called after every optimiser step with its :class:`StepStats` (logging).
 
     Returns:
         :class:`EpochResult` with the loss averaged over all ranks' items (sum of per-item means
@@ -106,7 +143,13 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
     items = list(items) if total is None else items
     total = len(items) if total is None else total  # type: ignore[arg-type]
     n_groups = math.ceil(total / accumulate)
-    for i, item in enumerate(progress(items, desc=desc, total=total, unit="item", leave=False)):
+    epoch_t0, data_total = time.perf_counter(), 0.0
+    for i, (item, waited) in enumerate(_timed_iter(progress(items, desc=desc, total=total, unit="item",
+                                                            leave=False))):
+        if i % accumulate == 0:  # first item of an optimiser step
+            step_t0, step_data, step_loss, step_n, step_parts = time.perf_counter() - waited, 0.0, 0.0, 0, {}
+        step_data += waited
+        data_total += waited
         group_end = (i + 1) % accumulate == 0 or i + 1 == total
         # The last group may be shorter: scale its micro-losses by its own size.
         group_size = accumulate if (i // accumulate) < n_groups - 1 else total - (n_groups - 1) * accumulate
@@ -137,10 +180,19 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
         count += n
         for key, v in parts.items():
             part_sums[key] = part_sums.get(key, 0.0) + float(v) * n
+        if on_step is not None:
+            step_loss, step_n = step_loss + value * n, step_n + n
+            for key, v in parts.items():
+                step_parts[key] = step_parts.get(key, 0.0) + float(v) * n
+            if group_end:
+                on_step(StepStats(steps - 1, step_loss / max(step_n, 1),
+                                  {k: v / max(step_n, 1) for k, v in step_parts.items()},
+                                  float(optimizer.param_groups[0]["lr"]), time.perf_counter() - step_t0, step_data))
     keys = sorted(part_sums)
     reduced = all_reduce_sum([loss_sum, count] + [part_sums[k] for k in keys], ctx)
     total_count = max(reduced[1], 1.0)
     return EpochResult(loss=reduced[0] / total_count,
                        parts={k: reduced[2 + j] / total_count for j, k in enumerate(keys)},
-                       items=int(reduced[1]), steps=steps)
+                       items=int(reduced[1]), steps=steps, seconds=time.perf_counter() - epoch_t0,
+                       data_seconds=data_total)
 

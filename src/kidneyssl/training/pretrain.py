@@ -40,6 +40,7 @@ from kidneyssl.training.distributed import (
 )
 from kidneyssl.training.finetune import resolve_split
 from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
+from kidneyssl.training.plan import PlanOptions
 from kidneyssl.training.runfolder import RunFolder, Split, begin_run
 from kidneyssl.training.seeding import (
     capture_rng_state,
@@ -153,8 +154,8 @@ def evaluate_pairs(model: Any, dataset: Any, cfg: ExperimentConfig, ctx: DistCon
 
 def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: ExperimentConfig, *,
                      split_file: str | Path | None = None, resume: bool = False, force: bool = False,
-                     extend_epochs: int = 0, device: str = "auto", ctx: DistContext | None = None
-                     ) -> PretrainResult:
+                     extend_epochs: int = 0, device: str = "auto", ctx: DistContext | None = None,
+                     plan: PlanOptions | None = None) -> PretrainResult:
     """Train (or resume/extend) the siamese network in ``out_dir``.
 
     Args:
@@ -163,8 +164,9 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         cfg: resolved config (on resume the run's saved config.yaml is used instead).
         split_file: case split to use; default: derived from (cases, train.val_fraction, train.seed),
             i.e. the same split segmentation derives.
-        resume, force, extend_epochs, device, ctx: as in
-            :func:`kidneyssl.training.finetune.train_segmentation`.
+        resume, force, extend_epochs, device, ctx, plan: as in
+            :func:`kidneyssl.training.finetune.train_segmentation` (a dry run returns
+            ``best_epoch == -1`` and an empty history).
 
     Raises:
         KidneySSLError: before training, for a cache of another config, no kidneys/cases,
@@ -172,11 +174,14 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
     """
     from kidneyssl.data.cache import open_cache
     from kidneyssl.models import build_siamese_model
+    from kidneyssl.training.logs import RunLogger
+    from kidneyssl.training.plan import announce_plan, estimate_stage
 
+    plan = plan or PlanOptions()
     ctx = ctx or init_distributed(device)
     folder = RunFolder(out_dir)
     cfg, info = begin_run(folder, "siamese", cfg, section="pretrain", resume=resume, force=force,
-                          extend_epochs=extend_epochs, is_main=ctx.is_main)
+                          extend_epochs=extend_epochs, is_main=ctx.is_main and not plan.dry_run)
     if info is not None:
         cache_dir = cache_dir or info.get("cache")
         split_file = folder.split_path
@@ -204,12 +209,19 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, best = int(state["epoch"]) + 1, dict(state["best"])
         restore_rng_state(state["rng"])
+    # -- plan before the work: a probe on copies (no RNG trace), printed; --dry-run stops here --
+    stage = estimate_stage(plan.stage_name or "pretrain", "siamese", cfg, cache, split, ctx, model=model,
+                           optimizer=optimizer, start_epoch=start_epoch,
+                           probe=plan.announce and plan.probe and ctx.is_main, probe_steps=plan.probe_steps)
+    if not announce_plan([stage], plan, ctx=ctx, cfg=cfg):
+        return PretrainResult(folder.path, -1, float("nan"), float("nan"), [])
     run_info = {"kind": "siamese", "status": "running", "cache": str(Path(cache_dir).resolve()),
                 "epochs": pc.epochs, "world_size": ctx.world_size, "proxy_input": pc.proxy_input,
                 "proxy_train_cases": list(proxy.train), "proxy_val_cases": list(proxy.val)}
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
+    logger = RunLogger(folder.path, stage, enabled=ctx.is_main, later_seconds=plan.later_seconds)
     net = wrap_ddp(model, ctx)
     log.info("pretrain (%s crops): %d proxy training cases, %d proxy validation cases (%d fixed pairs), "
              "all from the segmentation training cases; epochs %d..%d", pc.proxy_input, len(proxy.train),
@@ -221,7 +233,8 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         order = epoch_order(len(train_pairs), epoch, pc.seed, ctx)
         n_batches = -(-len(order) // pc.batch_size)
         result = train_one_epoch(net, _batches(train_pairs, order, pc.batch_size), compute, optimizer, ctx,
-                                 total=n_batches, desc=f"pretrain {epoch + 1}/{pc.epochs}")
+                                 total=n_batches, desc=f"pretrain {epoch + 1}/{pc.epochs}",
+                                 on_step=logger.on_step(epoch))
         val_loss, val_acc = evaluate_pairs(net, val_pairs, cfg, ctx)
         row = {"epoch": epoch, "train_loss": result.loss, **result.parts, "val_loss": val_loss,
                "val_accuracy": val_acc, "seconds": time.perf_counter() - t0}
@@ -242,7 +255,9 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
             _plot(history, folder.path / "history.png")
         log.info("pretrain epoch %d/%d  loss %.4f  val loss %.4f  val pair accuracy %.3f  %.1f s",
                  epoch + 1, pc.epochs, result.loss, val_loss, val_acc, row["seconds"])
+        logger.end_epoch(row, result, optimizer)  # history.csv, TensorBoard, ETA line
         broadcast_object(None, ctx)
+    logger.close()
     if ctx.is_main:
         folder.write_info({**run_info, "status": "finished", "best": best})
         history = folder.read_history()

@@ -7,6 +7,8 @@ A run folder holds::
     split.json      {"seed", "val_fraction", "test_fraction", "train", "val", "test"} (case ids)
     history.jsonl   one JSON object per finished epoch
     history.png     the history plot, refreshed every epoch
+    history.csv, steps.csv, tb/   scalars per epoch / per step, TensorBoard events
+                    (:mod:`kidneyssl.training.logs`)
     last.pt         checkpoint after every epoch (atomic), used by --resume
     best.pt         checkpoint of the best validation epoch
 
@@ -34,7 +36,9 @@ log = logging.getLogger(__name__)
 
 #: Files a training run writes; ``--force`` removes exactly these (never anything else).
 RUN_FILES = ("run.json", "config.yaml", "split.json", "history.jsonl", "history.png", "last.pt",
-             "best.pt")
+             "best.pt", "history.csv", "steps.csv")
+#: Folders a training run writes (TensorBoard events); ``--force`` removes these too.
+RUN_DIRS = ("tb",)
 
 
 @dataclass(frozen=True)
@@ -225,6 +229,8 @@ class RunFolder:
                 target.unlink()
         for tmp in self.path.glob(".*.tmp*"):
             tmp.unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(self.path / name, ignore_errors=True)
 
     # -- history ------------------------------------------------------------------------------
     def read_history(self) -> list[dict[str, Any]]:
