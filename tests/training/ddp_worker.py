@@ -34,7 +34,7 @@ def main(out: str, accumulate: int, epochs: int) -> None:
     seed_everything(0)
     model = build_segmentation_model(ModelConfig(init_features=4, growth_rate=4, norm_groups=2, embedding_dim=8,
                                                  reconstruction=True))
-    train_cfg = SegTrainConfig(epochs=epochs)
+    train_cfg = SegTrainConfig(epochs=epochs, pos_weight=1.0)
     criterion = BCEDiceLoss(train_cfg.pos_weight)
     optimizer = build_optimizer(model, 1e-3, 1e-2)
     net = model

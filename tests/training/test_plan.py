@@ -11,8 +11,16 @@ import pytest
 import torch
 
 from kidneyssl.cli.main import main
-from kidneyssl.training.plan import (PlanDeclined, PlanOptions, StagePlan, announce_plan, format_duration,
-                                     format_plan, probe_training, remaining_after)
+from kidneyssl.training.plan import (
+    PlanDeclined,
+    PlanOptions,
+    StagePlan,
+    announce_plan,
+    format_duration,
+    format_plan,
+    probe_training,
+    remaining_after,
+)
 
 
 def _stage(name: str = "train", seconds: float | None = 60.0, epochs: int = 200, **kw) -> StagePlan:

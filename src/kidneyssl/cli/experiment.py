@@ -8,7 +8,9 @@ import logging
 from kidneyssl.cli._common import (
     add_config_arguments,
     add_dataset_arguments,
+    add_plan_arguments,
     dataset_options,
+    plan_options,
     resolve_config,
 )
 
@@ -31,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes for prepare")
     add_config_arguments(parser)
     add_dataset_arguments(parser)
+    add_plan_arguments(parser)
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
                             test_data=args.test_data, force=args.force, device=args.device,
-                            workers=args.workers, **dataset_options(args))
+                            workers=args.workers, plan=plan_options(args), **dataset_options(args))
+    if result is None:  # --dry-run
+        return 0
     print_result(result)
     return 0

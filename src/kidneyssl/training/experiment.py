@@ -51,6 +51,7 @@ from kidneyssl.training.distributed import (
     init_distributed,
     shard,
 )
+from kidneyssl.training.plan import PlanOptions, announce_plan, remaining_after
 
 __all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "model_names", "seed_config"]
 
@@ -176,6 +177,29 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
     return [merged_rows[c] for c in case_ids], merged_masks
 
 
+def _plan_experiment(cfg: ExperimentConfig, cache: Any, split: Any, ctx: DistContext, done: dict[str, Any],
+                     names: dict[str, str], options: Any) -> list[Any]:
+    """The stages still to run, each seed and proxy variant, with time estimates from one probe of
+    a pretraining step and one of a segmentation step (they cost the same for every seed)."""
+    from kidneyssl.training.plan import estimate_stage
+
+    probe = options.probe and options.announce and ctx.is_main
+    seed0 = cfg.protocol.seeds[0]
+    pending = [(s, v) for s in cfg.protocol.seeds for v in cfg.protocol.proxy_variants
+               if done.get(f"seed_{s}/pretrain_{v}") != "done"]
+    pending_train = [(s, n) for s in cfg.protocol.seeds for n in names if done.get(f"seed_{s}/train_{n}") != "done"]
+    out = []
+    if pending:
+        siamese = estimate_stage("pretrain", "siamese", seed_config(cfg, seed0), cache, split, ctx, probe=probe)
+        out += [dataclasses.replace(siamese, name=f"seed_{s}/pretrain_{v}") for s, v in pending]
+    if pending_train:
+        seg = estimate_stage("train", "segmentation", seed_config(cfg, seed0), cache, split, ctx, probe=probe)
+        out += [dataclasses.replace(seg, name=f"seed_{s}/train_{n}") for s, n in pending_train]
+    keys = [f"seed_{s}/{k}" for s in cfg.protocol.seeds
+            for k in [f"pretrain_{v}" for v in cfg.protocol.proxy_variants] + [f"train_{n}" for n in names]]
+    return sorted(out, key=lambda p: keys.index(p.name))
+
+
 def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, is_main: bool) -> Any:
     """The experiment's split, made once and kept in ``RUN/split.json``."""
     from kidneyssl.training.finetune import annotated_case_ids
@@ -195,8 +219,8 @@ def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, i
 def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentConfig, *,
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
                    force: bool = False, device: str = "auto", workers: int | None = None,
-                   data_format: str | None = None,
-                   kidney_labels: tuple[int, ...] | None = None) -> ExperimentResult:
+                   data_format: str | None = None, kidney_labels: tuple[int, ...] | None = None,
+                   plan: Any = None) -> ExperimentResult | None:
     """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
 
     Args:
@@ -212,6 +236,11 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         data_format, kidney_labels: dataset format (``kits19``, ``kits23``, ``nnunet``, ``pairs``;
             default: detected) and the labels forming the kidney target (default: the format's);
             see :func:`kidneyssl.io.datasets.open_dataset`. ``test_data`` is read the same way.
+        plan: :class:`kidneyssl.training.plan.PlanOptions`. Before the first training step the
+            whole remaining experiment is planned (every seed's stages, with a timed probe of one
+            pretraining and one segmentation step on the device) and printed; each stage's epoch
+            lines then carry the experiment's ETA. With ``dry_run`` the caches are prepared (the
+            probe needs them), the plan is printed and nothing else runs (returns ``None``).
     """
     from kidneyssl.data.cache import open_cache, prepare_dataset
     from kidneyssl.io.datasets import open_dataset
@@ -280,6 +309,16 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
              list(cfg.protocol.seeds), list(cfg.protocol.proxy_variants))
 
     names = model_names(cfg)
+    options = plan or PlanOptions()
+    stage_plans = _plan_experiment(cfg, cache, split, ctx, stages, names, options)
+    if not announce_plan(stage_plans, options, ctx=ctx, cfg=cfg):
+        return None
+    quiet = dataclasses.replace(options, announce=False)
+
+    def stage_options(stage: str) -> Any:
+        later = remaining_after(stage_plans, stage) if any(p.name == stage for p in stage_plans) else 0.0
+        return dataclasses.replace(quiet, stage_name=stage, later_seconds=later)
+
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {v: {} for v in cfg.protocol.proxy_variants}
@@ -296,7 +335,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                 t0 = time.perf_counter()
                 log.info("== %s (siamese left/right proxy task, %s crops): %s", stage, variant, folder)
                 pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
-                                 ctx=ctx, **_stage_folder_args(folder, "siamese", fresh))
+                                 ctx=ctx, plan=stage_options(stage), **_stage_folder_args(folder, "siamese", fresh))
                 mark(stage, time.perf_counter() - t0)
             proxy_histories[variant][seed] = RunFolder(folder).read_history()
         # 3. MwS per variant and MwoS, same config, seed and split
@@ -309,7 +348,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                 log.info("== %s (%s): %s", stage, f"encoder from the {variant} siamese network" if variant
                          else "from scratch", folder)
                 train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
-                                   split_file=split_file, ctx=ctx,
+                                   split_file=split_file, ctx=ctx, plan=stage_options(stage),
                                    **_stage_folder_args(folder, "segmentation", fresh))
                 mark(stage, time.perf_counter() - t0)
             histories[name][seed] = RunFolder(folder).read_history()
