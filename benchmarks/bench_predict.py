@@ -53,7 +53,7 @@ def make_case(folder: Path) -> tuple[Path, Path]:
     from kidneyssl.io.geometry import Geometry
     from kidneyssl.io.volumes import write_volume
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.checkpoint import save_checkpoint
+    from kidneyssl.io.checkpoint import save_checkpoint
 
     rng = np.random.default_rng(0)
     z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
@@ -85,11 +85,11 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     base_mb = _peak_mb()
+    import dataclasses
+
     from kidneyssl.inference.inputs import PredictionInput, read_input
     from kidneyssl.inference.predict import load_model, predict_volume
     from kidneyssl.io.volumes import write_mask
-
-    import dataclasses
 
     model, cfg = load_model(args.ckpt)
     if args.memory_budget_mb is not None:

@@ -40,7 +40,7 @@ def main() -> None:
 
     from kidneyssl.config import apply_overrides, load_preset
     from kidneyssl.phantoms import write_dataset
-    from kidneyssl.training.experiment import run_experiment
+    from kidneyssl.workflows.experiment import run_experiment
 
     work = Path(args.work)
     load_start = os.getloadavg()

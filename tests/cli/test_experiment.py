@@ -127,7 +127,7 @@ def test_scoring_does_not_read_the_cached_label(experiment, tmp_path: Path) -> N
     """The prediction that is scored cannot change when the cached labels are deleted."""
     from kidneyssl.data.cache import open_cache
     from kidneyssl.training.distributed import init_distributed
-    from kidneyssl.training.experiment import evaluate_model
+    from kidneyssl.workflows.experiment import evaluate_model
 
     root, rc, _ = experiment
     assert rc == 0

@@ -16,8 +16,8 @@ from kidneyssl.cli.main import main
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     from kidneyssl.config import PreprocessConfig, config_to_dict, load_preset
+    from kidneyssl.io.checkpoint import save_checkpoint
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.checkpoint import save_checkpoint
 
     cfg = load_preset("demo")
     cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))  # small arrays

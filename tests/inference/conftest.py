@@ -146,8 +146,8 @@ def small_config():
 def demo_checkpoint(tmp_path_factory):
     """A segmentation checkpoint of the demo architecture with random (seeded) weights."""
     from kidneyssl.config import config_to_dict
+    from kidneyssl.io.checkpoint import save_checkpoint
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.checkpoint import save_checkpoint
 
     cfg = small_config()
     torch.manual_seed(0)

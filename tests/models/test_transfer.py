@@ -52,7 +52,7 @@ def test_encoder_weights_transfer_exactly_and_nothing_else(demo_cfg: ModelConfig
 
 def test_transfer_from_checkpoint_dict_and_file(demo_cfg: ModelConfig, tmp_path) -> None:
     from kidneyssl.config import ExperimentConfig, config_to_dict
-    from kidneyssl.training.checkpoint import save_checkpoint
+    from kidneyssl.io.checkpoint import save_checkpoint
 
     siamese = SiameseNet(demo_cfg)
     path = tmp_path / "siamese.pt"
@@ -68,7 +68,7 @@ def test_transfer_from_checkpoint_dict_and_file(demo_cfg: ModelConfig, tmp_path)
 
 def test_shape_mismatch_names_the_key(demo_cfg: ModelConfig) -> None:
     other = dataclasses.replace(demo_cfg, growth_rate=demo_cfg.growth_rate * 2)
-    with pytest.raises(CheckpointError, match=r"encoder\.\S+ has shape"):
+    with pytest.raises(CheckpointError, match=r"shape mismatch: encoder\.\S+ \(checkpoint \(16, 8, 3, 3, 3\) vs model \(8, 8, 3, 3, 3\)\)"):
         load_encoder(DenseUNet3D(demo_cfg), SiameseNet(other).state_dict())
 
 

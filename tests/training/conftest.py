@@ -64,7 +64,9 @@ def pretrain_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tin
     from kidneyssl.training.pretrain import pretrain_siamese
 
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    pretrain_siamese(tiny_cache, out, tiny_cfg, device="cpu")
+    from kidneyssl.reporting.figures import refresh_history_plot
+
+    pretrain_siamese(tiny_cache, out, tiny_cfg, device="cpu", on_epoch=refresh_history_plot)
     return out
 
 

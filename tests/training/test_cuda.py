@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 def test_amp_segmentation_training_on_cuda(tmp_path: Path, tiny_cache: Path, tiny_cfg) -> None:
     from kidneyssl.config import apply_overrides
-    from kidneyssl.training.checkpoint import load_checkpoint
+    from kidneyssl.io.checkpoint import load_checkpoint
     from kidneyssl.training.finetune import train_segmentation
 
     cfg = apply_overrides(tiny_cfg, ["train.amp=true"])

@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from kidneyssl.errors import CheckpointError, KidneySSLError
-from kidneyssl.training.checkpoint import load_checkpoint
+from kidneyssl.io.checkpoint import load_checkpoint
 from kidneyssl.training.runfolder import Split, load_split
 
 
 @pytest.fixture(scope="module")
 def mwos_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path, tiny_cfg):
+    from kidneyssl.reporting.figures import refresh_history_plot
     from kidneyssl.training.finetune import train_segmentation
 
-    return train_segmentation(tiny_cache, tmp_path_factory.mktemp("mwos") / "run", tiny_cfg, device="cpu")
+    # the epoch hook is how history.png is refreshed (training never imports reporting)
+    return train_segmentation(tiny_cache, tmp_path_factory.mktemp("mwos") / "run", tiny_cfg, device="cpu",
+                              on_epoch=refresh_history_plot)
 
 
 def test_training_writes_history_checkpoints_and_plot(mwos_run, tiny_cfg) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kidneyssl.training.checkpoint import load_checkpoint
+from kidneyssl.io.checkpoint import load_checkpoint
 
 
 def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_cfg) -> None:

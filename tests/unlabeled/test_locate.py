@@ -84,8 +84,8 @@ def test_cli_locate_with_a_checkpoint(scans, tmp_path, capsys):
     import torch
 
     from kidneyssl.config import config_to_dict
+    from kidneyssl.io.checkpoint import save_checkpoint
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.checkpoint import save_checkpoint
 
     cfg = fx.small_config()
     torch.manual_seed(0)

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from kidneyssl.cli.experiment import print_result
-    from kidneyssl.training.experiment import run_demo
+    from kidneyssl.workflows.experiment import run_demo
 
     t0 = time.perf_counter()
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)

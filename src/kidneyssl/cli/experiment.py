@@ -72,7 +72,7 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
 
 
 def run(args: argparse.Namespace) -> int:
-    from kidneyssl.training.experiment import run_experiment
+    from kidneyssl.workflows.experiment import run_experiment
 
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,

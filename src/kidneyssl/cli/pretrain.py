@@ -42,7 +42,10 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.pretrain import pretrain_siamese
 
     t0 = time.perf_counter()
+    from kidneyssl.reporting.figures import refresh_history_plot
+
     result = pretrain_siamese(args.cache, args.out, resolve_config(args), split_file=args.split,
+                              on_epoch=refresh_history_plot,
                               resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
                               device=args.device, plan=plan_options(args))
     if args.dry_run:

@@ -34,7 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.finetune import train_segmentation
 
     t0 = time.perf_counter()
-    result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init,
+    from kidneyssl.reporting.figures import refresh_history_plot
+
+    result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init, on_epoch=refresh_history_plot,
                                 split_file=args.split, resume=args.resume, force=args.force,
                                 extend_epochs=args.extend_epochs, device=args.device,
                                 accumulate=args.grad_accum, allow_init_overlap=args.allow_init_overlap,

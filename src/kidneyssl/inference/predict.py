@@ -31,10 +31,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from kidneyssl.config import ConfigError, ExperimentConfig, config_from_dict
-from kidneyssl.errors import CheckpointError, DataError, KidneySSLError
+from kidneyssl.config import ExperimentConfig
+from kidneyssl.errors import DataError, KidneySSLError
 from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.models.transfer import load_model  # re-exported: kidneyssl.inference.load_model
 
 __all__ = [
     "PredictionResult",
@@ -83,52 +84,6 @@ class PredictSummary:
     @property
     def ok(self) -> bool:
         return not self.failed
-
-
-def load_model(checkpoint_path: str | Path, device: Any = "cpu") -> tuple[Any, ExperimentConfig]:
-    """Rebuild the segmentation network of a checkpoint, in ``eval()`` mode on ``device``.
-
-    The reconstruction branch (training only) is not built; its weights are ignored.
-
-    Raises:
-        CheckpointError: missing/unreadable file, another checkpoint format, a siamese checkpoint,
-            a config this version cannot read, or weights that do not fit the architecture (the
-            message names the offending keys).
-    """
-    import torch
-
-    from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.checkpoint import load_checkpoint
-
-    path = Path(checkpoint_path)
-    payload = load_checkpoint(path, kind="segmentation")
-    try:
-        cfg = config_from_dict(ExperimentConfig, payload["config"])
-    except (ConfigError, TypeError) as err:
-        raise CheckpointError(
-            f"{path}: its config cannot be read by this kidneyssl "
-            f"(written by kidneyssl {payload.get('kidneyssl_version', '?')}): {err}") from None
-    model = build_segmentation_model(cfg.model, reconstruction=False)
-    state = {k: v for k, v in payload["model_state"].items() if not k.startswith("reconstruction.")}
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]  # in module order: encoder first
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected
-             if k in state and tuple(expected[k].shape) != tuple(getattr(state[k], "shape", ()))]
-    if missing or unexpected or wrong:
-        parts = []
-        for name, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong)):
-            if keys:
-                shown = ", ".join(
-                    f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)})"
-                    if name == "shape mismatch" else k for k in keys[:5])
-                parts.append(f"{len(keys)} {name}: {shown}{', ...' if len(keys) > 5 else ''}")
-        raise CheckpointError(
-            f"{path}: weights do not fit the architecture in its config "
-            f"(kidneyssl {payload.get('kidneyssl_version', '?')}): " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-    model.eval().to(torch.device(device))
-    return model, cfg
 
 
 def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",

@@ -32,6 +32,7 @@ __all__ = [
     "moving_average",
     "select_axial_slice",
     "plot_history",
+    "refresh_history_plot",
     "plot_dice_curves",
     "plot_seed_curves",
     "plot_overlays",
@@ -455,3 +456,12 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle("Axial slices with the largest ground-truth area (cf. paper Fig. 4)", fontsize=10)
     return _save(fig, path)
+
+
+def refresh_history_plot(run_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:
+    """Rewrite ``run_dir/history.png`` from the history rows; a failure is logged, never raised
+    (the epoch hook the CLI gives training: a plot must never stop a run)."""
+    try:
+        plot_history(history, Path(run_dir) / "history.png")
+    except Exception as err:  # noqa: BLE001 - any plotting failure means the same here
+        log.warning("could not plot %s: %s", Path(run_dir) / "history.png", err)

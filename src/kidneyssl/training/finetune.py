@@ -24,14 +24,14 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.inference.sliding_window import context_voxels
-from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
+from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import (
     DistContext,
     broadcast_object,
@@ -46,7 +46,10 @@ from kidneyssl.training.plan import PlanOptions
 from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
-__all__ = ["TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
+#: ``(run folder, history rows so far) -> None``, called after every epoch (rank 0).
+EpochHook = Callable[[Path, list[dict[str, Any]]], None]
+
+__all__ = ["EpochHook", "TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
            "resolve_split", "effective_config", "check_init_cases", "resolve_pos_weight"]
 
 log = logging.getLogger(__name__)
@@ -235,7 +238,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
                        init: str = "scratch", split_file: str | Path | None = None, resume: bool = False,
                        force: bool = False, extend_epochs: int = 0, device: str = "auto",
                        accumulate: int = 1, allow_init_overlap: bool = False,
-                       ctx: DistContext | None = None, plan: PlanOptions | None = None) -> TrainResult:
+                       ctx: DistContext | None = None, plan: PlanOptions | None = None,
+                       on_epoch: EpochHook | None = None) -> TrainResult:
     """Train (or resume/extend) a segmentation run in ``out_dir``.
 
     Args:
@@ -252,6 +256,9 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         allow_init_overlap: accept a siamese checkpoint that touched validation/test cases of
             this split (recorded in ``run.json``); by default such a checkpoint is refused.
         ctx: an existing distributed context (default: initialised from the environment).
+        on_epoch: called on rank 0 after every epoch with ``(run folder, history rows)``, e.g.
+            :func:`kidneyssl.reporting.figures.refresh_history_plot` (the CLI passes it; training
+            itself never imports reporting).
         plan: planning before the first step (:mod:`kidneyssl.training.plan`); default: probe
             and print the plan, never ask. With ``dry_run`` nothing is written and the result
             has ``best_epoch == -1`` and an empty history.
@@ -350,7 +357,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             history.append(row)
             _save_epoch(folder, cfg, model, optimizer, scaler, epoch, best, row, improved, split, init)
             folder.write_history(history)
-            _plot(history, folder.path / "history.png")
+            if on_epoch is not None:
+                on_epoch(folder.path, history)
         log.info("epoch %d/%d  loss %.4f  val Dice %.4f  (w_bce %.2f, w_dice %.2f)  %.1f s",
                  epoch + 1, epochs, result.loss, val_dice, w_bce, w_dice, row["seconds"])
         logger.end_epoch(row, result, optimizer)  # history.csv, TensorBoard, ETA line
@@ -376,14 +384,3 @@ def _save_epoch(folder: RunFolder, cfg: ExperimentConfig, model: Any, optimizer:
     save_checkpoint(folder.last, kind="segmentation", config=cfg_dict, model_state=state,
                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None,
                     rng=capture_rng_state(), **common)
-
-
-def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    try:
-        from kidneyssl.reporting.figures import plot_history
-    except ImportError:  # pragma: no cover - reporting is part of the package
-        return
-    try:
-        plot_history(history, path)
-    except Exception as err:  # noqa: BLE001 - a plot must never stop training
-        log.warning("could not plot %s: %s", path, err)

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import KidneySSLError
-from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
+from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import (
     DistContext,
     all_reduce_sum,
@@ -38,7 +38,7 @@ from kidneyssl.training.distributed import (
     unwrap,
     wrap_ddp,
 )
-from kidneyssl.training.finetune import resolve_split
+from kidneyssl.training.finetune import EpochHook, resolve_split
 from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
 from kidneyssl.training.plan import PlanOptions
 from kidneyssl.training.runfolder import RunFolder, Split, begin_run
@@ -155,7 +155,7 @@ def evaluate_pairs(model: Any, dataset: Any, cfg: ExperimentConfig, ctx: DistCon
 def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: ExperimentConfig, *,
                      split_file: str | Path | None = None, resume: bool = False, force: bool = False,
                      extend_epochs: int = 0, device: str = "auto", ctx: DistContext | None = None,
-                     plan: PlanOptions | None = None) -> PretrainResult:
+                     plan: PlanOptions | None = None, on_epoch: EpochHook | None = None) -> PretrainResult:
     """Train (or resume/extend) the siamese network in ``out_dir``.
 
     Args:
@@ -164,7 +164,7 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         cfg: resolved config (on resume the run's saved config.yaml is used instead).
         split_file: case split to use; default: derived from (cases, train.val_fraction, train.seed),
             i.e. the same split segmentation derives.
-        resume, force, extend_epochs, device, ctx, plan: as in
+        resume, force, extend_epochs, device, ctx, plan, on_epoch: as in
             :func:`kidneyssl.training.finetune.train_segmentation` (a dry run returns
             ``best_epoch == -1`` and an empty history).
 
@@ -252,7 +252,8 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
             save_checkpoint(folder.last, kind="siamese", config=config_to_dict(cfg), model_state=state,
                             optimizer=optimizer.state_dict(), rng=capture_rng_state(), **common)
             folder.write_history(history)
-            _plot(history, folder.path / "history.png")
+            if on_epoch is not None:
+                on_epoch(folder.path, history)
         log.info("pretrain epoch %d/%d  loss %.4f  val loss %.4f  val pair accuracy %.3f  %.1f s",
                  epoch + 1, pc.epochs, result.loss, val_loss, val_acc, row["seconds"])
         logger.end_epoch(row, result, optimizer)  # history.csv, TensorBoard, ETA line
@@ -263,12 +264,6 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         history = folder.read_history()
     last_acc = history[-1]["val_accuracy"] if history else float("nan")
     return PretrainResult(folder.path, int(best["epoch"]), float(best["val_loss"]), float(last_acc), history)
-
-
-def _plot(history: list[dict[str, Any]], path: Path) -> None:
-    from kidneyssl.training.finetune import _plot as plot
-
-    plot(history, path)
 
 
 __all__.append("proxy_split")

@@ -244,7 +244,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
     """
     from kidneyssl.data.cache import open_cache, prepare_dataset
     from kidneyssl.io.datasets import open_dataset
-    from kidneyssl.reporting.figures import OverlayCase
+    from kidneyssl.reporting.figures import OverlayCase, refresh_history_plot
     from kidneyssl.reporting.report import write_experiment_report
     from kidneyssl.training.finetune import train_segmentation
     from kidneyssl.training.pretrain import pretrain_siamese
@@ -335,7 +335,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                 t0 = time.perf_counter()
                 log.info("== %s (siamese left/right proxy task, %s crops): %s", stage, variant, folder)
                 pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
-                                 ctx=ctx, plan=stage_options(stage), **_stage_folder_args(folder, "siamese", fresh))
+                                 ctx=ctx, plan=stage_options(stage), on_epoch=refresh_history_plot,
+                                 **_stage_folder_args(folder, "siamese", fresh))
                 mark(stage, time.perf_counter() - t0)
             proxy_histories[variant][seed] = RunFolder(folder).read_history()
         # 3. MwS per variant and MwoS, same config, seed and split
@@ -349,6 +350,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                          else "from scratch", folder)
                 train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
                                    split_file=split_file, ctx=ctx, plan=stage_options(stage),
+                                   on_epoch=refresh_history_plot,
                                    **_stage_folder_args(folder, "segmentation", fresh))
                 mark(stage, time.perf_counter() - t0)
             histories[name][seed] = RunFolder(folder).read_history()

@@ -8,7 +8,7 @@ import torch
 from kidneyssl import __version__
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import CheckpointError
-from kidneyssl.training.checkpoint import (
+from kidneyssl.io.checkpoint import (
     CHECKPOINT_FORMAT,
     load_checkpoint,
     save_checkpoint,
