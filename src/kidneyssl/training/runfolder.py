@@ -27,6 +27,7 @@ import numpy as np
 
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
+from kidneyssl.io.paths import remove_stale_temp_files
 
 __all__ = ["Split", "make_split", "save_split", "load_split", "RunFolder", "RUN_FILES"]
 
@@ -195,8 +196,7 @@ class RunFolder:
             target = self.path / name
             if target.is_file():
                 target.unlink()
-        for tmp in self.path.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        remove_stale_temp_files(self.path)
 
     # -- history ------------------------------------------------------------------------------
     def read_history(self) -> list[dict[str, Any]]:
