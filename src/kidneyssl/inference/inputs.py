@@ -126,8 +126,11 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     if _is_nifti(path):
         return [_nifti_input(path)]
     if not path.is_dir():
+        from kidneyssl.io.paths import describe_missing
+
         raise DataError(path, "input", "a NIfTI file, a KiTS19-layout folder, a folder of NIfTI "
-                        "files or DICOM series", "missing" if not path.exists() else "another kind of file")
+                        "files or DICOM series", "missing" if not path.exists() else "another kind of file",
+                        hint=describe_missing(path) if not path.exists() else "")
     items: list[PredictionInput] = []
     if _dicom_series_ids(path):
         items.append(PredictionInput(path.name, path.name, path, "dicom"))

@@ -92,7 +92,9 @@ def load_split(path: str | Path, available: Sequence[str] | None = None, min_val
         split = Split(tuple(data["train"]), tuple(data["val"]), int(data.get("seed", -1)),
                       float(data.get("val_fraction", 0.0)))
     except FileNotFoundError as err:
-        raise KidneySSLError(f"{path}: split file not found") from err
+        from kidneyssl.io.paths import describe_missing
+
+        raise KidneySSLError(f"{path.absolute()}: split file not found ({describe_missing(path)})") from err
     except (ValueError, KeyError, TypeError) as err:
         raise KidneySSLError(f"{path}: not a split file (expected JSON with 'train' and 'val' lists)") from err
     if set(split.train) & set(split.val):
@@ -112,7 +114,7 @@ class RunFolder:
     """One training run's folder (see the module docstring for its files)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # messages name absolute paths
 
     # -- paths --------------------------------------------------------------------------------
     @property
