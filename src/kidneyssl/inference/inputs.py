@@ -194,10 +194,24 @@ def read_dicom_series(folder: str | Path) -> Volume:
     return Volume(array, Geometry(affine=affine, shape=array.shape))
 
 
-def read_input(item: PredictionInput) -> Volume:
-    """Read one scan (NIfTI through :func:`kidneyssl.io.volumes.read_volume`, or DICOM)."""
-    if item.kind == "dicom":
-        return read_dicom_series(item.path)
-    from kidneyssl.io.volumes import read_volume
+def read_input(item: PredictionInput, check: bool = False) -> Volume:
+    """Read one scan (NIfTI through :func:`kidneyssl.io.volumes.read_volume`, or DICOM).
 
-    return read_volume(item.path)
+    Args:
+        check: refuse an implausible scan (:func:`kidneyssl.io.plausibility.check_scan`: spacing,
+            field of view, intensities not in HU, no body) and log warnings (oblique axes).
+
+    Raises:
+        DataError: unreadable, or (``check``) implausible; the message names the file.
+    """
+    if item.kind == "dicom":
+        volume = read_dicom_series(item.path)
+    else:
+        from kidneyssl.io.volumes import read_volume
+
+        volume = read_volume(item.path)
+    if check:
+        from kidneyssl.io.plausibility import check_scan
+
+        check_scan(volume, item.path, refuse=True)
+    return volume
