@@ -1,4 +1,5 @@
-"""Options shared by several subcommands: presets, config files and ``--set`` overrides."""
+"""Options shared by several subcommands: presets, config files and ``--set`` overrides; argument
+types whose errors are one line (``positive_int``); the ``--device auto`` rule."""
 
 from __future__ import annotations
 
@@ -6,7 +7,36 @@ import argparse
 
 from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, load_preset
 
-__all__ = ["add_config_arguments", "resolve_config"]
+__all__ = ["add_config_arguments", "resolve_config", "positive_int", "resolve_device"]
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--threads``, ``--workers``); errors are one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; others as given.
+
+    Raises:
+        KidneySSLError: a CUDA device is asked for but none is available.
+    """
+    import torch
+
+    from kidneyssl.errors import KidneySSLError
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KidneySSLError(f"device {name!r} requested but no CUDA device is available; use --device cpu")
+    return name
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "paper") -> None:

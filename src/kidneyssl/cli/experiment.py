@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kidneyssl.cli._common import add_config_arguments, resolve_config
+from kidneyssl.cli._common import add_config_arguments, positive_int, resolve_config
 
 __all__ = ["add_arguments", "run", "print_result"]
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
     parser.add_argument("--force", action="store_true", help="start over in an OUT that holds something else")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes for prepare")
+    parser.add_argument("--workers", type=positive_int, default=None, help="worker processes for prepare")
     add_config_arguments(parser)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from kidneyssl.cli._common import add_config_arguments
+from kidneyssl.cli._common import add_config_arguments, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -18,7 +18,7 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset folder of case_XXXXX/ folders (read only)")
     parser.add_argument("--out", required=True, help="cache folder to write (outside --data)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--force", action="store_true",
                         help="redo every case, and replace a cache made with another config")
     add_config_arguments(parser)
@@ -28,9 +28,6 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.cli._common import resolve_config
     from kidneyssl.data.cache import prepare_dataset
 
-    if args.workers < 1:
-        print("kidneyssl prepare: --workers must be >= 1")
-        return 2
     cfg = resolve_config(args).preprocess
     summary = prepare_dataset(args.data, args.out, cfg, workers=args.workers, force=args.force)
     for case_id, reasons in sorted(summary.failed.items()):

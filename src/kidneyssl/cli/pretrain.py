@@ -32,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.pretrain import pretrain_siamese
+    from kidneyssl.training.runfolder import RunFolder
 
-    result = pretrain_siamese(args.cache, args.out, resolve_config(args), split_file=args.split,
+    cache, split = args.cache, args.split
+    unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
+    if unstarted:  # stopped before its first checkpoint: start again with what it was given
+        cache, split = cache or unstarted["cache"], unstarted["split"]
+    result = pretrain_siamese(cache, args.out, resolve_config(args), split_file=split,
                               resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
                               device=args.device)
     log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",

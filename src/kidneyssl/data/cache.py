@@ -31,6 +31,7 @@ from kidneyssl.config import PreprocessConfig, config_from_dict, config_to_dict
 from kidneyssl.errors import DataError, KidneySSLError
 from kidneyssl.io.atomic import atomic_path, atomic_write_json
 from kidneyssl.io.kits19 import Case, find_cases, load_case
+from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 from kidneyssl.progress import progress
 
 __all__ = [
@@ -286,6 +287,7 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     _check_paths(data_dir, cache_dir)
+    check_output_folder(cache_dir)
     cases = find_cases(data_dir)
     if case_ids is not None:
         wanted = set(case_ids)
@@ -302,6 +304,8 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
             raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
                                  + "; ".join(diff) + "); use --force to rebuild it, or another --out")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for folder in [cache_dir] + [cache_dir / c.case_id for c in cases]:
+        remove_stale_temp_files(folder)  # what a killed run left
     start = time.perf_counter()
     summary = PrepareSummary()
     todo: list[Case] = []

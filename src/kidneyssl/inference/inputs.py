@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import locale
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,11 @@ from kidneyssl.io.geometry import Geometry, Volume
 
 __all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series"]
 
+log = logging.getLogger(__name__)
+
 _CASE_RE = re.compile(r"^case_(\d+)$")
+#: What predict writes: never taken as an input when a folder is scanned.
+_OUTPUT_RE = re.compile(r"^(prediction|probability)_.+\.nii(\.gz)?$")
 _NIFTI = (".nii.gz", ".nii")
 
 
@@ -116,7 +121,9 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     """Scans under ``input_path``, sorted by name.
 
     A KiTS19 case folder without ``imaging.nii.gz`` is still listed (its read then fails with a
-    DataError, reported for that case alone).
+    DataError, reported for that case alone). Hidden files (our temporary files among them) and
+    predict's own outputs (``prediction_*.nii.gz``, ``probability_*.nii.gz``) are never inputs of
+    a folder scan, so ``--out`` may be the input folder; skipped outputs are logged.
 
     Raises:
         DataError: ``input_path`` does not exist, holds no scans, or two scans would be written to
@@ -134,8 +141,12 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     items: list[PredictionInput] = []
     if _dicom_series_ids(path):
         items.append(PredictionInput(path.name, path.name, path, "dicom"))
+    own_outputs = []
     for child in sorted(path.iterdir()):
-        if child.name.startswith("."):
+        if child.name.startswith("."):  # hidden, and our temporary files
+            continue
+        if _OUTPUT_RE.match(child.name) and child.is_file():  # written by predict (--out = input)
+            own_outputs.append(child.name)
             continue
         match = _CASE_RE.match(child.name)
         if child.is_dir() and match:
@@ -144,9 +155,13 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
             items.append(_nifti_input(child))
         elif child.is_dir() and _dicom_series_ids(child):
             items.append(PredictionInput(child.name, child.name, child, "dicom"))
+    if own_outputs:
+        log.info("%s: skipped %d file(s) named like predict's outputs (%s%s)", path.absolute(),
+                 len(own_outputs), ", ".join(own_outputs[:3]), ", ..." if len(own_outputs) > 3 else "")
     if not items:
         raise DataError(path, "input", "NIfTI files, case_XXXXX/imaging.nii.gz or DICOM series",
-                        "no scans")
+                        "no scans" + (f" (only {len(own_outputs)} prediction/probability outputs)"
+                                      if own_outputs else ""))
     seen: dict[str, str] = {}
     for item in items:
         if item.output_id in seen:

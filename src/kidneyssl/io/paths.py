@@ -55,33 +55,38 @@ def describe_missing(path: str | Path) -> str:
 
 
 def check_output_folder(out: str | Path, what: str = "--out") -> Path:
-    """Make sure ``out`` is (or can be created as) a writable folder, before any work is done.
+    """Make sure ``out`` is a writable folder, or can be created as one, before any work is done.
+
+    Nothing is created: an existing folder is probed with a temporary file (removed at once),
+    a folder still to be created is checked against its nearest existing parent.
 
     Returns:
-        the absolute folder path (created when it did not exist).
+        the absolute path of ``out``.
 
     Raises:
-        DataError: ``out`` is an existing file, lies below a file, cannot be created, or is not
-            writable; the message gives the absolute path.
+        DataError: ``out`` is an existing file, lies below a file, or is not writable; the
+            message gives the absolute path.
     """
     out = Path(out).absolute()
-    if out.exists() and not out.is_dir():
-        raise DataError(out, what, "a folder", "an existing file", hint="choose a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), out)
-        raise DataError(out, what, "a folder", f"a path below the file {blocker}") from None
-    except OSError as err:
-        raise DataError(out, what, "a folder that can be created", err.strerror or str(err)) from None
-    probe = out / f".write-test-{os.getpid()}{TEMP_MARKER}"
-    try:
-        probe.write_bytes(b"")
-    except OSError as err:
-        raise DataError(out, what, "a writable folder", err.strerror or "not writable",
-                        hint="check its permissions or choose another folder") from None
-    finally:
-        probe.unlink(missing_ok=True)
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise DataError(out, what, "a folder", "an existing file" if out.is_file()
+                            else "something that is not a folder", hint="choose a folder")
+        probe = out / f".write-test.{os.getpid():08d}{TEMP_MARKER}"
+        try:
+            probe.mkdir()
+        except OSError as err:
+            raise DataError(out, what, "a writable folder", err.strerror or "not writable",
+                            hint="check its permissions or choose another folder") from None
+        probe.rmdir()
+        return out
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise DataError(out, what, "a folder", f"a path below the file {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(out, what, "a folder that can be created", f"{parent} is not writable")
     return out
 
 
