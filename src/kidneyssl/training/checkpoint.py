@@ -16,6 +16,7 @@ Weights that are NaN or infinite are refused at load time.
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +83,18 @@ def check_finite_weights(path: str | Path, model_state: dict[str, Any]) -> None:
 
 
 def _unpickling_failure(err: BaseException) -> str:
+    """One line for a failed ``torch.load``: what weights_only refused, or the last error line."""
     text = str(err)
-    match = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"GLOBAL (\S+)", text)
-    if match:
-        return (f"refused to unpickle {match.group(1)}: a checkpoint may only hold tensors and plain "
-                "containers (loaded with weights_only=True; nothing in it was run)")
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    if "weights_only" in text or "WeightsUnpickler" in text:
+        match = re.search(r"GLOBAL ([\w.]+)", text)
+        if match:
+            what = f"GLOBAL {match.group(1)}"
+        else:
+            after = text.split("WeightsUnpickler error:", 1)[-1].strip().splitlines()
+            what = after[0].strip() if after and "WeightsUnpickler error:" in text else "its content"
+        return (f"refused by the safe (weights_only) unpickler: {what}; a checkpoint may only "
+                "hold tensors and plain containers, and nothing in it was run")
     return f"{type(err).__name__}: {lines[-1][:200] if lines else ''}"
 
 
@@ -142,7 +149,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found ({describe_missing(path)})")
     try:
-        with torch.serialization.safe_globals(_legacy_numpy_globals()):
+        with torch.serialization.safe_globals(_legacy_numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's multi-line pickle-protocol warnings
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same to the user
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_unpickling_failure(err)})") from None

@@ -1,0 +1,96 @@
+"""Fixtures for the hostile-input tests: a tiny segmentation checkpoint, CT-like scans, the CLI in
+a child process, and snapshots of everything outside ``--out``."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+# The CLI in a child process (the same interpreter, this checkout's sources first).
+CHILD = "import sys; from kidneyssl.cli.main import main; sys.exit(main(sys.argv[1:]))"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+
+
+def child_env() -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "KIDNEYSSL_NO_PROGRESS": "1"}
+    env["PYTHONPATH"] = SRC + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("RANK", None), env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """``kidneyssl ARGS`` in a child process; returns its exit status, stdout and stderr."""
+    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=child_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=child_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def error_lines(stderr: str) -> list[str]:
+    """The lines of ``stderr`` that report an error (what a user reads)."""
+    return [ln for ln in stderr.splitlines() if "error" in ln.lower()]
+
+
+def snapshot(root: Path, exclude: Path | None = None) -> dict[str, tuple[int, int, str]]:
+    """(size, mtime_ns, sha1) of every file under ``root`` except under ``exclude``."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        if exclude is not None and (path == exclude or exclude in path.parents):
+            continue
+        if path.is_file():
+            st = path.stat()
+            out[str(path.relative_to(root))] = (st.st_size, st.st_mtime_ns,
+                                                hashlib.sha1(path.read_bytes()).hexdigest())
+    return out
+
+
+def ct_scan(shape=(40, 48, 24), spacing=(2.0, 2.5, 3.0), seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """An int16 CT-like scan in HU (air, soft tissue, two bright blobs) and its LPS affine."""
+    rng = np.random.default_rng(seed)
+    arr = rng.normal(30.0, 20.0, size=shape)
+    arr[:, :4] = -1000.0  # some air
+    arr[8:16, 10:20, 6:14] = 250.0
+    arr[24:32, 10:20, 6:14] = 250.0
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    return arr.astype(np.int16), affine
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def seg_checkpoint(tmp_path_factory) -> Path:
+    """A segmentation checkpoint of the demo architecture (random weights, coarse grid)."""
+    from kidneyssl.config import PreprocessConfig, config_to_dict, load_preset
+    from kidneyssl.models import build_segmentation_model
+    from kidneyssl.training.checkpoint import save_checkpoint
+
+    cfg = load_preset("demo")
+    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))
+    torch.manual_seed(0)
+    model = build_segmentation_model(cfg.model)
+    path = tmp_path_factory.mktemp("reliability_ckpt") / "seg.pt"
+    save_checkpoint(path, kind="segmentation", config=config_to_dict(cfg), model_state=model.state_dict(),
+                    epoch=0)
+    return path
+
+
+@pytest.fixture
+def good_scan(tmp_path) -> Path:
+    arr, affine = ct_scan()
+    return save_nifti(arr, affine, tmp_path / "scans" / "good.nii.gz")
