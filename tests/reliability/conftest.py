@@ -33,6 +33,27 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)
 
 
+@dataclasses.dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def kidneyssl(capsys):
+    """``kidneyssl(*args)``: the CLI in this process (fast); returns exit status, stdout, stderr."""
+    from kidneyssl.cli.main import main
+
+    def call(*args) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return call
+
+
 def start_cli(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=child_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
