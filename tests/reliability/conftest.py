@@ -17,6 +17,9 @@ import torch
 
 # The CLI in a child process (the same interpreter, this checkout's sources first).
 CHILD = "import sys; from kidneyssl.cli.main import main; sys.exit(main(sys.argv[1:]))"
+# ... deterministic on CPU with one thread (bit-exact training runs).
+DETERMINISTIC_CHILD = ("import sys, torch; torch.use_deterministic_algorithms(True); torch.set_num_threads(1); "
+                       "from kidneyssl.cli.main import main; sys.exit(main(sys.argv[1:]))")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -27,10 +30,10 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+def run_cli(*args: str, timeout: float = 240, deterministic: bool = False) -> subprocess.CompletedProcess:
     """``kidneyssl ARGS`` in a child process; returns its exit status, stdout and stderr."""
-    return subprocess.run([sys.executable, "-c", CHILD, *map(str, args)], env=child_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([sys.executable, "-c", DETERMINISTIC_CHILD if deterministic else CHILD,
+                           *map(str, args)], env=child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @dataclasses.dataclass
@@ -54,9 +57,10 @@ def kidneyssl(capsys):
     return call
 
 
-def start_cli(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", CHILD, *map(str, args)], env=child_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+def start_cli(*args: str, deterministic: bool = False) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", DETERMINISTIC_CHILD if deterministic else CHILD,
+                             *map(str, args)], env=child_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -115,3 +119,36 @@ def seg_checkpoint(tmp_path_factory) -> Path:
 def good_scan(tmp_path) -> Path:
     arr, affine = ct_scan()
     return save_nifti(arr, affine, tmp_path / "scans" / "good.nii.gz")
+
+
+#: A tiny training config (matches :func:`tiny_cache`).
+TRAIN_SETS = ["--preset", "demo", "--set", "preprocess.spacing_mm=[4.0,6.0,6.0]", "--set", "train.val_fraction=0.5",
+              "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2",
+              "--set", "inference.half_overlap_mm=16"]
+
+
+def train_config():
+    from kidneyssl.config import apply_overrides, load_preset
+
+    return apply_overrides(load_preset("demo"), [TRAIN_SETS[i + 1] for i in range(2, len(TRAIN_SETS), 2)])
+
+
+@pytest.fixture(scope="session")
+def tiny_cache(tmp_path_factory) -> Path:
+    """Four box-kidney cases prepared with the TRAIN_SETS config (a few seconds)."""
+    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.io.geometry import Geometry
+    from kidneyssl.io.volumes import write_mask, write_volume
+    from kidneyssl.phantoms import kits_affine
+
+    root = tmp_path_factory.mktemp("tiny_cache")
+    geometry = Geometry(kits_affine((4.0, 3.0, 3.0)), (16, 32, 64))
+    for i in range(4):
+        image = (40.0 + 30.0 * np.random.default_rng(i).normal(size=geometry.shape)).astype(np.float32)
+        label = np.zeros(geometry.shape, np.uint8)
+        label[4:12, 8:20, 8:20] = 1
+        label[3:10, 10:22, 40:50] = 1
+        write_volume(image, geometry, root / "data" / f"case_{i:05d}" / "imaging.nii.gz")
+        write_mask(label, root / "data" / f"case_{i:05d}" / "segmentation.nii.gz", like=geometry)
+    assert not prepare_dataset(root / "data", root / "cache", train_config().preprocess, workers=1).failed
+    return root / "cache"

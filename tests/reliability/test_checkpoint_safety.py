@@ -15,7 +15,7 @@ from kidneyssl.errors import CheckpointError
 from kidneyssl.training.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
-from .conftest import error_lines, run_cli, snapshot
+from .conftest import TRAIN_SETS, error_lines, snapshot, train_config
 
 
 class _Payload:
@@ -36,34 +36,7 @@ def _malicious(path, marker, as_torch: bool) -> None:
         path.write_bytes(pickle.dumps(payload))
 
 
-SETS = ["--preset", "demo", "--set", "preprocess.spacing_mm=[4.0,6.0,6.0]", "--set", "train.val_fraction=0.5",
-        "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2"]
-
-
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    """Four box-kidney cases prepared with the SETS config (a few seconds)."""
-    from kidneyssl.config import apply_overrides, load_preset
-    from kidneyssl.data.cache import prepare_dataset
-    from kidneyssl.io.geometry import Geometry
-    from kidneyssl.io.volumes import write_mask, write_volume
-    from kidneyssl.phantoms import kits_affine
-
-    root = tmp_path_factory.mktemp("tiny_cache")
-    geometry = Geometry(kits_affine((4.0, 3.0, 3.0)), (16, 32, 64))
-    for i in range(4):
-        image = (40.0 + 30.0 * np.random.default_rng(i).normal(size=geometry.shape)).astype(np.float32)
-        label = np.zeros(geometry.shape, np.uint8)
-        label[4:12, 8:20, 8:20] = 1
-        label[3:10, 10:22, 40:50] = 1
-        write_volume(image, geometry, root / "data" / f"case_{i:05d}" / "imaging.nii.gz")
-        write_mask(label, root / "data" / f"case_{i:05d}" / "segmentation.nii.gz", like=geometry)
-    cfg = apply_overrides(load_preset("demo"), [SETS[i + 1] for i in range(2, len(SETS), 2)])
-    assert not prepare_dataset(root / "data", root / "cache", cfg.preprocess, workers=1).failed
-    return root / "cache"
-
-
-def test_malicious_checkpoint_runs_nothing_in_any_command(tmp_path, good_scan, tiny_cache):
+def test_malicious_checkpoint_runs_nothing_in_any_command(tmp_path, good_scan, tiny_cache, kidneyssl):
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     _malicious(evil, marker, as_torch=True)
@@ -71,20 +44,19 @@ def test_malicious_checkpoint_runs_nothing_in_any_command(tmp_path, good_scan, t
     run.mkdir()
     (run / "last.pt").write_bytes(evil.read_bytes())
     (run / "run.json").write_text('{"kind": "segmentation", "status": "running", "cache": "%s"}' % tiny_cache)
-    from kidneyssl.config import apply_overrides, load_preset, save_config
-
+    from kidneyssl.config import save_config
     from kidneyssl.training.runfolder import make_split, save_split
 
-    cfg = apply_overrides(load_preset("demo"), [SETS[i + 1] for i in range(2, len(SETS), 2)])
+    cfg = train_config()
     save_config(cfg, run / "config.yaml")
     save_split(make_split([f"case_{i:05d}" for i in range(4)], 0.5, cfg.train.seed), run / "split.json")
     before = snapshot(tmp_path, exclude=tmp_path / "out")
     runs = {
-        "predict --model": (run_cli("predict", "--model", evil, "--input", good_scan, "--out", tmp_path / "out"),
+        "predict --model": (kidneyssl("predict", "--model", evil, "--input", good_scan, "--out", tmp_path / "out"),
                             evil),
-        "train --init": (run_cli("train", "--init", evil, "--cache", tiny_cache, "--out", tmp_path / "out",
-                                 "--device", "cpu", *SETS), evil),
-        "train --resume": (run_cli("train", "--resume", "--out", run, "--device", "cpu"), run / "last.pt"),
+        "train --init": (kidneyssl("train", "--init", evil, "--cache", tiny_cache, "--out", tmp_path / "out",
+                                   "--device", "cpu", *TRAIN_SETS), evil),
+        "train --resume": (kidneyssl("train", "--resume", "--out", run, "--device", "cpu"), run / "last.pt"),
     }
     for name, (proc, named) in runs.items():
         assert not marker.exists(), f"{name}: the pickle payload ran"
@@ -113,7 +85,7 @@ def test_malicious_file_is_refused_by_the_loader(tmp_path, as_torch):
     assert not marker.exists()
 
 
-def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, seg_checkpoint, good_scan):
+def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, seg_checkpoint, good_scan, kidneyssl):
     payload = torch.load(seg_checkpoint, weights_only=True)
     key = next(k for k, v in payload["model_state"].items() if v.is_floating_point() and v.numel() > 1)
     payload["model_state"][key] = payload["model_state"][key].clone()
@@ -122,7 +94,7 @@ def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, seg_checkp
     torch.save(payload, bad)
     with pytest.raises(CheckpointError, match=rf"nan\.pt: weights are not finite: {key}"):
         load_checkpoint(bad)
-    proc = run_cli("predict", "--model", bad, "--input", good_scan, "--out", tmp_path / "out")
+    proc = kidneyssl("predict", "--model", bad, "--input", good_scan, "--out", tmp_path / "out")
     assert proc.returncode == 2
     (line,) = error_lines(proc.stderr)
     assert str(bad) in line and key in line
