@@ -100,13 +100,12 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def seg_checkpoint(tmp_path_factory) -> Path:
-    """A segmentation checkpoint of the demo architecture (random weights, coarse grid)."""
-    from kidneyssl.config import PreprocessConfig, config_to_dict, load_preset
+    """A segmentation checkpoint of a tiny demo architecture (random weights, coarse grid)."""
+    from kidneyssl.config import PreprocessConfig, config_to_dict
     from kidneyssl.models import build_segmentation_model
     from kidneyssl.training.checkpoint import save_checkpoint
 
-    cfg = load_preset("demo")
-    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))
+    cfg = dataclasses.replace(train_config(), preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))
     torch.manual_seed(0)
     model = build_segmentation_model(cfg.model)
     path = tmp_path_factory.mktemp("reliability_ckpt") / "seg.pt"
