@@ -419,7 +419,9 @@ def load_config(path: str | Path) -> ExperimentConfig:
     """An :class:`ExperimentConfig` from a YAML or JSON file (e.g. a run folder's ``config.yaml``)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        from kidneyssl.io.paths import describe_missing
+
+        raise ConfigError(f"{Path(path).absolute()}: config file not found ({describe_missing(path)})")
     text = path.read_text()
     data = json.loads(text) if path.suffix == ".json" else _read_yaml(text, str(path))
     return config_from_dict(ExperimentConfig, data)

@@ -14,8 +14,10 @@ class KidneySSLError(Exception):
 class DataError(KidneySSLError):
     """A dataset file is missing, unreadable or inconsistent.
 
+    The message starts with the file's absolute path.
+
     Attributes:
-        path: the offending file.
+        path: the offending file (as given).
         field: what was checked (``imaging``, ``shape``, ``affine``, ``labels``, ...).
         expected, found: short descriptions of what was expected and what was found.
     """
@@ -26,7 +28,7 @@ class DataError(KidneySSLError):
         self.expected = expected
         self.found = found
         self.hint = hint
-        msg = f"{self.path}: {field}: expected {expected}, found {found}"
+        msg = f"{self.path.absolute()}: {field}: expected {expected}, found {found}"
         if hint:
             msg += f" ({hint})"
         super().__init__(msg)

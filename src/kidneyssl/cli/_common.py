@@ -1,5 +1,6 @@
-"""Options shared by several subcommands: presets, config files and ``--set`` overrides; the plan
-before a training run (``--dry-run``, ``--yes``, ``--max-hours``) and the run summary after it."""
+"""Options shared by several subcommands: presets, config files and ``--set`` overrides; dataset
+formats; argument types whose errors are one line (``positive_int``); the ``--device auto`` rule;
+the plan before a training run (``--dry-run``, ``--yes``, ``--max-hours``) and the run summary."""
 
 from __future__ import annotations
 
@@ -11,11 +12,40 @@ from typing import Any, Mapping
 from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, load_preset
 
 __all__ = ["add_config_arguments", "resolve_config", "add_dataset_arguments", "dataset_options",
-           "add_plan_arguments", "plan_options", "log_run_summary"]
+           "add_plan_arguments", "plan_options", "log_run_summary", "positive_int", "resolve_device"]
 
 log = logging.getLogger("kidneyssl.cli")
 
 _FORMATS = ("auto", "kits19", "kits23", "nnunet", "pairs")  # as kidneyssl.io.datasets.FORMATS
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--threads``, ``--workers``); errors are one line."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; others as given.
+
+    Raises:
+        KidneySSLError: a CUDA device is asked for but none is available.
+    """
+    import torch
+
+    from kidneyssl.errors import KidneySSLError
+
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KidneySSLError(f"device {name!r} requested but no CUDA device is available; use --device cpu")
+    return name
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, default_preset: str = "paper") -> None:

@@ -11,6 +11,7 @@ from kidneyssl.cli._common import (
     add_plan_arguments,
     dataset_options,
     plan_options,
+    positive_int,
     resolve_config,
 )
 
@@ -30,7 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
     parser.add_argument("--force", action="store_true", help="start over in an OUT that holds something else")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes for prepare")
+    parser.add_argument("--workers", type=positive_int, default=None, help="worker processes for prepare")
     add_config_arguments(parser)
     add_dataset_arguments(parser)
     add_plan_arguments(parser)

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 from typing import Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -30,27 +31,40 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def _add_common(parser: argparse.ArgumentParser) -> None:
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``kidneyssl VERB: error: MESSAGE (see
+    kidneyssl VERB --help)``, with exit status 2, like every other error of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_common(parser: argparse.ArgumentParser, after_verb: bool) -> None:
+    """``-q``/``-v``, accepted before the verb and after it (after it, they only set the value
+    when given, so that ``kidneyssl -q predict ...`` is not undone by the verb's defaults)."""
+    extra = {"default": argparse.SUPPRESS} if after_verb else {}
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
-    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars",
+                       **extra)
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging", **extra)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser, with every subcommand's options (imports each subcommand module)."""
     from kidneyssl import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="kidneyssl",
         description="Self-supervised pretraining and 3-D kidney segmentation in CT "
         "(Dhere & Sivaswamy, 'Self-supervised learning for segmentation').",
     )
     parser.add_argument("--version", action="version", version=f"kidneyssl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_common(parser, after_verb=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for verb, help_text in COMMANDS.items():
         module = importlib.import_module(f"kidneyssl.cli.{verb}")
         p = sub.add_parser(verb, help=help_text, description=help_text)
-        _add_common(p)
+        _add_common(p, after_verb=True)
         module.add_arguments(p)
     return parser
 
@@ -72,16 +86,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kidneyssl.errors import KidneySSLError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help, --version, or a one-line argument error (status 2)
+        return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     if not args.command:
         parser.print_help()
         return 1
+    if args.quiet and args.verbose:
+        print(f"kidneyssl {args.command}: error: -q/--quiet and -v/--verbose exclude each other",
+              file=sys.stderr)
+        return 2
     configure_logging(args.quiet, args.verbose)
     module = importlib.import_module(f"kidneyssl.cli.{args.command}")
     try:
         return int(module.run(args) or 0)
     except (KidneySSLError, ConfigError) as err:
         print(f"kidneyssl {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a full disk or a file that vanished: one line, file named
+        where = f"{Path(err.filename).absolute()}: " if getattr(err, "filename", None) else ""
+        print(f"kidneyssl {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        logging.getLogger("kidneyssl").debug("traceback", exc_info=True)
         return 2
     except KeyboardInterrupt:
         print(f"kidneyssl {args.command}: interrupted", file=sys.stderr)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from kidneyssl.cli._common import positive_int
+
 __all__ = ["add_arguments", "run"]
 
 
@@ -13,8 +15,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a NIfTI file, a KiTS19-layout folder, a folder of NIfTI files, "
                              "or DICOM series folder(s)")
     parser.add_argument("--out", required=True, help="output folder for prediction_XXXXX.nii.gz")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cpu", help="device for inputs/stitching: cpu or cuda")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto",
+                        help="device for inputs/stitching: auto (CUDA if available), cpu or cuda")
     parser.add_argument("--sw-device", default=None,
                         help="device the network runs on (default: --device); e.g. cuda with --device cpu")
     parser.add_argument("--tta", action="store_true",
@@ -25,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probability maps as float32 or uint8 = round(255 * p)")
     parser.add_argument("--no-largest-component", action="store_true",
                         help="keep every connected component (default: the largest per side)")
-    parser.add_argument("--memory-budget-mb", type=int, default=None,
+    parser.add_argument("--memory-budget-mb", type=positive_int, default=None,
                         help="run on the halves if they fit, else a sliding window (default: checkpoint's)")
     parser.add_argument("--strategy", choices=("auto", "halves", "sliding", "whole"), default="auto",
                         help="force an inference strategy (default: auto)")
@@ -35,10 +38,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import logging
 
+    from kidneyssl.cli._common import resolve_device
     from kidneyssl.inference.predict import predict_path
+    from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 
+    out = check_output_folder(args.out)  # before any inference: an unwritable --out fails now
+    remove_stale_temp_files(out)  # left by a killed run
+    device = resolve_device(args.device)
+    sw_device = resolve_device(args.sw_device) if args.sw_device else None
     summary = predict_path(
-        args.model, args.input, args.out, device=args.device, sw_device=args.sw_device,
+        args.model, args.input, args.out, device=device, sw_device=sw_device,
         threads=args.threads, tta=True if args.tta else None,
         largest_component=False if args.no_largest_component else None,
         memory_budget_mb=args.memory_budget_mb, bf16=args.bf16,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from kidneyssl.cli._common import add_config_arguments, add_dataset_arguments
+from kidneyssl.cli._common import add_config_arguments, add_dataset_arguments, positive_int
 
 __all__ = ["add_arguments", "run"]
 
@@ -19,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True,
                         help="dataset folder (KiTS19/KiTS23 case folders, nnU-Net raw, pairs; read only)")
     parser.add_argument("--out", required=True, help="cache folder to write (outside --data)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    parser.add_argument("--workers", type=positive_int, default=2, help="worker processes (default: 2)")
     parser.add_argument("--force", action="store_true",
                         help="redo every case, and replace a cache made with another config")
     add_config_arguments(parser)
@@ -30,9 +30,6 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.cli._common import dataset_options, resolve_config
     from kidneyssl.data.cache import prepare_dataset
 
-    if args.workers < 1:
-        print("kidneyssl prepare: --workers must be >= 1")
-        return 2
     cfg = resolve_config(args).preprocess
     summary = prepare_dataset(args.data, args.out, cfg, workers=args.workers, force=args.force,
                               **dataset_options(args))

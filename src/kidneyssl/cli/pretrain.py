@@ -40,11 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.pretrain import pretrain_siamese
+    from kidneyssl.training.runfolder import RunFolder
 
     t0 = time.perf_counter()
     from kidneyssl.reporting.figures import refresh_history_plot
 
-    result = pretrain_siamese(args.cache, args.out, resolve_config(args), split_file=args.split,
+    cache, split = args.cache, args.split
+    unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
+    if unstarted:  # stopped before its first checkpoint: start again with what it was given
+        cache, split = cache or unstarted["cache"], unstarted["split"]
+    result = pretrain_siamese(cache, args.out, resolve_config(args), split_file=split,
                               on_epoch=refresh_history_plot,
                               resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
                               device=args.device, plan=plan_options(args))

@@ -7,6 +7,8 @@ import argparse
 import logging
 import time
 
+from kidneyssl.cli._common import positive_int
+
 __all__ = ["add_arguments", "run"]
 
 log = logging.getLogger(__name__)
@@ -14,11 +16,11 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder (KiTS19 layout: case_XXXXX/...)")
-    parser.add_argument("--cases", type=int, default=24, help="number of cases (default: 24)")
+    parser.add_argument("--cases", type=positive_int, default=24, help="number of cases (default: 24)")
     parser.add_argument("--seed", type=int, default=0, help="dataset seed (default: 0)")
     parser.add_argument("--resolution", choices=("demo", "full"), default="demo",
                         help="demo: ~50x180x180, 4-6 mm slices; full: 512x512, 1-5 mm slices (default: demo)")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (default: 1)")
+    parser.add_argument("--workers", type=positive_int, default=1, help="worker processes (default: 1)")
     parser.add_argument("--force", action="store_true", help="replace a different dataset already in --out")
     parser.add_argument("--format", dest="data_format", choices=("kits19", "kits23", "nnunet", "pairs"),
                         default="kits19", help="dataset format to write (default: kits19)")

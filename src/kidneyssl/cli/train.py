@@ -6,7 +6,13 @@ import argparse
 import logging
 import time
 
-from kidneyssl.cli._common import add_config_arguments, log_run_summary, plan_options, resolve_config
+from kidneyssl.cli._common import (
+    add_config_arguments,
+    log_run_summary,
+    plan_options,
+    positive_int,
+    resolve_config,
+)
 from kidneyssl.cli.pretrain import add_run_arguments
 
 __all__ = ["add_arguments", "run"]
@@ -21,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="'scratch' (MwoS) or a siamese checkpoint (pretrain RUN/best.pt) for MwS")
     parser.add_argument("--split", default=None,
                         help="split.json to use, e.g. the pretraining run's (MwS and MwoS must share one)")
-    parser.add_argument("--grad-accum", type=int, default=1, metavar="K",
+    parser.add_argument("--grad-accum", type=positive_int, default=1, metavar="K",
                         help="half volumes per optimiser step per process (default 1, the paper's batch size)")
     parser.add_argument("--allow-init-overlap", action="store_true",
                         help="experts only: accept a siamese --init checkpoint that was trained on cases this "
@@ -32,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.finetune import train_segmentation
+    from kidneyssl.training.runfolder import RunFolder
 
     t0 = time.perf_counter()
     from kidneyssl.reporting.figures import refresh_history_plot
 
-    result = train_segmentation(args.cache, args.out, resolve_config(args), init=args.init, on_epoch=refresh_history_plot,
-                                split_file=args.split, resume=args.resume, force=args.force,
+    cache, init, split = args.cache, args.init, args.split
+    unstarted = RunFolder(args.out).unstarted_inputs("segmentation") if args.resume else None
+    if unstarted:  # stopped before its first checkpoint: start again with what it was given
+        cache, init, split = cache or unstarted["cache"], unstarted["init"], unstarted["split"]
+    result = train_segmentation(cache, args.out, resolve_config(args), init=init, on_epoch=refresh_history_plot,
+                                split_file=split, resume=args.resume, force=args.force,
                                 extend_epochs=args.extend_epochs, device=args.device,
                                 accumulate=args.grad_accum, allow_init_overlap=args.allow_init_overlap,
                                 plan=plan_options(args))

@@ -36,6 +36,7 @@ from kidneyssl.io.atomic import atomic_path, atomic_write_json
 from kidneyssl.io.datasets import open_dataset
 from kidneyssl.io.kits19 import Case, load_case
 from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
+from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 from kidneyssl.progress import progress
 
 __all__ = [
@@ -321,6 +322,7 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
     _check_paths(data_dir, cache_dir)
+    check_output_folder(cache_dir)
     dataset = open_dataset(data_dir, data_format, kidney_labels)
     for line in dataset.skipped:
         log.warning("%s", line)
@@ -342,6 +344,8 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
             raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
                                  + "; ".join(diff) + "); use --force to rebuild it, or another --out")
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for folder in [cache_dir] + [cache_dir / c.case_id for c in cases]:
+        remove_stale_temp_files(folder)  # what a killed run left
     start = time.perf_counter()
     summary = PrepareSummary()
     todo: list[Case] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import locale
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,11 @@ from kidneyssl.io.geometry import Geometry, Volume
 
 __all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series"]
 
+log = logging.getLogger(__name__)
+
 _CASE_RE = re.compile(r"^case_(\d+)$")
+#: What predict writes: never taken as an input when a folder is scanned.
+_OUTPUT_RE = re.compile(r"^(prediction|probability)_.+\.nii(\.gz)?$")
 _NIFTI = (".nii.gz", ".nii")
 
 
@@ -116,7 +121,9 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     """Scans under ``input_path``, sorted by name.
 
     A KiTS19 case folder without ``imaging.nii.gz`` is still listed (its read then fails with a
-    DataError, reported for that case alone).
+    DataError, reported for that case alone). Hidden files (our temporary files among them) and
+    predict's own outputs (``prediction_*.nii.gz``, ``probability_*.nii.gz``) are never inputs of
+    a folder scan, so ``--out`` may be the input folder; skipped outputs are logged.
 
     Raises:
         DataError: ``input_path`` does not exist, holds no scans, or two scans would be written to
@@ -126,13 +133,20 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     if _is_nifti(path):
         return [_nifti_input(path)]
     if not path.is_dir():
+        from kidneyssl.io.paths import describe_missing
+
         raise DataError(path, "input", "a NIfTI file, a KiTS19-layout folder, a folder of NIfTI "
-                        "files or DICOM series", "missing" if not path.exists() else "another kind of file")
+                        "files or DICOM series", "missing" if not path.exists() else "another kind of file",
+                        hint=describe_missing(path) if not path.exists() else "")
     items: list[PredictionInput] = []
     if _dicom_series_ids(path):
         items.append(PredictionInput(path.name, path.name, path, "dicom"))
+    own_outputs = []
     for child in sorted(path.iterdir()):
-        if child.name.startswith("."):
+        if child.name.startswith("."):  # hidden, and our temporary files
+            continue
+        if _OUTPUT_RE.match(child.name) and child.is_file():  # written by predict (--out = input)
+            own_outputs.append(child.name)
             continue
         match = _CASE_RE.match(child.name)
         if child.is_dir() and match:
@@ -141,9 +155,13 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
             items.append(_nifti_input(child))
         elif child.is_dir() and _dicom_series_ids(child):
             items.append(PredictionInput(child.name, child.name, child, "dicom"))
+    if own_outputs:
+        log.info("%s: skipped %d file(s) named like predict's outputs (%s%s)", path.absolute(),
+                 len(own_outputs), ", ".join(own_outputs[:3]), ", ..." if len(own_outputs) > 3 else "")
     if not items:
         raise DataError(path, "input", "NIfTI files, case_XXXXX/imaging.nii.gz or DICOM series",
-                        "no scans")
+                        "no scans" + (f" (only {len(own_outputs)} prediction/probability outputs)"
+                                      if own_outputs else ""))
     seen: dict[str, str] = {}
     for item in items:
         if item.output_id in seen:
@@ -191,10 +209,24 @@ def read_dicom_series(folder: str | Path) -> Volume:
     return Volume(array, Geometry(affine=affine, shape=array.shape))
 
 
-def read_input(item: PredictionInput) -> Volume:
-    """Read one scan (NIfTI through :func:`kidneyssl.io.volumes.read_volume`, or DICOM)."""
-    if item.kind == "dicom":
-        return read_dicom_series(item.path)
-    from kidneyssl.io.volumes import read_volume
+def read_input(item: PredictionInput, check: bool = False) -> Volume:
+    """Read one scan (NIfTI through :func:`kidneyssl.io.volumes.read_volume`, or DICOM).
 
-    return read_volume(item.path)
+    Args:
+        check: refuse an implausible scan (:func:`kidneyssl.io.plausibility.check_scan`: spacing,
+            field of view, intensities not in HU, no body) and log warnings (oblique axes).
+
+    Raises:
+        DataError: unreadable, or (``check``) implausible; the message names the file.
+    """
+    if item.kind == "dicom":
+        volume = read_dicom_series(item.path)
+    else:
+        from kidneyssl.io.volumes import read_volume
+
+        volume = read_volume(item.path)
+    if check:
+        from kidneyssl.io.plausibility import check_scan
+
+        check_scan(volume, item.path, refuse=True)
+    return volume

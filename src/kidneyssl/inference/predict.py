@@ -187,7 +187,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
                 raise DataError(target, "output", "an output path that is not an input",
                                 "the input itself", hint="choose another --out folder")
             t0 = time.perf_counter()
-            volume = read_input(item)
+            volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
             result = predict_volume(model, volume, cfg, device=device, sw_device=sw_device,
                                     keep_probabilities=save_probabilities, bf16=bf16, strategy=strategy)

@@ -1,6 +1,13 @@
 """Atomic file writes: write to a temporary file in the same folder, then rename.
 
 A run killed mid-write leaves either the old file or the new one, never half of one.
+
+The temporary file lives in a hidden folder beside the target, ``.<name>.<random>.kstmp/<name>``:
+writers that look at the file name (nibabel, ``np.save``, matplotlib) see the target's own name,
+while nothing in the target's folder ends in ``.nii.gz``/``.npy``/``.json``, so a folder scan never
+mistakes a leftover for an input. A SIGKILL can leave such a folder behind; the commands that write
+a folder remove stale ones of this pattern when they start
+(:func:`kidneyssl.io.paths.remove_stale_temp_files`).
 """
 
 from __future__ import annotations
@@ -8,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -17,27 +25,27 @@ __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_save
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; on success rename it onto ``target``.
+    """Yield a temporary path for ``target``; on success rename it onto ``target``.
 
-    ``suffix`` keeps extensions that writers look at (e.g. ``.nii.gz``, ``.npy``).
-    On error the temporary file is removed and ``target`` is untouched.
+    The temporary path has ``target``'s own file name (plus ``suffix`` when the name does not
+    already end with it), inside a hidden ``.<name>.<random>.kstmp`` folder beside ``target``, so
+    writers that look at extensions (``.nii.gz``, ``.npy``) work unchanged. On error the
+    temporary folder is removed and ``target`` is untouched.
     """
+    from kidneyssl.io.paths import TEMP_MARKER
+
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates 0600 files; give outputs the usual permissions (0666 less the umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_MARKER, dir=target.parent))
+    name = target.name if not suffix or target.name.endswith(suffix) else target.name + suffix
+    tmp_path = tmp_dir / name
+    # Create the file with the usual permissions (0666 less the umask), as open() would.
+    tmp_path.touch()
     try:
         yield tmp_path
         os.replace(tmp_path, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp_path.unlink()
-        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "Reorientation",
     "to_canonical",
     "from_canonical",
+    "obliquity_deg",
 ]
 
 CANONICAL_AXCODES: tuple[str, str, str] = ("I", "P", "L")
@@ -144,6 +145,20 @@ class Reorientation:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Reorientation":
         return cls(original=Geometry.from_dict(data["original"]), ornt=np.asarray(data["ornt"]))
+
+
+def obliquity_deg(affine: np.ndarray) -> float:
+    """Largest angle (degrees) between a voxel axis and the world axis it is closest to.
+
+    0 for an axis-aligned grid; reorientation to canonical axes (permute and flip) snaps an oblique
+    grid to the nearest axes, ignoring this angle.
+    """
+    columns = np.asarray(affine, dtype=np.float64)[:3, :3]
+    norms = np.linalg.norm(columns, axis=0)
+    if not (norms > 0).all():
+        return 0.0
+    cosines = np.abs(columns / norms).max(axis=0)
+    return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
 
 
 def _ornt_to_canonical(affine: np.ndarray) -> np.ndarray:

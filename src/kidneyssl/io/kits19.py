@@ -15,6 +15,7 @@ import numpy as np
 from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
+from kidneyssl.io.plausibility import check_scan
 from kidneyssl.io.volumes import read_geometry, read_volume
 
 __all__ = [
@@ -154,6 +155,8 @@ def load_case(case: Case, require_imaging: bool = True, policy: LabelPolicy = KI
             image = read_volume(case.imaging)  # type: ignore[arg-type]
         except DataError as err:
             errors.append(err)
+        else:  # implausible for a kidney CT (tiny, not HU, ...): said on stderr, not refused
+            check_scan(image, case.imaging, refuse=False)  # type: ignore[arg-type]
     if "segmentation" in geoms:
         try:
             label = read_volume(case.segmentation)  # type: ignore[arg-type]

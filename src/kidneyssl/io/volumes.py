@@ -11,6 +11,15 @@ zero-filled or garbled voxels without an error. So every ``.nii.gz`` read is ver
 CRC-32 and length stored in the gzip trailer (hashing the decompressed bytes costs ~0.05 s for a
 300 x 512 x 512 int16 volume); anything unusual falls back to a full streaming check with zlib.
 
+Intensity scaling (``scl_slope``/``scl_inter``, e.g. uint16 with an intercept of -1024 HU) is
+applied by SimpleITK; the size checks compare the file with its *stored* data type, not with the
+scaled float array.
+
+Geometry follows nibabel. When SimpleITK reads the header differently (a file with no qform and no
+sform, or an sform whose scales disagree with pixdim), nibabel's affine is used, with a warning,
+so that a mask written on the grid reads back in nibabel exactly like the input. A header with no
+qform, no sform and zero voxel sizes describes no grid at all and is refused.
+
 Writing uses nibabel (explicit sform and qform from one affine, gzip level 1) through an atomic
 temporary file, and the result reads back identically with nibabel and SimpleITK.
 """
@@ -24,6 +33,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from nibabel import orientations as nio
 
 from kidneyssl.errors import DataError
 from kidneyssl.io.atomic import atomic_path
@@ -59,8 +69,60 @@ def _affine_from_sitk(direction: tuple[float, ...], spacing: tuple[float, ...],
 
 def _check_exists(path: Path) -> None:
     if not path.is_file():
+        from kidneyssl.io.paths import describe_missing
+
         raise DataError(path, "file", "an existing NIfTI file", "missing" if not path.exists()
-                        else "not a regular file")
+                        else "not a regular file", hint=describe_missing(path))
+
+
+_AFFINE_ATOL_MM = 1e-3
+
+
+def _raw_header(path: Path, header_class):
+    """The NIfTI header as stored (no fixes applied, unlike ``nibabel.load``)."""
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(str(path), "rb") as fh:
+        return header_class.from_fileobj(fh, check=False)
+
+
+def _nibabel_affine(path: Path, itk_affine: np.ndarray) -> np.ndarray:
+    """The affine nibabel reads for ``path`` when it differs from SimpleITK's, else ``itk_affine``.
+
+    Raises:
+        DataError: no qform, no sform and no usable voxel sizes (the header describes no grid).
+    """
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))  # header only
+    except Exception:  # noqa: BLE001 - not a file nibabel reads: keep SimpleITK's geometry
+        return itk_affine
+    if not isinstance(image.header, nib.Nifti1Header):  # also Nifti2Header
+        return itk_affine
+    header = _raw_header(path, type(image.header))  # nibabel's load replaces a zero pixdim by 1
+    zooms = [float(z) for z in header["pixdim"][1:4]]
+    no_xform = int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
+    if no_xform and not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(path, "geometry", "voxel sizes (pixdim) or a qform/sform",
+                        f"pixdim {zooms} and no qform/sform",
+                        hint="the header describes no grid; set the voxel size and orientation")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if np.allclose(affine, itk_affine, atol=_AFFINE_ATOL_MM):
+        return itk_affine
+    columns = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (np.isfinite(affine).all() and (columns > 0).all()):
+        raise DataError(path, "geometry", "a usable affine", f"{np.round(affine, 4).tolist()}")
+    axcodes = "".join(str(c) for c in nio.aff2axcodes(affine))
+    if no_xform:
+        log.warning("%s: geometry: no qform/sform, so orientation and origin are unknown; "
+                    "following nibabel's convention (%s, origin at the centre): left/right may be "
+                    "wrong", path.absolute(), axcodes)
+    else:
+        log.warning("%s: geometry: SimpleITK and nibabel read this header differently (max "
+                    "difference %.4g); using nibabel's affine (%s), which masks are written with",
+                    path.absolute(), float(np.abs(affine - itk_affine).max()), axcodes)
+    return affine
 
 
 def read_geometry(path: str | Path) -> Geometry:
@@ -85,6 +147,8 @@ def read_geometry(path: str | Path) -> Geometry:
                         + (f" with {reader.GetNumberOfComponents()} components"
                            if reader.GetNumberOfComponents() != 1 else ""))
     affine = _affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    if path.name.endswith(NIFTI_SUFFIXES):
+        affine = _nibabel_affine(path, affine)
     return Geometry(affine=affine, shape=tuple(int(s) for s in reader.GetSize()))  # type: ignore[arg-type]
 
 
@@ -114,16 +178,22 @@ class _ImageBuffer:
         self.__array_interface__ = interface
 
 
-def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool) -> bool:
+def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool,
+                 stored_nbytes: int | None = None) -> bool:
     """Raise DataError when the gzip stream of ``path`` is truncated or corrupt.
 
     Fast path: CRC-32 of (header bytes + the decoded voxel bytes) against the gzip trailer.
     Otherwise (multi-member gzip, scaled data, odd byte order, NaNs that niftilib replaced by
     0) decompress the stream with zlib.
 
+    Args:
+        stored_nbytes: bytes of voxel data in the file (its stored type, before any scaling);
+            default ``data.nbytes``.
+
     Returns:
         True when ``data`` is byte-for-byte the file's voxel data (fast path succeeded).
     """
+    stored_nbytes = data.nbytes if stored_nbytes is None else stored_nbytes
     with open(path, "rb") as fh:
         fh.seek(-8, 2)
         crc_stored, size_stored = struct.unpack("<II", fh.read(8))
@@ -144,8 +214,8 @@ def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool) -
     except (OSError, EOFError, zlib.error) as err:
         raise DataError(path, "gzip", "an intact gzip stream", "corrupt or truncated data",
                         hint=_short(err)) from None
-    if total < vox_offset + data.nbytes:
-        raise DataError(path, "gzip", f"{vox_offset + data.nbytes} decompressed bytes",
+    if total < vox_offset + stored_nbytes:
+        raise DataError(path, "gzip", f"{vox_offset + stored_nbytes} decompressed bytes",
                         f"{total}")
     return False
 
@@ -153,8 +223,9 @@ def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool) -
 def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
     """Read a 3-D NIfTI image as a :class:`Volume` (array in nibabel's axis order, RAS+ affine).
 
-    The array has the file's stored data type (scaled to float if the header has a slope) and
-    equals ``np.asanyarray(nibabel.load(path).dataobj)``; it is a (Fortran-ordered) transposed
+    The array has the file's stored data type, or float (float32; float64 for float64 data)
+    when the header scales the stored values (``scl_slope``/``scl_inter``: e.g. uint16 + intercept -1024 gives HU), and equals
+    ``nibabel.load(path).get_fdata()`` (to float32 precision when scaled); it is a (Fortran-ordered) transposed
     view of SimpleITK's buffer, like nibabel's own arrays.
 
     Args:
@@ -180,17 +251,22 @@ def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
     if buffer.shape[::-1] != geometry.shape:
         raise DataError(path, "shape", f"{geometry.shape}", f"{buffer.shape[::-1]} voxels read")
     exact = False
+    # Bytes of voxel data in the file: its stored type (bitpix), not the (scaled) array's.
+    bitpix = int(_meta_float(image, "bitpix", 8.0 * buffer.itemsize))
+    stored_nbytes = buffer.size * max(bitpix, 8) // 8
     if path.name.endswith(".gz"):
         fast_ok = (_meta_float(image, "scl_slope", 1.0) in (0.0, 1.0)
                    and _meta_float(image, "scl_inter", 0.0) == 0.0
                    and buffer.dtype.byteorder in ("=", "|", "<"))
-        exact = _verify_gzip(path, buffer, int(_meta_float(image, "vox_offset", 352.0)), fast_ok)
+        exact = _verify_gzip(path, buffer, int(_meta_float(image, "vox_offset", 352.0)),
+                             fast_ok and stored_nbytes == buffer.nbytes, stored_nbytes)
     else:
-        expected = int(_meta_float(image, "vox_offset", 352.0)) + buffer.nbytes
+        expected = int(_meta_float(image, "vox_offset", 352.0)) + stored_nbytes
         if path.stat().st_size < expected:
             raise DataError(path, "size", f"at least {expected} bytes", f"{path.stat().st_size}")
     array = buffer.transpose(2, 1, 0)
-    if check_nan and np.issubdtype(array.dtype, np.floating):
+    stored_float = int(_meta_float(image, "datatype", 16.0 if array.dtype.kind == "f" else 0.0)) in (16, 64, 1536)
+    if check_nan and stored_float and np.issubdtype(array.dtype, np.floating):
         # niftilib (inside SimpleITK) silently replaces NaN by 0; when the buffer is not
         # byte-identical to the file, count NaNs in the file itself (nibabel; rare, slower).
         n_nan = int(np.isnan(buffer.min())) if exact else _count_nan_nibabel(path)

@@ -33,6 +33,7 @@ from kidneyssl.io.geometry import (
     from_canonical,
 )
 from kidneyssl.io.labels import LabelPolicy
+from kidneyssl.io.plausibility import check_resampled_size
 from kidneyssl.preprocessing.intensity import clip_window, zscore
 from kidneyssl.preprocessing.spatial import (
     Padding,
@@ -179,6 +180,7 @@ def _resample_in_file_layout(array: np.ndarray, geometry: Geometry, ornt: np.nda
     """Resample in the file's axis order to the canonical target spacing, then reorient."""
     target = [cfg.spacing_mm[int(ornt[i, 0])] for i in range(3)]
     layout_shape = resampled_shape(geometry.shape, geometry.spacing, target)
+    check_resampled_size(geometry.shape, geometry.spacing, layout_shape)  # before allocating
     out = resample_to_shape(array, layout_shape, order=order, is_label=is_label, threads=threads,
                             antialias=antialias)
     layout = Geometry(resampled_affine(geometry.affine, geometry.shape, layout_shape), layout_shape)

@@ -29,6 +29,7 @@ import numpy as np
 
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
+from kidneyssl.io.paths import remove_stale_temp_files
 
 __all__ = ["Split", "make_split", "save_split", "load_split", "RunFolder", "RUN_FILES"]
 
@@ -120,7 +121,9 @@ def load_split(path: str | Path, available: Sequence[str] | None = None, min_val
                       float(data.get("val_fraction", 0.0)), tuple(data.get("test", ())),
                       float(data.get("test_fraction", 0.0)))
     except FileNotFoundError as err:
-        raise KidneySSLError(f"{path}: split file not found") from err
+        from kidneyssl.io.paths import describe_missing
+
+        raise KidneySSLError(f"{path.absolute()}: split file not found ({describe_missing(path)})") from err
     except (ValueError, KeyError, TypeError) as err:
         raise KidneySSLError(f"{path}: not a split file (expected JSON with 'train' and 'val' lists)") from err
     parts = {"train": set(split.train), "val": set(split.val), "test": set(split.test)}
@@ -143,7 +146,7 @@ class RunFolder:
     """One training run's folder (see the module docstring for its files)."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # messages name absolute paths
 
     # -- paths --------------------------------------------------------------------------------
     @property
@@ -221,14 +224,23 @@ class RunFolder:
             )
         return None
 
+    def unstarted_inputs(self, kind: str) -> dict[str, Any] | None:
+        """For a ``kind`` run stopped before its first checkpoint (``run.json``, no ``last.pt``):
+        what it was started with (``cache``, ``init``, ``split`` file), so that ``--resume`` can
+        start it again from the beginning; ``None`` for any other folder."""
+        info = self.info()
+        if info is None or info.get("kind") != kind or self.last.is_file():
+            return None
+        return {"cache": info.get("cache"), "init": info.get("init", "scratch"),
+                "split": str(self.split_path) if self.split_path.is_file() else None}
+
     def reset(self) -> None:
         """Remove the files a run writes (``--force``); other files in the folder are kept."""
         for name in RUN_FILES:
             target = self.path / name
             if target.is_file():
                 target.unlink()
-        for tmp in self.path.glob(".*.tmp*"):
-            tmp.unlink(missing_ok=True)
+        remove_stale_temp_files(self.path)
         for name in RUN_DIRS:
             shutil.rmtree(self.path / name, ignore_errors=True)
 
@@ -283,6 +295,9 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
     Returns:
         ``(config to use, run.json of the existing run or None for a new run)``.
 
+    A ``resume`` of a run stopped before its first checkpoint (no ``last.pt``) returns its saved
+    config and ``None``: the run starts again from the beginning.
+
     Raises:
         RunFolderError: see :meth:`RunFolder.claim`; also --extend-epochs on an unfinished run.
     """
@@ -294,11 +309,24 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
         raise RunFolderError("--resume and --extend-epochs are separate modes; use one")
     if extend_epochs < 0:
         raise RunFolderError(f"--extend-epochs must be positive, got {extend_epochs}")
+    if resume and not force and folder.unstarted_inputs(kind) is not None:
+        # Stopped in its first epoch: nothing to restore, so start again with the saved config
+        # (the caller passes the run's cache, init and split: RunFolder.unstarted_inputs).
+        saved = load_config(folder.config_path)
+        log.warning("%s: the run stopped before its first checkpoint; starting it again from "
+                    "epoch 1 with its saved config.yaml", folder.path)
+        if is_main:
+            remove_stale_temp_files(folder.path)
+            for name in ("history.jsonl", "history.png", "best.pt"):
+                (folder.path / name).unlink(missing_ok=True)
+        return saved, None
     info = folder.claim(kind, resume=resume or extend_epochs > 0, force=force)
     if info is None:
         if force and is_main and folder.path.is_dir():
             folder.reset()
         return cfg, None
+    if is_main:
+        remove_stale_temp_files(folder.path)  # left by the killed run
     saved = load_config(folder.config_path)
     if extend_epochs:
         if info.get("status") != "finished":

@@ -28,17 +28,46 @@ def seed_everything(seed: int) -> None:
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """The global RNG states (python, numpy, torch CPU, and CUDA when available), picklable."""
+    """The global RNG states (python, numpy, torch CPU, and CUDA when available).
+
+    Stored as tensors and plain containers only, so that a checkpoint holding them loads with
+    ``torch.load(weights_only=True)``; :func:`restore_rng_state` turns them back exactly.
+    """
     import torch
 
+    version, internal, gauss_next = random.getstate()
+    legacy = np.random.get_state(legacy=False)
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": int(version),
+                   "state": torch.tensor([int(v) for v in internal], dtype=torch.int64),
+                   "gauss_next": None if gauss_next is None else float(gauss_next)},
+        "numpy": {"bit_generator": str(legacy["bit_generator"]),
+                  "key": torch.from_numpy(np.asarray(legacy["state"]["key"], dtype=np.int64)),
+                  "pos": int(legacy["state"]["pos"]),
+                  "has_gauss": int(legacy["has_gauss"]),
+                  "gauss": float(legacy["gauss"])},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = list(torch.cuda.get_rng_state_all())
     return state
+
+
+def _python_state(saved: Any) -> tuple:
+    if isinstance(saved, dict):  # tensors / plain containers (this version)
+        internal = tuple(int(v) for v in saved["state"].tolist())
+        return (int(saved["version"]), internal, saved["gauss_next"])
+    version, internal, gauss_next = saved  # a tuple (checkpoints written before)
+    return (version, tuple(int(v) for v in internal), gauss_next)
+
+
+def _numpy_state(saved: Any) -> Any:
+    if isinstance(saved, dict):
+        key = np.asarray(saved["key"].numpy() if hasattr(saved["key"], "numpy") else saved["key"])
+        return {"bit_generator": saved["bit_generator"],
+                "state": {"key": key.astype(np.uint32), "pos": int(saved["pos"])},
+                "has_gauss": int(saved["has_gauss"]), "gauss": float(saved["gauss"])}
+    return saved  # numpy's legacy tuple
 
 
 def restore_rng_state(state: dict[str, Any]) -> None:
@@ -46,9 +75,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     import torch
 
     if "python" in state:
-        random.setstate(state["python"])
+        random.setstate(_python_state(state["python"]))
     if "numpy" in state:
-        np.random.set_state(state["numpy"])
+        np.random.set_state(_numpy_state(state["numpy"]))
     if "torch" in state:
         torch.set_rng_state(torch.as_tensor(state["torch"], dtype=torch.uint8).cpu())
     if "cuda" in state and torch.cuda.is_available():
