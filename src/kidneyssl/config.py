@@ -332,7 +332,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 continue
         names = " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in typing.get_args(tp))
         raise ConfigError(f"{where}: expected {names}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return config_from_dict(tp, value, where)
     if origin is tuple:
         args = typing.get_args(tp)
@@ -449,12 +449,14 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
             raise ConfigError(f"override {item!r} must look like section.key=value")
         key, raw = item.split("=", 1)
         parts = key.strip().split(".")
-        node, node_type = data, ExperimentConfig
+        node: dict[str, Any] = data
+        node_type: Any = ExperimentConfig
         for part in parts[:-1]:
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"override {item!r}: no config section {part!r}")
             node = node[part]
-            node_type = _hints(node_type).get(part) if dataclasses.is_dataclass(node_type) else None
+            node_type = _hints(node_type).get(part) if isinstance(node_type, type) and dataclasses.is_dataclass(
+                node_type) else None
         free_form = not dataclasses.is_dataclass(node_type)  # a dict field (e.g. synth) takes any key
         if parts[-1] not in node and not free_form:
             raise ConfigError(f"override {item!r}: unknown key {parts[-1]!r} (known: {sorted(node)})")

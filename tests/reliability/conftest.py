@@ -102,8 +102,8 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> Path:
 def seg_checkpoint(tmp_path_factory) -> Path:
     """A segmentation checkpoint of a tiny demo architecture (random weights, coarse grid)."""
     from kidneyssl.config import PreprocessConfig, config_to_dict
-    from kidneyssl.models import build_segmentation_model
     from kidneyssl.io.checkpoint import save_checkpoint
+    from kidneyssl.models import build_segmentation_model
 
     cfg = dataclasses.replace(train_config(), preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))
     torch.manual_seed(0)

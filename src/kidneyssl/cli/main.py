@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -42,7 +42,7 @@ class OneLineParser(argparse.ArgumentParser):
 def _add_common(parser: argparse.ArgumentParser, after_verb: bool) -> None:
     """``-q``/``-v``, accepted before the verb and after it (after it, they only set the value
     when given, so that ``kidneyssl -q predict ...`` is not undone by the verb's defaults)."""
-    extra = {"default": argparse.SUPPRESS} if after_verb else {}
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if after_verb else {}
     group = parser.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars",
                        **extra)

@@ -133,7 +133,8 @@ class KidneyPairDataset:
             self._split_x[cid] = int(meta["split_x"])
             for side in (Side.RIGHT, Side.LEFT):
                 if side.value in meta["kidneys"]:
-                    self._centers[(cid, side)] = tuple(int(v) for v in meta["kidneys"][side.value]["center"])
+                    z, y, x = (int(v) for v in meta["kidneys"][side.value]["center"])
+                    self._centers[(cid, side)] = (z, y, x)
         if not self.items:
             raise KidneySSLError(f"no located kidney in the {len(self.case_ids)} cases given for pairs")
         self.epoch = -1

@@ -104,7 +104,7 @@ def score_case(case_id: str, pred_path: Path | None, gt_path: Path, policy: Labe
         "ground_truth": str(gt_path),
         "missing_prediction": pred_path is None,
     }
-    row.update(compute_case_metrics(pred > 0, policy.target(gt), gt_vol.geometry.spacing,  # type: ignore[arg-type]
+    row.update(compute_case_metrics(pred > 0, policy.target(gt), gt_vol.geometry.spacing,
                                     bl_mode=bl_mode))  # type: ignore[arg-type]
     if tumor:
         row["dice_tumor"] = dice(pred == PREDICTION_POLICY.tumor, gt == policy.tumor)

@@ -1,7 +1,7 @@
 """THE inference procedure: one preprocessed image in, a post-processed kidney mask out.
 
 Every code path that scores or applies a model calls :func:`segment_image`: per-epoch validation
-(``training/finetune.py``), Table 1 and Fig. 4 of the experiment (``training/experiment.py``) and
+(``training/finetune.py``), Table 1 and Fig. 4 of the experiment (``workflows/experiment.py``) and
 ``kidneyssl predict`` (:func:`kidneyssl.inference.predict.predict_volume`). It takes an image
 (never a label) and:
 

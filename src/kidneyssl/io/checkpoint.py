@@ -59,10 +59,8 @@ def _legacy_numpy_globals() -> list[Any]:
     """The NumPy types older checkpoints hold in their RNG state: array and scalar data only."""
     import numpy as np
 
-    try:
-        multiarray = np._core.multiarray  # numpy >= 2
-    except AttributeError:  # pragma: no cover - numpy 1.x
-        multiarray = np.core.multiarray
+    core: Any = getattr(np, "_core", None) or np.core  # numpy >= 2, else 1.x
+    multiarray = core.multiarray
     dtypes = [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.float32, np.int32)]
     return [multiarray._reconstruct, multiarray.scalar, np.ndarray, np.dtype, *dtypes]
 

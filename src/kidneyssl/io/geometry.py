@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 from nibabel import orientations as nio
 
+from kidneyssl.types import spacing3
+
 __all__ = [
     "CANONICAL_AXCODES",
     "LATERAL_AXIS",
@@ -69,12 +71,12 @@ class Geometry:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along each array axis."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        return spacing3(np.linalg.norm(self.affine[:3, :3], axis=0))
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
         """nibabel axis codes: the direction each array axis's index grows towards."""
-        return tuple(nio.aff2axcodes(self.affine))  # type: ignore[return-value]
+        return tuple(nio.aff2axcodes(self.affine))
 
     def same_as(self, other: "Geometry", atol: float = 1e-3) -> bool:
         """Same shape and (to ``atol`` mm) the same affine."""

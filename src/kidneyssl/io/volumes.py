@@ -31,6 +31,7 @@ import logging
 import struct
 import zlib
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from nibabel import orientations as nio
@@ -38,6 +39,7 @@ from nibabel import orientations as nio
 from kidneyssl.errors import DataError
 from kidneyssl.io.atomic import atomic_path
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.types import shape3
 
 __all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "NIFTI_SUFFIXES"]
 
@@ -107,7 +109,7 @@ def _nibabel_affine(path: Path, itk_affine: np.ndarray) -> np.ndarray:
         raise DataError(path, "geometry", "voxel sizes (pixdim) or a qform/sform",
                         f"pixdim {zooms} and no qform/sform",
                         hint="the header describes no grid; set the voxel size and orientation")
-    affine = np.asarray(image.affine, dtype=np.float64)
+    affine = np.asarray(cast(Any, image).affine, dtype=np.float64)
     if np.allclose(affine, itk_affine, atol=_AFFINE_ATOL_MM):
         return itk_affine
     columns = np.linalg.norm(affine[:3, :3], axis=0)
@@ -149,7 +151,7 @@ def read_geometry(path: str | Path) -> Geometry:
     affine = _affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     if path.name.endswith(NIFTI_SUFFIXES):
         affine = _nibabel_affine(path, affine)
-    return Geometry(affine=affine, shape=tuple(int(s) for s in reader.GetSize()))  # type: ignore[arg-type]
+    return Geometry(affine=affine, shape=shape3(reader.GetSize()))
 
 
 def _header_dims(reader) -> list[int]:
@@ -202,7 +204,7 @@ def _verify_gzip(path: Path, data: np.ndarray, vox_offset: int, fast_ok: bool,
         if expected_size == size_stored:
             with gzip.open(path, "rb") as fh:
                 head = fh.read(vox_offset)
-            crc = zlib.crc32(memoryview(data).cast("B"), zlib.crc32(head))
+            crc = zlib.crc32(memoryview(cast(Any, data)).cast("B"), zlib.crc32(head))
             if crc == crc_stored:
                 return True
     # Slow path: stream the whole file through zlib (checks every member's CRC and length).
@@ -279,7 +281,7 @@ def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
 def _count_nan_nibabel(path: Path) -> int:
     import nibabel as nib
 
-    data = np.asanyarray(nib.load(str(path)).dataobj)
+    data = np.asanyarray(cast(Any, nib.load(str(path))).dataobj)
     return int(np.isnan(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
 
 

@@ -6,7 +6,7 @@ All losses take logits (the model never applies a sigmoid).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +83,8 @@ class BCEDiceLoss(nn.Module):
         """Unweighted (BCE mean over voxels, soft Dice loss)."""
         _check_pair(logits, target)
         target = target.to(logits.dtype)
-        bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight.to(logits.dtype))
+        pos_weight = cast(Tensor, self.pos_weight)  # a registered buffer
+        bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight.to(logits.dtype))
         return bce, self.dice(logits, target)
 
     def forward(self, logits: Tensor, target: Tensor, bce_weight: float, dice_weight: float) -> Tensor:
@@ -127,7 +128,11 @@ def segmentation_loss(output: SegmentationOutput, image: Tensor, target: Tensor,
         dict of 0-dim tensors: ``total`` (to backpropagate), ``bce``, ``dice``, ``recon``
         (``recon`` is 0 when there is no reconstruction output, e.g. in eval mode).
     """
-    criterion = criterion or BCEDiceLoss(cfg.pos_weight).to(output.logits.device)
+    if criterion is None:
+        if isinstance(cfg.pos_weight, str):
+            raise ValueError("pos_weight 'auto' must be resolved from the training data first "
+                             "(kidneyssl.training.finetune.resolve_pos_weight); pass a criterion")
+        criterion = BCEDiceLoss(cfg.pos_weight).to(output.logits.device)
     w_bce, w_dice = bce_dice_weights(epoch, num_epochs, cfg)
     bce, dice = criterion.components(output.logits, target)
     total = w_bce * bce + w_dice * dice

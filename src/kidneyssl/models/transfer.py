@@ -98,7 +98,7 @@ def load_encoder(seg_model: nn.Module, source: Mapping[str, Any] | str | Path) -
     Raises:
         CheckpointError: no encoder key matched, or a matching key has another shape (named).
     """
-    model = getattr(seg_model, "module", seg_model)
+    model: Any = getattr(seg_model, "module", seg_model)
     model = getattr(model, "_orig_mod", model)
     if not hasattr(model, "encoder"):
         raise CheckpointError(f"{type(model).__name__} has no `encoder` to load weights into")

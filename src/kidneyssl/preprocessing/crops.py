@@ -3,7 +3,7 @@ the proxy task's kidney crops (paper, section 2: 64 x 112 x 112 voxels around ea
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,7 +30,9 @@ def crop_padded(array: np.ndarray, start: Sequence[int], size: Sequence[int]) ->
             return out  # the box misses the array entirely
         src.append(slice(a, b))
         dst.append(slice(a - st, b - st))
-    out[(..., *dst)] = array[(..., *src)]
+    dst_index: Any = (Ellipsis, *dst)
+    src_index: Any = (Ellipsis, *src)
+    out[dst_index] = array[src_index]
     return out
 
 

@@ -43,7 +43,7 @@ from kidneyssl.preprocessing.spatial import (
     resampled_shape,
     unpad,
 )
-from kidneyssl.types import Shape3, Spacing3
+from kidneyssl.types import Shape3, Spacing3, shape3, spacing3
 
 __all__ = ["PreprocessRecord", "preprocess_image", "preprocess_label", "RECORD_VERSION"]
 
@@ -162,11 +162,11 @@ class PreprocessRecord:
         return cls(
             original=Geometry.from_dict(data["original"]),
             ornt=np.asarray(data["ornt"], dtype=np.float64),
-            resampled_shape=tuple(int(v) for v in data["resampled_shape"]),  # type: ignore[arg-type]
+            resampled_shape=shape3(data["resampled_shape"]),
             padding=Padding.from_dict(data["padding"]),
-            spacing_mm=tuple(float(v) for v in data["spacing_mm"]),  # type: ignore[arg-type]
-            target_spacing_mm=tuple(float(v) for v in data["target_spacing_mm"]),  # type: ignore[arg-type]
-            window_hu=tuple(float(v) for v in data["window_hu"]),  # type: ignore[arg-type]
+            spacing_mm=spacing3(data["spacing_mm"]),
+            target_spacing_mm=spacing3(data["target_spacing_mm"]),
+            window_hu=(float(data["window_hu"][0]), float(data["window_hu"][1])),
             mean=float(data["mean"]),
             std=float(data["std"]),
             interpolation=str(data.get("interpolation", "linear")),
@@ -212,10 +212,10 @@ def preprocess_image(volume: Volume, cfg: PreprocessConfig,
     record = PreprocessRecord(
         original=volume.geometry,
         ornt=ornt,
-        resampled_shape=tuple(array.shape),  # type: ignore[arg-type]
+        resampled_shape=shape3(array.shape),
         padding=padding,
         spacing_mm=reo.canonical_geometry.spacing,
-        target_spacing_mm=tuple(float(s) for s in cfg.spacing_mm),  # type: ignore[arg-type]
+        target_spacing_mm=spacing3(cfg.spacing_mm),
         window_hu=(float(cfg.window_hu[0]), float(cfg.window_hu[1])),
         mean=mean,
         std=std,

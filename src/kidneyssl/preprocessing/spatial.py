@@ -326,17 +326,17 @@ def resample_to_shape(array: np.ndarray, out_shape: Sequence[int], order: str = 
             else (array == value)
         indicator = indicator.view(np.uint8) if indicator.dtype == bool else indicator
 
-        def threshold(parts: list[np.ndarray]) -> np.ndarray:
+        def binarise(parts: list[np.ndarray]) -> np.ndarray:
             return (parts[0] >= 0.5).astype(np.uint8) * np.uint8(value)
 
-        return _resample([indicator], out_shape, "linear", threshold, np.uint8, threads,
+        return _resample([indicator], out_shape, "linear", binarise, np.uint8, threads,
                          antialias=True)
     lut = np.array([0] + values, dtype=np.uint8)
     indicators = [(array == v).view(np.uint8) for v in values]
 
     def argmax(parts: list[np.ndarray]) -> np.ndarray:
-        background = 1.0 - sum(parts)
-        return lut[np.argmax(np.stack([background] + parts), axis=0)]
+        background = 1.0 - np.sum(parts, axis=0)
+        return lut[np.argmax(np.stack([background, *parts]), axis=0)]
 
     return _resample(indicators, out_shape, "linear", argmax, np.uint8, threads, antialias=True)
 
@@ -372,8 +372,10 @@ class Padding:
 
     @classmethod
     def from_dict(cls, data: dict[str, Sequence[int]]) -> "Padding":
-        return cls(tuple(int(v) for v in data["before"]),  # type: ignore[arg-type]
-                   tuple(int(v) for v in data["after"]))
+        before, after = (tuple(int(v) for v in data[k]) for k in ("before", "after"))
+        if len(before) != 3 or len(after) != 3:
+            raise ValueError(f"padding needs 3 values per side, got {data!r}")
+        return cls((before[0], before[1], before[2]), (after[0], after[1], after[2]))
 
 
 def pad_to_multiple(array: np.ndarray, multiple: int, value: float = 0.0,

@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
 from kidneyssl.preprocessing.spatial import bounding_box
+from kidneyssl.types import shape3
 
 __all__ = [
     "KidneyLocation",
@@ -74,7 +75,7 @@ class KidneyLocation:
     @classmethod
     def from_dict(cls, data: Mapping) -> "KidneyLocation":
         return cls(
-            center=tuple(int(v) for v in data["center"]),  # type: ignore[arg-type]
+            center=shape3(data["center"]),
             bbox=tuple((int(a), int(b)) for a, b in data["bbox"]),  # type: ignore[arg-type]
             voxels=int(data["voxels"]),
         )

@@ -18,7 +18,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -74,7 +74,8 @@ class OverlayCase:
     spacing_mm: tuple[float, float, float] | None = None
 
 
-def _new_figure(width_in: float, height_in: float, layout: str | None = None) -> "Figure":
+def _new_figure(width_in: float, height_in: float,
+                layout: Literal["constrained", "compressed", "tight"] | None = None) -> "Figure":
     # Lazy import; Figure + Agg canvas = no pyplot, no display, no global state.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -120,7 +121,7 @@ def _as_float(value: Any) -> float | None:
     return float(value)
 
 
-def moving_average(values: Sequence[float], window: int) -> np.ndarray:
+def moving_average(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average, same length as ``values``, ignoring NaN.
 
     Element ``i`` is the mean of the finite values among ``values[max(0, i - w + 1) : i + 1]`` with

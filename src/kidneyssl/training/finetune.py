@@ -299,7 +299,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
                   else resolve_pos_weight(cfg, dataset))
 
     seed_everything(cfg.train.seed)
-    model = build_segmentation_model(cfg.model).to(ctx.device, memory_format=_memory_format(ctx.device))
+    # torch's Module.to stubs lack memory_format, which it accepts
+    model = build_segmentation_model(cfg.model).to(ctx.device, memory_format=_memory_format(ctx.device))  # type: ignore[call-overload]
     init_report = None
     if info is None and init != "scratch":
         init_report = _load_init(model, init, cfg, split, allow_init_overlap)

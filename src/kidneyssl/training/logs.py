@@ -29,7 +29,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from kidneyssl.io.atomic import atomic_write_text
 from kidneyssl.training.loop import EpochResult, StepStats
@@ -69,7 +69,7 @@ class CsvLog:
             else:
                 self.path.unlink()
 
-    def _render(self, rows: list[Mapping[str, Any]], header: bool) -> str:
+    def _render(self, rows: Sequence[Mapping[str, Any]], header: bool) -> str:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=self.fields or [], extrasaction="ignore", restval="",
                                 lineterminator="\n")

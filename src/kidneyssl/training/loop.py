@@ -79,7 +79,8 @@ def epoch_order(n_items: int, epoch: int, seed: int, ctx: DistContext, shuffle: 
 
     if n_items < 1:
         raise ValueError("no items to train on")
-    sampler = DistributedSampler(range(n_items), num_replicas=ctx.world_size, rank=ctx.rank,
+    indices: Any = range(n_items)  # a Sequence serves as the sampler's dataset: only len() is used
+    sampler: DistributedSampler[int] = DistributedSampler(indices, num_replicas=ctx.world_size, rank=ctx.rank,
                                  shuffle=shuffle, seed=int(seed), drop_last=False)
     sampler.set_epoch(int(epoch))
     return list(sampler)
@@ -144,6 +145,7 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
     total = len(items) if total is None else total  # type: ignore[arg-type]
     n_groups = math.ceil(total / accumulate)
     epoch_t0, data_total = time.perf_counter(), 0.0
+    step_parts: dict[str, float] = {}
     for i, (item, waited) in enumerate(_timed_iter(progress(items, desc=desc, total=total, unit="item",
                                                             leave=False))):
         if i % accumulate == 0:  # first item of an optimiser step

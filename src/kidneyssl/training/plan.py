@@ -341,7 +341,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, m
     def build() -> tuple[Any, Any, float, Any, Any, bool]:
         from kidneyssl.models import build_segmentation_model
 
-        net = model if model is not None else build_segmentation_model(cfg.model).to(
+        net = model if model is not None else build_segmentation_model(cfg.model).to(  # type: ignore[call-overload]
             ctx.device, memory_format=_memory_format(ctx.device))
 
         def validate(m: Any) -> Any:

@@ -133,7 +133,7 @@ def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Pa
             _link_image(Path(item.path), image_path, volume, item.kind)
             record = {"input": str(Path(item.path).absolute()), "image": str(image_path),
                       "label": str(label_path),
-                      **kidney_confidence(result.mask, result.probabilities, volume.geometry.spacing),
+                      **kidney_confidence(result.mask, _probabilities(result), volume.geometry.spacing),
                       "seconds": round(time.perf_counter() - start, 2)}
             summary.cases[case_id] = record
             log.debug("%s: %s", case_id, record)
@@ -166,3 +166,10 @@ def locate_path(model_path: str | Path, input_path: str | Path, out_dir: str | P
         torch.set_num_threads(int(threads))
     model, cfg = load_model(model_path, device)
     return locate_scans(model, cfg, input_path, out_dir, device=device, model_path=model_path)
+
+
+def _probabilities(result: Any) -> Any:
+    """The probabilities ``predict_volume(..., keep_probabilities=True)`` returned (never None)."""
+    if result.probabilities is None:  # pragma: no cover - keep_probabilities=True always sets them
+        raise RuntimeError("predict_volume returned no probabilities")
+    return result.probabilities

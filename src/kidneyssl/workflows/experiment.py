@@ -121,7 +121,7 @@ def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
     return {}
 
 
-def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, bool]:
+def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, Any]:
     """resume/force flags that continue a stage folder in whatever state it is."""
     from kidneyssl.training.runfolder import RunFolder
 
@@ -292,6 +292,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         from kidneyssl.training.finetune import annotated_case_ids
 
         test_ids, test_source = annotated_case_ids(test_cache), test_cache
+        assert test_data is not None  # a test cache exists only for a test dataset
         test_gt = {c.case_id: c.segmentation for c in open_dataset(test_data, data_format, kidney_labels).cases
                    if c.segmentation is not None}
     else:
@@ -342,13 +343,13 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         # 3. MwS per variant and MwoS, same config, seed and split
         for name, sub in names.items():
             stage, folder = f"seed_{seed}/train_{name}", seed_dir / sub
-            variant = name.split("-", 1)[1] if name.startswith("MwS-") else None
+            mws_variant = name.split("-", 1)[1] if name.startswith("MwS-") else None
             if stages.get(stage) != "done":
                 t0 = time.perf_counter()
-                init = str(seed_dir / f"pretrain_{variant}" / "best.pt") if variant else "scratch"
-                log.info("== %s (%s): %s", stage, f"encoder from the {variant} siamese network" if variant
+                init = str(seed_dir / f"pretrain_{mws_variant}" / "best.pt") if mws_variant else "scratch"
+                log.info("== %s (%s): %s", stage, f"encoder from the {mws_variant} siamese network" if mws_variant
                          else "from scratch", folder)
-                train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
+                train_segmentation(cache_path, folder, seed_config(cfg, seed, mws_variant), init=init,
                                    split_file=split_file, ctx=ctx, plan=stage_options(stage),
                                    on_epoch=refresh_history_plot,
                                    **_stage_folder_args(folder, "segmentation", fresh))
@@ -376,7 +377,10 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                     from kidneyssl.io.atomic import atomic_save
 
                     atomic_write_json(rows_file, model_rows)
-                    atomic_save(masks_file, lambda p, m=masks: np.savez_compressed(p, **m), suffix=".npz")
+                    def save_masks(path: Path, m: dict[str, np.ndarray] = masks) -> None:
+                        np.savez_compressed(path, **m)  # type: ignore[arg-type]  # numpy's stub: **arrays
+
+                    atomic_save(masks_file, save_masks, suffix=".npz")
                 mark(stage, time.perf_counter() - t0)
             rows.extend(model_rows)
             if seed == first_seed:
@@ -411,7 +415,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
 
 
 def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
-             device: str = "auto") -> ExperimentResult:
+             device: str = "auto") -> ExperimentResult | None:
     """Synthesise ``cfg.synth`` phantoms into ``out_dir/data`` (once) and run the experiment in
     ``out_dir/run``. ``cfg.synth`` keys: ``cases``, ``seed``, ``resolution`` (``demo``/``full``)."""
     import os
