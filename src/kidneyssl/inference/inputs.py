@@ -22,6 +22,7 @@ import numpy as np
 
 from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.io.volumes import affine_from_sitk
 
 __all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series"]
 
@@ -197,12 +198,8 @@ def read_dicom_series(folder: str | Path) -> Volume:
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError(folder, "dimensions", "a 3-D scalar image", f"size {image.GetSize()}")
     # SimpleITK: index (i, j, k), LPS world, array returned as (k, j, i). nibabel: array (i, j, k),
-    # RAS world. Same conversion as kidneyssl.io.volumes does for NIfTI (its helper is private).
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine[:3, :3] = lps_to_ras @ direction @ np.diag(np.asarray(image.GetSpacing(), dtype=np.float64))
-    affine[:3, 3] = lps_to_ras @ np.asarray(image.GetOrigin(), dtype=np.float64)
+    # RAS world: the one conversion of kidneyssl.io.volumes.
+    affine = affine_from_sitk(image.GetDirection(), image.GetSpacing(), image.GetOrigin())
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise DataError(folder, "values", "finite intensities", "NaN or infinite voxels")

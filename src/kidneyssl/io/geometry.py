@@ -163,7 +163,8 @@ def obliquity_deg(affine: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cosines, -1.0, 1.0))).max())
 
 
-def _ornt_to_canonical(affine: np.ndarray) -> np.ndarray:
+def ornt_to_canonical(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform from an affine's voxel axes to the canonical (I, P, L) axes."""
     src = nio.io_orientation(affine)
     dst = nio.axcodes2ornt(CANONICAL_AXCODES)
     return nio.ornt_transform(src, dst)
@@ -175,7 +176,7 @@ def to_canonical(volume: Volume) -> tuple[Volume, Reorientation]:
     Returns the reoriented volume (a view when possible; never a mutated input) and the record
     that :func:`from_canonical` uses to undo it.
     """
-    ornt = _ornt_to_canonical(volume.geometry.affine)
+    ornt = ornt_to_canonical(volume.geometry.affine)
     record = Reorientation(original=volume.geometry, ornt=ornt)
     if record.is_identity:
         return Volume(volume.array, volume.geometry), record

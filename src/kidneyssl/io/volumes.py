@@ -41,7 +41,7 @@ from kidneyssl.io.atomic import atomic_path
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.types import shape3
 
-__all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "NIFTI_SUFFIXES"]
+__all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "affine_from_sitk", "NIFTI_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _sitk():
     return sitk
 
 
-def _affine_from_sitk(direction: tuple[float, ...], spacing: tuple[float, ...],
+def affine_from_sitk(direction: tuple[float, ...], spacing: tuple[float, ...],
                       origin: tuple[float, ...]) -> np.ndarray:
     """nibabel RAS+ affine from SimpleITK's LPS direction (row-major 3x3), spacing and origin.
 
@@ -148,7 +148,7 @@ def read_geometry(path: str | Path) -> Geometry:
         raise DataError(path, "dimensions", "a 3-D scalar image", f"shape {tuple(dims)}"
                         + (f" with {reader.GetNumberOfComponents()} components"
                            if reader.GetNumberOfComponents() != 1 else ""))
-    affine = _affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
+    affine = affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     if path.name.endswith(NIFTI_SUFFIXES):
         affine = _nibabel_affine(path, affine)
     return Geometry(affine=affine, shape=shape3(reader.GetSize()))

@@ -26,11 +26,11 @@ from nibabel import orientations as nio
 
 from kidneyssl.config import PreprocessConfig
 from kidneyssl.io.geometry import (
-    CANONICAL_AXCODES,
     Geometry,
     Reorientation,
     Volume,
     from_canonical,
+    ornt_to_canonical,
 )
 from kidneyssl.io.labels import LabelPolicy
 from kidneyssl.io.plausibility import check_resampled_size
@@ -48,10 +48,6 @@ from kidneyssl.types import Shape3, Spacing3, shape3, spacing3
 __all__ = ["PreprocessRecord", "preprocess_image", "preprocess_label", "RECORD_VERSION"]
 
 RECORD_VERSION = 1
-
-
-def _ornt_to_canonical(affine: np.ndarray) -> np.ndarray:
-    return nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(CANONICAL_AXCODES))
 
 
 @dataclass(frozen=True)
@@ -203,7 +199,7 @@ def preprocess_image(volume: Volume, cfg: PreprocessConfig,
         (float32 array (Z, Y, X) in canonical (I, P, L) orientation, z-scored, zero-padded to a
         multiple of ``cfg.pad_multiple``; the :class:`PreprocessRecord`).
     """
-    ornt = _ornt_to_canonical(volume.geometry.affine)
+    ornt = ornt_to_canonical(volume.geometry.affine)
     array, reo = _resample_in_file_layout(volume.array, volume.geometry, ornt, cfg,
                                           cfg.image_interpolation, False, threads)
     clip_window(array, cfg.window_hu, out=array)
