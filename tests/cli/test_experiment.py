@@ -21,7 +21,7 @@ TINY = ["--preset", "demo",
         "--set", "model.embedding_dim=8", "--set", "train.val_fraction=0.25",
         "--set", "protocol.test_fraction=0.25", "--set", "inference.half_context_mm=16",
         "--set", "pretrain.epochs=1", "--set", "pretrain.pairs_per_epoch=8", "--set", "pretrain.val_pairs=4",
-        "--set", "pretrain.batch_size=2", "--set", "train.epochs=2",
+        "--set", "pretrain.batch_size=2", "--set", "train.epochs=1",
         "--seeds", "0", "1", "--proxy-variants", "region", "masked"]
 MODELS = ("MwS-region", "MwS-masked", "MwoS")
 

@@ -45,7 +45,7 @@ def test_malicious_checkpoint_runs_nothing_in_any_command(tmp_path, good_scan, t
     (run / "last.pt").write_bytes(evil.read_bytes())
     (run / "run.json").write_text('{"kind": "segmentation", "status": "running", "cache": "%s"}' % tiny_cache)
     from kidneyssl.config import save_config
-    from kidneyssl.training.runfolder import make_split, save_split
+    from kidneyssl.training.split import make_split, save_split
 
     cfg = train_config()
     save_config(cfg, run / "config.yaml")

@@ -11,7 +11,7 @@ import torch
 
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.io.checkpoint import load_checkpoint
-from kidneyssl.training.runfolder import Split, load_split
+from kidneyssl.training.split import Split, load_split
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +113,7 @@ def test_pos_weight_auto_is_computed_from_the_training_halves_and_recorded(mwos_
 def test_init_refuses_a_checkpoint_that_touched_held_out_cases(pretrain_run: Path, tiny_cache: Path, tiny_cfg,
                                                                tmp_path: Path) -> None:
     from kidneyssl.training.finetune import check_init_cases, train_segmentation
-    from kidneyssl.training.runfolder import save_split
+    from kidneyssl.training.split import save_split
 
     split = load_split(pretrain_run / "split.json")
     touched = sorted(load_checkpoint(pretrain_run / "best.pt")["touched_cases"])

@@ -43,8 +43,9 @@ from kidneyssl.training.distributed import (
 )
 from kidneyssl.training.loop import build_grad_scaler, build_optimizer, epoch_order, train_one_epoch
 from kidneyssl.training.plan import PlanOptions
-from kidneyssl.training.runfolder import RunFolder, Split, begin_run, load_split, make_split
+from kidneyssl.training.runfolder import RunFolder, begin_run
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from kidneyssl.training.split import Split, load_split, make_split
 
 #: ``(run folder, history rows so far) -> None``, called after every epoch (rank 0).
 EpochHook = Callable[[Path, list[dict[str, Any]]], None]

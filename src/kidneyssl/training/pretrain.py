@@ -41,12 +41,13 @@ from kidneyssl.training.distributed import (
 from kidneyssl.training.finetune import EpochHook, resolve_split
 from kidneyssl.training.loop import build_optimizer, epoch_order, train_one_epoch
 from kidneyssl.training.plan import PlanOptions
-from kidneyssl.training.runfolder import RunFolder, Split, begin_run
+from kidneyssl.training.runfolder import RunFolder, begin_run
 from kidneyssl.training.seeding import (
     capture_rng_state,
     restore_rng_state,
     seed_everything,
 )
+from kidneyssl.training.split import Split
 
 __all__ = ["PretrainResult", "pretrain_siamese", "evaluate_pairs"]
 

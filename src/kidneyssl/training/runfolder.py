@@ -12,8 +12,7 @@ A run folder holds::
     last.pt         checkpoint after every epoch (atomic), used by --resume
     best.pt         checkpoint of the best validation epoch
 
-The 80/20 split is a pure function of (sorted case ids, val_fraction, seed), so MwS and MwoS trained
-on the same cache with the same seed share it; ``--split`` passes one explicitly.
+The split itself lives in :mod:`kidneyssl.training.split`.
 """
 
 from __future__ import annotations
@@ -21,17 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-import numpy as np
-
-from kidneyssl.errors import KidneySSLError, RunFolderError
+from kidneyssl.errors import RunFolderError
 from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
 from kidneyssl.io.paths import remove_stale_temp_files
+from kidneyssl.training.split import Split, save_split
 
-__all__ = ["Split", "make_split", "save_split", "load_split", "RunFolder", "RUN_FILES"]
+__all__ = ["RunFolder", "RUN_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -40,106 +37,6 @@ RUN_FILES = ("run.json", "config.yaml", "split.json", "history.jsonl", "history.
              "best.pt", "history.csv", "steps.csv")
 #: Folders a training run writes (TensorBoard events); ``--force`` removes these too.
 RUN_DIRS = ("tb",)
-
-
-@dataclass(frozen=True)
-class Split:
-    """A train/validation(/test) split of case ids.
-
-    ``train`` cases are the only ones training and pretraining read; ``val`` cases are scored
-    every epoch (monitoring, Fig. 5) and at the end; ``test`` cases are scored once, at the end,
-    and never inform any choice.
-    """
-
-    train: tuple[str, ...]
-    val: tuple[str, ...]
-    seed: int
-    val_fraction: float
-    test: tuple[str, ...] = ()
-    test_fraction: float = 0.0
-
-    @property
-    def held_out(self) -> frozenset[str]:
-        """Cases no training or pretraining may touch (validation and test)."""
-        return frozenset(self.val) | frozenset(self.test)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"seed": self.seed, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
-                "train": list(self.train), "val": list(self.val), "test": list(self.test)}
-
-
-def make_split(case_ids: Sequence[str], val_fraction: float, seed: int, min_val: int = 2,
-               test_fraction: float = 0.0) -> Split:
-    """Seeded random split: ``round(n * test_fraction)`` test cases, ``round(n * val_fraction)``
-    validation cases, the rest for training (a pure function of the sorted ids, fractions, seed).
-
-    Raises:
-        KidneySSLError: no cases, fewer than ``min_val`` validation (or, with a test fraction,
-            test) cases, or no training case.
-    """
-    ids = sorted(set(case_ids))
-    if not ids:
-        raise KidneySSLError("the dataset has no annotated cases: nothing to train on")
-    n_val = int(round(len(ids) * val_fraction))
-    n_test = int(round(len(ids) * test_fraction))
-    if n_val < min_val:
-        raise KidneySSLError(
-            f"{len(ids)} annotated case(s) with val_fraction {val_fraction} give {n_val} validation "
-            f"case(s); at least {min_val} are needed (add cases or raise train.val_fraction)"
-        )
-    if test_fraction > 0 and n_test < min_val:
-        raise KidneySSLError(
-            f"{len(ids)} annotated case(s) with test_fraction {test_fraction} give {n_test} test "
-            f"case(s); at least {min_val} are needed (add cases or raise protocol.test_fraction)"
-        )
-    if n_val + n_test >= len(ids):
-        raise KidneySSLError(f"val_fraction {val_fraction} and test_fraction {test_fraction} leave no "
-                             f"training case out of {len(ids)}")
-    order = np.random.default_rng(int(seed)).permutation(len(ids))
-    val = sorted(ids[i] for i in order[:n_val])
-    test = sorted(ids[i] for i in order[n_val:n_val + n_test])
-    train = sorted(ids[i] for i in order[n_val + n_test:])
-    return Split(tuple(train), tuple(val), int(seed), float(val_fraction), tuple(test), float(test_fraction))
-
-
-def save_split(split: Split, path: str | Path) -> None:
-    """Write ``split`` as JSON (atomic)."""
-    atomic_write_json(Path(path), split.to_dict())
-
-
-def load_split(path: str | Path, available: Sequence[str] | None = None, min_val: int = 2) -> Split:
-    """Read a split file; with ``available``, every training and validation case must be in it
-    (test cases may live in another dataset).
-
-    Raises:
-        KidneySSLError: missing/invalid file, unknown case ids, overlap, too few validation cases.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-        split = Split(tuple(data["train"]), tuple(data["val"]), int(data.get("seed", -1)),
-                      float(data.get("val_fraction", 0.0)), tuple(data.get("test", ())),
-                      float(data.get("test_fraction", 0.0)))
-    except FileNotFoundError as err:
-        from kidneyssl.io.paths import describe_missing
-
-        raise KidneySSLError(f"{path.absolute()}: split file not found ({describe_missing(path)})") from err
-    except (ValueError, KeyError, TypeError) as err:
-        raise KidneySSLError(f"{path}: not a split file (expected JSON with 'train' and 'val' lists)") from err
-    parts = {"train": set(split.train), "val": set(split.val), "test": set(split.test)}
-    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
-        both = parts[a] & parts[b]
-        if both:
-            raise KidneySSLError(f"{path}: cases in both {a} and {b}: {sorted(both)[:5]}")
-    if len(split.val) < min_val:
-        raise KidneySSLError(f"{path}: {len(split.val)} validation case(s); at least {min_val} are needed")
-    if not split.train:
-        raise KidneySSLError(f"{path}: no training cases")
-    if available is not None:
-        missing = sorted(set(split.train + split.val) - set(available))
-        if missing:
-            raise KidneySSLError(f"{path}: case(s) {missing[:5]} are not annotated cases of the cache")
-    return split
 
 
 class RunFolder:

@@ -203,7 +203,7 @@ def _plan_experiment(cfg: ExperimentConfig, cache: Any, split: Any, ctx: DistCon
 def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, is_main: bool) -> Any:
     """The experiment's split, made once and kept in ``RUN/split.json``."""
     from kidneyssl.training.finetune import annotated_case_ids
-    from kidneyssl.training.runfolder import load_split, make_split, save_split
+    from kidneyssl.training.split import load_split, make_split, save_split
 
     path = run / "split.json"
     if path.is_file():
