@@ -27,7 +27,7 @@ from pathlib import Path
 def demo_epochs(epochs: int, workdir: Path) -> dict:
     """Seconds per epoch of the demo preset's pretraining and segmentation training."""
     from kidneyssl.config import apply_overrides, load_preset
-    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.data.prepare import prepare_dataset
     from kidneyssl.phantoms import write_dataset
     from kidneyssl.training.finetune import train_segmentation
     from kidneyssl.training.pretrain import pretrain_siamese

@@ -30,7 +30,7 @@ CHILD = (
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from kidneyssl.config import apply_overrides, load_preset
-    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.data.prepare import prepare_dataset
     from kidneyssl.phantoms import write_dataset
 
     root = tmp_path_factory.mktemp("train_cli")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from kidneyssl.config import PreprocessConfig
-from kidneyssl.data.cache import open_cache, prepare_dataset
+from kidneyssl.data.cache import open_cache
+from kidneyssl.data.prepare import prepare_dataset
 from kidneyssl.io.geometry import Geometry, Side
 from kidneyssl.io.volumes import write_mask, write_volume
 from kidneyssl.phantoms import kits_affine

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from kidneyssl.config import PreprocessConfig, config_to_dict
-from kidneyssl.data.cache import open_cache, prepare_dataset
+from kidneyssl.data.cache import open_cache
+from kidneyssl.data.prepare import prepare_dataset
 from kidneyssl.errors import DataError, KidneySSLError
 
 CFG = PreprocessConfig(spacing_mm=(4.0, 2.0, 2.0), pad_multiple=16)

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from kidneyssl.config import PreprocessConfig
-from kidneyssl.data.cache import open_cache, prepare_dataset
+from kidneyssl.data.cache import open_cache
+from kidneyssl.data.prepare import prepare_dataset
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.labels import KITS19_POLICY, KITS23_POLICY

@@ -135,7 +135,7 @@ def train_config():
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """Four box-kidney cases prepared with the TRAIN_SETS config (a few seconds)."""
-    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.data.prepare import prepare_dataset
     from kidneyssl.io.geometry import Geometry
     from kidneyssl.io.volumes import write_mask, write_volume
     from kidneyssl.phantoms import kits_affine

@@ -51,7 +51,7 @@ def phantom_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory: pytest.TempPathFactory, phantom_data: Path, tiny_cfg) -> Path:
     """The phantoms prepared at 12 x 6 x 6 mm."""
-    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.data.prepare import prepare_dataset
 
     out = tmp_path_factory.mktemp("cache") / "cache"
     prepare_dataset(phantom_data, out, tiny_cfg.preprocess, workers=2)

@@ -60,7 +60,8 @@ def test_locate_scans_dice_confidence_and_prepare(scans, tmp_path):
     # the output is a dataset prepare reads (pairs format): located masks become labels
     assert main(["check", "--data", str(out), "--quiet"]) == 0
     from kidneyssl.config import PreprocessConfig
-    from kidneyssl.data.cache import open_cache, prepare_dataset
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.data.prepare import prepare_dataset
 
     cfg = PreprocessConfig(spacing_mm=(5.0, 4.0, 4.0))
     assert not prepare_dataset(out, tmp_path / "cache", cfg, workers=1).failed

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.cli._common import dataset_options, resolve_config
-    from kidneyssl.data.cache import prepare_dataset
+    from kidneyssl.data.prepare import prepare_dataset
 
     cfg = resolve_config(args).preprocess
     summary = prepare_dataset(args.data, args.out, cfg, workers=args.workers, force=args.force,

@@ -242,7 +242,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             lines then carry the experiment's ETA. With ``dry_run`` the caches are prepared (the
             probe needs them), the plan is printed and nothing else runs (returns ``None``).
     """
-    from kidneyssl.data.cache import open_cache, prepare_dataset
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.data.prepare import prepare_dataset
     from kidneyssl.io.datasets import open_dataset
     from kidneyssl.reporting.figures import OverlayCase, refresh_history_plot
     from kidneyssl.reporting.report import write_experiment_report
