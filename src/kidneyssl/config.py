@@ -22,6 +22,7 @@ __all__ = [
     "PretrainConfig",
     "SegTrainConfig",
     "InferenceConfig",
+    "PRECISIONS",
     "ExperimentConfig",
     "ConfigError",
     "config_to_dict",
@@ -184,15 +185,41 @@ class SegTrainConfig:
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """How ``predict`` turns a scan into a mask."""
+    """How ``predict`` turns a scan into a mask.
+
+    Attributes:
+        memory_budget_mb: activation memory the network may use; 0 (default) means a share of the
+            memory actually available when predicting (see
+            :func:`kidneyssl.inference.sliding_window.resolve_memory_budget_mb`).
+        sw_roi_size: the smallest sliding-window size (z, y, x); the window is grown towards the
+            half volume as far as the budget allows.
+        precision: ``auto`` (bfloat16 where the CPU has native bf16/AMX or on CUDA, else
+            float32), ``fp32`` or ``bf16``.
+    """
 
     threshold: float = 0.5
     largest_component: bool = True
     tta_flip: bool = False
-    memory_budget_mb: int = 4000
+    memory_budget_mb: int = 0
     sw_roi_size: tuple[int, int, int] = (64, 128, 128)
     sw_overlap: float = 0.25
     half_overlap_mm: float = 32.0
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.memory_budget_mb < 0:
+            raise ConfigError(f"memory_budget_mb must be >= 0 (0: from available memory), "
+                              f"got {self.memory_budget_mb}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if len(self.sw_roi_size) != 3 or any(r < 1 for r in self.sw_roi_size):
+            raise ConfigError(f"sw_roi_size must be 3 positive ints, got {self.sw_roi_size!r}")
+        if not 0.0 <= self.sw_overlap < 1.0:
+            raise ConfigError(f"sw_overlap must be in [0, 1), got {self.sw_overlap}")
+
+
+#: Values of ``InferenceConfig.precision``.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
