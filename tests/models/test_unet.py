@@ -121,10 +121,13 @@ def test_buffered_inference_matches_autograd_path(paper_cfg: ModelConfig) -> Non
     x = torch.randn(1, 1, 16, 32, 32)
     with_grad = model(x).logits  # grad enabled: concatenation path
     with torch.inference_mode():
-        buffered = model(x).logits  # preallocated dense-block buffer
+        buffered = model.decode(model.encode(x))  # contiguous: preallocated dense-block buffer
+        fast = model(x).logits  # CPU inference path: channels-last activations, skips released
         model_cl = model.to(memory_format=torch.channels_last_3d)
         cl = model_cl(x.to(memory_format=torch.channels_last_3d)).logits
+    assert fast.is_contiguous() and fast.shape == with_grad.shape
     assert torch.allclose(with_grad, buffered, atol=1e-5)
+    assert torch.allclose(with_grad, fast, atol=1e-4)
     assert torch.allclose(with_grad, cl, atol=1e-4)
 
 

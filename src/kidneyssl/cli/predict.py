@@ -29,10 +29,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-largest-component", action="store_true",
                         help="keep every connected component (default: the largest per side)")
     parser.add_argument("--memory-budget-mb", type=positive_int, default=None,
-                        help="run on the halves if they fit, else a sliding window (default: checkpoint's)")
+                        help="run on the halves if they fit, else a sliding window (default: a share of the "
+                             "memory available)")
     parser.add_argument("--strategy", choices=("auto", "halves", "sliding", "whole"), default="auto",
                         help="force an inference strategy (default: auto)")
-    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the network")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default=None,
+                        help="network precision: auto (bf16 where the CPU has native bf16/AMX or on CUDA, "
+                             "else fp32; the default) or forced; printed at start")
+    parser.add_argument("--bf16", action="store_true", help="same as --precision bf16")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.model, args.input, args.out, device=device, sw_device=sw_device,
         threads=args.threads, tta=True if args.tta else None,
         largest_component=False if args.no_largest_component else None,
-        memory_budget_mb=args.memory_budget_mb, bf16=args.bf16,
+        memory_budget_mb=args.memory_budget_mb, bf16=args.bf16, precision=args.precision,
         save_probabilities=args.save_probabilities, probability_format=args.probability_format,
         strategy=args.strategy,
     )

@@ -69,6 +69,7 @@ class PredictionResult:
     probabilities: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     strategy: str = ""
+    plan: dict[str, Any] = field(default_factory=dict)
     split_x: int = 0
 
 
@@ -80,6 +81,7 @@ class PredictSummary:
     failed: dict[str, str] = field(default_factory=dict)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
     strategies: dict[str, str] = field(default_factory=dict)
+    plans: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -88,7 +90,8 @@ class PredictSummary:
 
 def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",
                    sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
-                   strategy: str = "auto", progress: bool = False) -> PredictionResult:
+                   strategy: str = "auto", progress: bool = False,
+                   precision: str | None = None) -> PredictionResult:
     """Kidney mask (and optionally probabilities) of ``volume`` on its own grid.
 
     Preprocesses with the checkpoint's config, then runs :func:`~kidneyssl.inference.segment.segment_image`
@@ -101,8 +104,9 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
         cfg: the checkpoint's config; ``cfg.preprocess`` and ``cfg.inference`` are used.
         device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
         keep_probabilities: also return float32 probabilities on the original grid.
-        bf16: bfloat16 autocast for the network.
+        bf16: bfloat16 autocast for the network (same as ``precision="bf16"``).
         strategy: ``auto``, ``halves``, ``sliding`` or ``whole`` (see ``infer_volume``).
+        precision: ``auto``, ``fp32`` or ``bf16`` (default: the checkpoint's ``inference.precision``).
     """
     from kidneyssl.inference.segment import segment_image
     from kidneyssl.preprocessing.pipeline import preprocess_image
@@ -111,12 +115,14 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
     image, record = preprocess_image(volume, cfg.preprocess)
     preprocess_s = time.perf_counter() - t0
     seg = segment_image(model, image, cfg, record=record, device=device, sw_device=sw_device, bf16=bf16,
-                        strategy=strategy, progress=progress, keep_probabilities=keep_probabilities)
+                        strategy=strategy, progress=progress, keep_probabilities=keep_probabilities,
+                        precision=precision)
     del image
     assert seg.original_mask is not None
     return PredictionResult(mask=seg.original_mask, geometry=volume.geometry,
                             probabilities=seg.original_probabilities,
                             timings={"preprocess": preprocess_s, **seg.timings}, strategy=seg.strategy,
+                            plan=dataclasses.asdict(seg.plan) if seg.plan else {},
                             split_x=seg.split_x)
 
 
@@ -137,7 +143,7 @@ def _write_outputs(result: PredictionResult, item: PredictionInput, out_dir: Pat
 def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | Path, *,
                  device: str = "cpu", sw_device: str | None = None, threads: int | None = None,
                  tta: bool | None = None, largest_component: bool | None = None,
-                 memory_budget_mb: int | None = None, bf16: bool = False,
+                 memory_budget_mb: int | None = None, bf16: bool = False, precision: str | None = None,
                  save_probabilities: bool = False, probability_format: ProbabilityFormat = "float32",
                  strategy: str = "auto") -> PredictSummary:
     """Predict every scan under ``input_path`` and write ``prediction_<id>.nii.gz`` to ``out_dir``.
@@ -168,13 +174,18 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    log.info("kidneyssl predict: %d torch threads, device %s%s", torch.get_num_threads(), device,
-             f" (windows on {sw_device})" if sw_device else "")
+    from kidneyssl.inference.sliding_window import resolve_memory_budget_mb, resolve_precision
+
     model, cfg = load_model(model_path, sw_device or device)
     overrides = {k: v for k, v in (("tta_flip", tta), ("largest_component", largest_component),
                                    ("memory_budget_mb", memory_budget_mb)) if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, **overrides))
+    precision = resolve_precision(precision or ("bf16" if bf16 else cfg.inference.precision), sw_device or device)
+    log.info("kidneyssl predict: %d torch threads, device %s%s, precision %s, memory budget %d MB "
+             "(halves when they fit, else sliding windows)", torch.get_num_threads(), device,
+             f" (windows on {sw_device})" if sw_device else "", precision,
+             resolve_memory_budget_mb(cfg.inference, sw_device or device))
     items = find_inputs(input_path)
     out_dir = Path(out_dir)
     inputs = {p.resolve() for it in items for p in it.paths}
@@ -190,7 +201,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
             result = predict_volume(model, volume, cfg, device=device, sw_device=sw_device,
-                                    keep_probabilities=save_probabilities, bf16=bf16, strategy=strategy)
+                                    keep_probabilities=save_probabilities, strategy=strategy, precision=precision)
             del volume
             t0 = time.perf_counter()
             written = _write_outputs(result, item, out_dir, probability_format if save_probabilities else None)
@@ -199,6 +210,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             summary.written[item.name] = written
             summary.timings[item.name] = result.timings
             summary.strategies[item.name] = result.strategy
+            summary.plans[item.name] = result.plan
             log.debug("%s: %s (%s, split_x=%d) %s", item.name, written, result.strategy, result.split_x,
                       {k: round(v, 2) for k, v in result.timings.items()})
         except KidneySSLError as err:
@@ -211,7 +223,8 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     atomic_write_json(out_dir / "predict_summary.json", {
         "model": str(model_path), "input": str(input_path),
         "written": {k: str(v) for k, v in summary.written.items()},
-        "failed": summary.failed, "strategy": summary.strategies, "timings_s": summary.timings,
+        "failed": summary.failed, "strategy": summary.strategies, "inference_plan": summary.plans,
+        "timings_s": summary.timings,
     })
     log.info("predicted %d of %d scans into %s%s", len(summary.written), len(items), out_dir,
              f"; {len(summary.failed)} failed: {', '.join(summary.failed)}" if summary.failed else "")

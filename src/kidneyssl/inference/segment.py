@@ -7,7 +7,7 @@ Every code path that scores or applies a model calls :func:`segment_image`: per-
 
 1. finds the lateral split plane from the image alone (the body's lateral centre,
    :func:`kidneyssl.preprocessing.split_plane.find_split_x` without a mask);
-2. picks the strategy for the device (:func:`kidneyssl.inference.sliding_window.choose_strategy`:
+2. picks precision and strategy for the device (:func:`kidneyssl.inference.sliding_window.plan_inference`:
    the two halves of :func:`kidneyssl.preprocessing.halves.half_bounds` -- the same halves training
    uses -- whenever they fit the memory, the sliding window as a fallback);
 3. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
@@ -32,11 +32,7 @@ from kidneyssl.inference.postprocess import (
     keep_kidney_components,
     threshold_probabilities,
 )
-from kidneyssl.inference.sliding_window import (
-    choose_strategy,
-    estimate_bytes_per_voxel,
-    infer_volume,
-)
+from kidneyssl.inference.sliding_window import InferencePlan, infer_volume, plan_inference
 from kidneyssl.preprocessing.pipeline import PreprocessRecord
 from kidneyssl.preprocessing.split_plane import find_split_x
 
@@ -56,6 +52,7 @@ class Segmentation:
         original_mask: uint8 mask on the original file's grid (with a record), else ``None``.
         original_probabilities: float32 probabilities on the original grid (when asked).
         timings: seconds for ``infer``, ``postprocess`` and ``restore``.
+        plan: precision, memory budget, strategy and window used.
     """
 
     mask: np.ndarray
@@ -65,13 +62,14 @@ class Segmentation:
     original_mask: np.ndarray | None = None
     original_probabilities: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    plan: InferencePlan | None = None
 
 
 def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
                   record: PreprocessRecord | None = None, spacing_mm: Any = None,
                   device: Any = "cpu", sw_device: Any = None,
                   bf16: bool = False, strategy: str = "auto", progress: bool = False,
-                  keep_probabilities: bool = False) -> Segmentation:
+                  keep_probabilities: bool = False, precision: str | None = None) -> Segmentation:
     """Segment the kidneys of one preprocessed image (the module docstring lists the steps).
 
     Args:
@@ -83,7 +81,9 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
             original grid (``original_mask``) and its grid spacing is used.
         spacing_mm: grid spacing (z, y, x) without a record (default ``cfg.preprocess.spacing_mm``).
         device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
-        bf16: bfloat16 autocast for the network.
+        bf16: bfloat16 autocast for the network (same as ``precision="bf16"``).
+        precision: ``auto``, ``fp32`` or ``bf16``; default ``cfg.inference.precision`` (``auto``:
+            bf16 where the device computes it natively, else fp32).
         strategy: ``auto`` (halves when they fit, else sliding window), ``halves``, ``sliding``,
             ``whole``.
         keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
@@ -99,18 +99,19 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     split_x = int(find_split_x(None, image))
-    bpv = estimate_bytes_per_voxel(cfg.model, bf16=bf16)
-    chosen = choose_strategy(image.shape, split_x, icfg, spacing[2], bpv, strategy)  # type: ignore[arg-type]
+    plan = plan_inference(image.shape, split_x, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
+                          precision=precision or ("bf16" if bf16 else None), device=sw_device or device)
     with torch.inference_mode():
         prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
-                            sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=chosen,
-                            bytes_per_voxel=bpv, bf16=bf16)
+                            sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
+                            bytes_per_voxel=plan.bytes_per_voxel, bf16=plan.precision == "bf16",
+                            roi_size=plan.roi_size)
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
     timings["postprocess"] = time.perf_counter() - t0
-    result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=str(chosen),
-                          timings=timings)
+    result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=plan.strategy,
+                          timings=timings, plan=plan)
     if record is None:
         return result
     t0 = time.perf_counter()

@@ -270,6 +270,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             fewer than 2 validation cases, or a folder holding another run.
     """
     from kidneyssl.data.cache import open_cache
+    from kidneyssl.data.loader import build_loader
     from kidneyssl.data.segmentation import HalfVolumeDataset
     from kidneyssl.losses import bce_dice_weights
     from kidneyssl.models import build_segmentation_model
@@ -344,7 +345,9 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         w_bce, w_dice = bce_dice_weights(epoch, epochs, cfg.train)
         order = epoch_order(len(dataset), epoch, cfg.train.seed, ctx)
         result = train_one_epoch(
-            net, (dataset[i] for i in order), _segmentation_loss(cfg, epoch, ctx.device, pos_weight),
+            net, build_loader(dataset, order, num_workers=cfg.train.num_workers,
+                              pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda"),
+            _segmentation_loss(cfg, epoch, ctx.device, pos_weight),
             optimizer, ctx, accumulate=accumulate, scaler=scaler, amp=cfg.train.amp, total=len(order),
             desc=f"epoch {epoch + 1}/{epochs}", on_step=logger.on_step(epoch))
         per_case = validate_segmentation(net, cache, split.val, cfg, ctx)

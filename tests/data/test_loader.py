@@ -1,0 +1,32 @@
+"""build_loader: the dataset's items in the given order, with and without worker processes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kidneyssl.data.loader import build_loader
+from kidneyssl.data.segmentation import HalfVolumeDataset
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_loader_serves_items_in_order(make_cache, tmp_path, num_workers):
+    cache = make_cache(tmp_path, n_cases=2)
+    ds = HalfVolumeDataset(cache, cache.case_ids)
+    order = [3, 0, 2, 1, 0]
+    items = list(build_loader(ds, order, num_workers=num_workers, pin_memory=True))
+    assert [(it["case_id"], it["side"]) for it in items] == [(ds[i]["case_id"], ds[i]["side"]) for i in order]
+    for i, it in zip(order, items):
+        ref = ds[i]
+        assert it["image"].shape == ref["image"].shape  # no batch dimension added
+        assert torch.equal(it["image"], ref["image"]) and torch.equal(it["label"], ref["label"])
+        assert it["pad"] == ref["pad"] and it["split_x"] == ref["split_x"]
+
+
+def test_loader_rejects_bad_arguments(make_cache, tmp_path):
+    cache = make_cache(tmp_path, n_cases=1)
+    ds = HalfVolumeDataset(cache, cache.case_ids)
+    with pytest.raises(ValueError, match="outside"):
+        build_loader(ds, [0, 5])
+    with pytest.raises(ValueError, match="num_workers"):
+        build_loader(ds, [0], num_workers=-1)
