@@ -43,6 +43,36 @@ def _rows(run: Path, seed: int, model: str) -> list[dict]:
     return json.loads((run / "eval" / f"seed_{seed}" / f"{model}.json").read_text())
 
 
+@pytest.fixture(scope="module")
+def segmenting_checkpoint(experiment, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The experiment's MwoS of seed 0 with its output bias shifted so that ~30 % of a test case's
+    voxels are foreground: a tiny model trained for one epoch predicts nothing, and comparing
+    empty masks would prove nothing. Same architecture, config and format as the real one."""
+    import numpy as np
+    import torch
+
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
+    from kidneyssl.models.transfer import load_model
+
+    root, rc, _ = experiment
+    assert rc == 0
+    run = root / "run"
+    source = run / "seed_0" / "mwos" / "last.pt"
+    model, _ = load_model(source)
+    case = open_cache(run / "cache").load(json.loads((run / "split.json").read_text())["test"][0])
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(np.array(case.image, dtype=np.float32))[None, None]).logits
+    shift = float(torch.quantile(logits.flatten(), 0.7))
+    payload = load_checkpoint(source)
+    state = dict(payload.pop("model_state"))
+    state["decoder.head.2.bias"] = state["decoder.head.2.bias"] - shift
+    out = tmp_path_factory.mktemp("segmenting") / "seg.pt"
+    save_checkpoint(out, kind="segmentation", config=payload.pop("config"), model_state=state,
+                    **{k: v for k, v in payload.items() if k not in ("format_version", "kidneyssl_version", "kind")})
+    return out
+
+
 def test_experiment_writes_the_report(experiment) -> None:
     root, rc, out = experiment
     assert rc == 0, out
@@ -100,30 +130,43 @@ def test_runs_share_one_split_and_never_touch_held_out_cases(experiment) -> None
         assert mwos["init"] == "scratch" and mwos["pos_weight"] > 1.0  # weighted BCE, computed
 
 
-def test_table1_equals_predict_then_evaluate(experiment, tmp_path: Path) -> None:
+def test_table1_equals_predict_then_evaluate(experiment, segmenting_checkpoint: Path, tmp_path: Path) -> None:
     """One inference procedure: the experiment's per-case Dice of a test case is what `predict` +
     `evaluate` give for the same checkpoint."""
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.workflows.experiment import evaluate_model
+
     root, rc, _ = experiment
     assert rc == 0
     run = root / "run"
     split = json.loads((run / "split.json").read_text())
+    # the experiment's own rows of a real checkpoint are scored the same way (exact equality below)
     data = tmp_path / "test_cases"
     for cid in split["test"]:
         shutil.copytree(root / "data" / cid, data / cid)
-    ckpt = run / "seed_1" / "mws_region" / "last.pt"
-    assert main(["predict", "-q", "--model", str(ckpt), "--input", str(data), "--out", str(tmp_path / "pred"),
-                 "--device", "cpu"]) == 0
-    assert main(["evaluate", "-q", "--pred", str(tmp_path / "pred"), "--gt", str(data),
-                 "--out", str(tmp_path / "eval.csv")]) == 0
-    with (tmp_path / "eval.csv").open() as fh:
-        evaluated = {r["case_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
-    table1 = {r["case_id"]: r["dice"] for r in _rows(run, 1, "MwS-region") if r["part"] == "test"}
-    assert set(table1) == set(split["test"]) == set(evaluated)
-    for cid in table1:
-        assert abs(table1[cid] - evaluated[cid]) < 1e-6, cid
+    gt = {cid: root / "data" / cid / "segmentation.nii.gz" for cid in split["test"]}
+    for ckpt in (run / "seed_1" / "mws_region" / "last.pt", segmenting_checkpoint):
+        rows, _ = evaluate_model(ckpt, open_cache(run / "cache"), split["test"], gt, init_distributed("cpu"))
+        pred = tmp_path / f"pred_{ckpt.parent.name}"
+        assert main(["predict", "-q", "--model", str(ckpt), "--input", str(data), "--out", str(pred),
+                     "--device", "cpu"]) == 0
+        assert main(["evaluate", "-q", "--pred", str(pred), "--gt", str(data), "--out", str(pred / "eval.csv")]) == 0
+        with (pred / "eval.csv").open() as fh:
+            evaluated = {r["case_id"]: float(r["dice"]) for r in csv.DictReader(fh)}
+        table1 = {r["case_id"]: r["dice"] for r in rows}
+        assert set(table1) == set(split["test"]) == set(evaluated)
+        for cid in table1:
+            assert abs(table1[cid] - evaluated[cid]) < 1e-6, cid
+    assert rows == [r for r in rows if 0.0 < r["dice"] < 1.0], "the shifted model must segment something"
+    mws_rows = [{k: v for k, v in r.items() if k not in ("seed", "model", "part")}
+                for r in _rows(run, 1, "MwS-region") if r["part"] == "test"]
+    first, _ = evaluate_model(run / "seed_1" / "mws_region" / "last.pt", open_cache(run / "cache"), split["test"],
+                              gt, init_distributed("cpu"))
+    assert json.dumps(mws_rows, sort_keys=True) == json.dumps(first, sort_keys=True)
 
 
-def test_scoring_does_not_read_the_cached_label(experiment, tmp_path: Path) -> None:
+def test_scoring_does_not_read_the_cached_label(experiment, segmenting_checkpoint: Path, tmp_path: Path) -> None:
     """The prediction that is scored cannot change when the cached labels are deleted."""
     from kidneyssl.data.cache import open_cache
     from kidneyssl.training.distributed import init_distributed
@@ -142,13 +185,14 @@ def test_scoring_does_not_read_the_cached_label(experiment, tmp_path: Path) -> N
         meta.update(has_label=False, split_x=-1, kidneys={})  # no label, no label-derived plane
         meta_path.write_text(json.dumps(meta))
     gt = {cid: root / "data" / cid / "segmentation.nii.gz" for cid in split["test"]}
-    ckpt = run / "seed_0" / "mwos" / "last.pt"
     ctx = init_distributed("cpu")
-    with_label, masks_a = evaluate_model(ckpt, open_cache(run / "cache"), split["test"], gt, ctx, split["test"])
-    without, masks_b = evaluate_model(ckpt, open_cache(cache_copy), split["test"], gt, ctx, split["test"])
-    assert with_label == without
+    with_label, masks_a = evaluate_model(segmenting_checkpoint, open_cache(run / "cache"), split["test"], gt, ctx,
+                                         split["test"])
+    without, masks_b = evaluate_model(segmenting_checkpoint, open_cache(cache_copy), split["test"], gt, ctx,
+                                      split["test"])
+    assert json.dumps(with_label, sort_keys=True) == json.dumps(without, sort_keys=True)  # NaN-safe equality
     for cid in split["test"]:
-        assert (masks_a[cid] == masks_b[cid]).all()
+        assert masks_a[cid].any() and (masks_a[cid] == masks_b[cid]).all()
 
 
 def test_rerun_skips_finished_stages_and_more_seeds_continue(experiment) -> None:
