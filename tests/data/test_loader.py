@@ -20,7 +20,7 @@ def test_loader_serves_items_in_order(make_cache, tmp_path, num_workers):
         ref = ds[i]
         assert it["image"].shape == ref["image"].shape  # no batch dimension added
         assert torch.equal(it["image"], ref["image"]) and torch.equal(it["label"], ref["label"])
-        assert it["pad"] == ref["pad"] and it["split_x"] == ref["split_x"]
+        assert it["context"] == ref["context"] and it["split_x"] == ref["split_x"]
 
 
 def test_loader_rejects_bad_arguments(make_cache, tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 from kidneyssl.config import InferenceConfig, ModelConfig
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
 from kidneyssl.preprocessing.halves import half_bounds
+from kidneyssl.preprocessing.spatial import pad_to_multiple
 
 __all__ = [
     "Strategy",
@@ -395,8 +396,8 @@ def infer_volume(predictor: Callable[[Any], Any], image: np.ndarray, cfg: Infere
         raise ValueError(f"image must be a 3-D (Z, Y, X) array, got shape {image.shape}")
     shape = tuple(int(s) for s in image.shape)
     padded_shape = tuple(_ceil_to(s, pad_multiple) for s in shape)
-    if padded_shape != shape:
-        image = np.pad(image, [(0, p - s) for p, s in zip(padded_shape, shape)])
+    if padded_shape != shape:  # at the end, so split_x and the crop back need no shift
+        image, _ = pad_to_multiple(image, pad_multiple, mode="end")
     run_device = torch.device(sw_device if sw_device is not None else device)
     out_device = torch.device(device)
     prob_fn = probability_predictor(predictor, tta_axes if cfg.tta_flip else (), bf16=bf16)
