@@ -34,7 +34,7 @@ def main():
         t = time.perf_counter(); item = ds[i]; warm_s.append(time.perf_counter() - t)
     model = build_segmentation_model(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
-    crit = BCEDiceLoss(cfg.train.pos_weight)
+    crit = BCEDiceLoss(1.0 if isinstance(cfg.train.pos_weight, str) else cfg.train.pos_weight)
     step_s = []
     for i in range(min(6, len(ds))):
         item = ds[i]

@@ -67,7 +67,7 @@ def paper_steps(steps: int, shape: tuple[int, int, int]) -> dict:
     torch.manual_seed(0)
     model = build_segmentation_model(cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    criterion = BCEDiceLoss(cfg.train.pos_weight)
+    criterion = BCEDiceLoss(1.0 if isinstance(cfg.train.pos_weight, str) else cfg.train.pos_weight)
     x = torch.randn(1, 1, *shape)
     y = (torch.rand(1, 1, *shape) > 0.97).float()
     times = []

@@ -76,7 +76,7 @@ def bench_segmentation(cfg, shape, steps: int, warmup: int, amp: bool, device) -
     model = build_segmentation_model(cfg.model).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp and device.type == "cuda" else None
-    criterion = BCEDiceLoss(cfg.train.pos_weight).to(device)
+    criterion = BCEDiceLoss(1.0 if isinstance(cfg.train.pos_weight, str) else cfg.train.pos_weight).to(device)
     x = torch.randn(1, 1, *shape, device=device)
     y = (torch.rand(1, 1, *shape, device=device) > 0.97).float()
     _reset_peak(device)

@@ -13,6 +13,12 @@ they are (the JSON states the result whichever way it falls). Resumable: re-run 
 to continue (the experiment folder is ``--work``).
 
 Usage: ``python benchmarks/science_demo.py [--cases 32] [--seeds 0 1 2] [--work DIR]``
+
+On 2 cores the seeds can also run as separate processes (one thread each, the same phantoms and
+split) and be combined afterwards::
+
+    OMP_NUM_THREADS=1 python benchmarks/science_demo.py --seeds 0 --work W0 --no-results &   # also 1, 2
+    python benchmarks/science_demo.py --combine W0 W1 W2
 """
 
 from __future__ import annotations
@@ -36,7 +42,13 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/kidneyssl-science-demo")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/results (a part run)")
+    parser.add_argument("--combine", nargs="+", default=None, metavar="WORK",
+                        help="combine finished per-seed runs (same data and split) into one report")
     args = parser.parse_args()
+    if args.combine:
+        combine([Path(w) for w in args.combine])
+        return
 
     from kidneyssl.config import apply_overrides, load_preset
     from kidneyssl.phantoms import write_dataset
@@ -54,6 +66,9 @@ def main() -> None:
     ])
     result = run_experiment(work / "data", work / "run", cfg, device=args.device)
     wall = time.perf_counter() - t0
+    if args.no_results:
+        print(f"wall {wall / 60:.1f} min; run {work / 'run'}")
+        return
     report_dir = Path(result.report).parent
     out = {
         "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part",
@@ -81,6 +96,74 @@ def main() -> None:
         print(f"{d['model']} - MwoS  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
               f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({d['n_cases']} cases x {d['n_seeds']} seeds)")
     print(f"wall {wall / 60:.1f} min; report {result.report}")
+
+
+def combine(works: list[Path]) -> None:
+    """One report and JSON from per-seed runs of this script (they must share data and split)."""
+    from kidneyssl.config import load_config
+    from kidneyssl.reporting.report import write_experiment_report
+    from kidneyssl.training.runfolder import RunFolder
+    from kidneyssl.workflows.experiment import model_names
+
+    runs = [w / "run" for w in works]
+    splits = {(r / "split.json").read_text() for r in runs}
+    if len(splits) != 1:
+        raise SystemExit("the runs do not share one split: they cannot be combined")
+    cfg = load_config(runs[0] / "config.yaml")
+    names = model_names(cfg)
+    rows, timings, seeds = [], {}, []
+    histories: dict = {n: {} for n in names}
+    proxy: dict = {v: {} for v in cfg.protocol.proxy_variants}
+    for run in runs:
+        state = json.loads((run / "experiment.json").read_text())
+        run_cfg = load_config(run / "config.yaml")
+        for seed in run_cfg.protocol.seeds:
+            seeds.append(int(seed))
+            for name, sub in names.items():
+                rows += json.loads((run / "eval" / f"seed_{seed}" / f"{name}.json").read_text())
+                histories[name][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
+            for v in proxy:
+                proxy[v][seed] = RunFolder(run / f"seed_{seed}" / f"pretrain_{v}").read_history()
+        timings.update({f"{run.parent.name}/{k}": v for k, v in state["timings"].items()})
+    split = json.loads(splits.pop())
+    out_dir = works[0].parent / "science_demo_report"
+    report, differences = write_experiment_report(
+        out_dir, rows, histories, proxy, [], json.loads(json.dumps(_plain_cfg(cfg))), timings=timings,
+        split={"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
+               "test_source": "held out of the phantoms"})
+    from kidneyssl.metrics import summarize
+
+    summary = {f"{n}/{p}": summarize([r for r in rows if r["model"] == n and r["part"] == p])
+               for n in names for p in ("val", "test")}
+    out = {
+        "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part "
+                "(seeds run as separate one-thread processes, combined)",
+        "seeds": sorted(seeds), "config": _plain_cfg(cfg), "split": split,
+        "paired_differences": differences["paired"], "epochs_to_reach": differences["epochs_to_reach"],
+        "summary": {k: {m: v[m] for m in ("dice", "hd95_mm")} | {"n_cases": v["n_cases"]}
+                    for k, v in summary.items()},
+        "proxy_final_val_accuracy": {v: {s: (h[-1]["val_accuracy"] if h else None) for s, h in by.items()}
+                                     for v, by in proxy.items()},
+        "timings_s": timings, "load_average_end": os.getloadavg(),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "science_demo.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    text = Path(report).read_text()
+    for name in ("fig5_dice_curves.png", "proxy_accuracy.png"):
+        if (out_dir / name).is_file():
+            shutil.copy(out_dir / name, RESULTS / f"science_demo_{name}")
+            text = text.replace(f"]({name})", f"](science_demo_{name})")
+    (RESULTS / "science_demo_report.md").write_text(text)
+    for d in out["paired_differences"]:
+        print(f"{d['model']} - MwoS  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
+              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({d['n_cases']} cases x {d['n_seeds']} seeds)")
+
+
+def _plain_cfg(cfg: object) -> dict:
+    from kidneyssl.config import config_to_dict
+
+    return config_to_dict(cfg)
 
 
 if __name__ == "__main__":

@@ -104,3 +104,12 @@ def test_segmentation_loss_dict() -> None:
     out = segmentation_loss(SegmentationOutput(logits.detach()), image, target, 2, 3, cfg)
     assert float(out["recon"]) == 0.0
     assert torch.allclose(out["total"], 0.1 * bce + 0.9 * dice)
+
+
+def test_unresolved_auto_pos_weight_is_refused() -> None:
+    """``auto`` is computed from the training data by the trainer; the loss will not guess it."""
+    cfg = SegTrainConfig()
+    assert cfg.pos_weight == "auto"
+    x = torch.randn(1, 1, 4, 4, 4)
+    with pytest.raises(ValueError, match="auto"):
+        segmentation_loss(SegmentationOutput(x), x, (x > 0).float(), 0, 3, cfg)

@@ -77,7 +77,7 @@ def test_every_parameter_gets_a_gradient(recon_weight: float) -> None:
 
     cfg = effective_config(ExperimentConfig(
         model=ModelConfig(init_features=4, growth_rate=4, norm_groups=2, embedding_dim=8),
-        train=SegTrainConfig(recon_weight=recon_weight)))
+        train=SegTrainConfig(recon_weight=recon_weight, pos_weight=1.0)))
     assert cfg.model.reconstruction is (recon_weight > 0)
     torch.manual_seed(0)
     model = build_segmentation_model(cfg.model)
