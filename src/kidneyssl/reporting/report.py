@@ -467,7 +467,9 @@ def write_experiment_report(
         ("table", (["Comparison", "part", "metric", "mean [95 % CI]", "pairs (cases x seeds)", "favour MwS / MwoS",
                     "per seed"],
                    [[f"{d['model']} − MwoS", d["part"], d["metric"], _fmt_ci(d, 3 if d["metric"] == "dice" else 1),
-                     f"{d['n_pairs']} ({d['n_cases']} x {d['n_seeds']})", f"{d['wins']} / {d['losses']}",
+                     f"{d['n_pairs']} ({d['n_cases']} x {d['n_seeds']})",
+                     # pairs where MwS is better / worse: higher Dice, lower distances
+                     (f"{d['wins']} / {d['losses']}" if d["metric"] == "dice" else f"{d['losses']} / {d['wins']}"),
                      ", ".join(f"{s}: {_fmt(v, 3)}" for s, v in d["per_seed"].items())] for d in diffs])),
         ("h2", "Convergence (the paper's faster-convergence claim)"),
         ("p", "First epoch at which each model's validation Dice reaches 90 % / 95 % of MwoS's final validation "
