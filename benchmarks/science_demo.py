@@ -84,17 +84,7 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "science_demo.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    text = (report_dir / "report.md").read_text()
-    for name in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
-        if (report_dir / name).is_file():
-            shutil.copy(report_dir / name, RESULTS / f"science_demo_{name}")
-            text = text.replace(f"]({name})", f"](science_demo_{name})")
-    (RESULTS / "science_demo_report.md").write_text(text)
-    for d in out["paired_differences"]:
-        print(f"{d['model']} - MwoS  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
-              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({d['n_cases']} cases x {d['n_seeds']} seeds)")
+    _write_results(out, report_dir)
     print(f"wall {wall / 60:.1f} min; report {result.report}")
 
 
@@ -127,7 +117,7 @@ def combine(works: list[Path]) -> None:
         timings.update({f"{run.parent.name}/{k}": v for k, v in state["timings"].items()})
     split = json.loads(splits.pop())
     out_dir = works[0].parent / "science_demo_report"
-    report, differences = write_experiment_report(
+    _, differences = write_experiment_report(
         out_dir, rows, histories, proxy, [], json.loads(json.dumps(_plain_cfg(cfg))), timings=timings,
         split={"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
                "test_source": "held out of the phantoms"})
@@ -147,12 +137,17 @@ def combine(works: list[Path]) -> None:
         "timings_s": timings, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
+    _write_results(out, out_dir)
+
+
+def _write_results(out: dict, report_dir: Path) -> None:
+    """The JSON, a copy of the report with its figures (links renamed), and the differences printed."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "science_demo.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    text = Path(report).read_text()
-    for name in ("fig5_dice_curves.png", "proxy_accuracy.png"):
-        if (out_dir / name).is_file():
-            shutil.copy(out_dir / name, RESULTS / f"science_demo_{name}")
+    text = (report_dir / "report.md").read_text()
+    for name in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
+        if (report_dir / name).is_file():
+            shutil.copy(report_dir / name, RESULTS / f"science_demo_{name}")
             text = text.replace(f"]({name})", f"](science_demo_{name})")
     (RESULTS / "science_demo_report.md").write_text(text)
     for d in out["paired_differences"]:
