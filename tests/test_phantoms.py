@@ -174,8 +174,9 @@ def test_write_dataset_refuses_other_dataset_and_reuses_same(tmp_path):
     stamp = (out / "case_00000" / "imaging.nii.gz").stat().st_mtime_ns
     write_dataset(out, cases=1, seed=1)  # same settings: nothing regenerated
     assert (out / "case_00000" / "imaging.nii.gz").stat().st_mtime_ns == stamp
-    with pytest.raises(RunFolderError, match="--force"):
+    with pytest.raises(RunFolderError, match="replace it") as info:
         write_dataset(out, cases=1, seed=2)
+    assert "force" in info.value.remedy
     (tmp_path / "foreign" / "case_00003").mkdir(parents=True)
     with pytest.raises(RunFolderError):
         write_dataset(tmp_path / "foreign", cases=1, seed=1)

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
-__all__ = ["KidneySSLError", "DataError", "CheckpointError", "RunFolderError"]
+__all__ = ["KidneySSLError", "DataError", "CheckpointError", "RunFolderError", "REMEDIES"]
+
+#: What an error's ``remedy`` may name: the library options (keyword arguments, and ``prepare``
+#: for the preparing step) that resolve it, with what each does. ``name=value`` names a value too
+#: (``data_format=kits23``). The library says what to do in words and never names a command-line
+#: flag; the CLI adds its flag for each remedy (``kidneyssl.cli._common.describe_error``).
+REMEDIES = {
+    "force": "start over / replace what is there",
+    "resume": "continue the interrupted run",
+    "extend_epochs": "continue a finished run with more epochs",
+    "out": "choose another output folder",
+    "cache": "give the prepared cache",
+    "device": "choose another device",
+    "prepare": "prepare the dataset into a cache",
+    "prepare_force": "prepare the cache again, replacing it",
+    "data_format": "read the dataset in another format",
+    "kidney_labels": "say which label values form the kidney target",
+    "labels": "map a mask file's values to kidney/background",
+    "assume_yes": "start a long run without asking",
+    "max_hours": "raise the time limit of a run",
+}
 
 
 class KidneySSLError(Exception):
-    """Base class: the CLI prints these as one clean line (no traceback) and exits with status 2."""
+    """Base class: the CLI prints these as one clean line (no traceback) and exits with status 2.
+
+    Attributes:
+        remedy: the options that resolve the error (keys of :data:`REMEDIES`, optionally
+            ``key=value``); the message says the same in words.
+    """
+
+    def __init__(self, *args: object, remedy: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.remedy = tuple(remedy)
 
 
 class DataError(KidneySSLError):
@@ -22,7 +52,8 @@ class DataError(KidneySSLError):
         expected, found: short descriptions of what was expected and what was found.
     """
 
-    def __init__(self, path: str | Path, field: str, expected: str, found: str, hint: str = ""):
+    def __init__(self, path: str | Path, field: str, expected: str, found: str, hint: str = "",
+                 remedy: Sequence[str] = ()):
         self.path = Path(path)
         self.field = field
         self.expected = expected
@@ -31,7 +62,7 @@ class DataError(KidneySSLError):
         msg = f"{self.path.absolute()}: {field}: expected {expected}, found {found}"
         if hint:
             msg += f" ({hint})"
-        super().__init__(msg)
+        super().__init__(msg, remedy=remedy)
 
 
 class CheckpointError(KidneySSLError):

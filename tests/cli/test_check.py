@@ -68,7 +68,7 @@ def test_check_says_what_it_skipped(tmp_path, capsys):
 def test_check_formats_and_kidney_labels(tmp_path, capsys):
     _case(tmp_path, "case_00000", label_value=3)  # a KiTS23 cyst-only "kidney"
     assert main(["check", "--data", str(tmp_path)]) == 1
-    assert "use --format kits23" in capsys.readouterr().out
+    assert "read it as KiTS23) (--format kits23)" in capsys.readouterr().out
     assert main(["check", "--data", str(tmp_path), "--format", "kits23"]) == 0
     capsys.readouterr()
     assert main(["check", "--data", str(tmp_path), "--format", "kits23", "--kidney-labels", "1"]) == 1

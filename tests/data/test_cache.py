@@ -119,8 +119,9 @@ def test_config_mismatch_is_refused_and_named(dataset, tmp_path):
         open_cache(out, expected=other)
     assert "spacing_mm" in str(info.value) and "pad_multiple" in str(info.value)
     assert "window_hu" not in str(info.value)
-    with pytest.raises(KidneySSLError, match="--force"):
+    with pytest.raises(KidneySSLError, match="rebuild it") as err:
         prepare_dataset(dataset, out, other, workers=1)
+    assert err.value.remedy == ("force", "out")
     summary = prepare_dataset(dataset, out, other, workers=1, force=True, case_ids=["case_00001"])
     assert summary.ok == ["case_00001"]
     assert open_cache(out, expected=other).load("case_00001").image.shape[0] % 8 == 0

@@ -69,7 +69,8 @@ def test_kits23_cyst_counts_and_policy_is_recorded(tmp_path):
 def test_kits23_rejected_as_kits19_and_old_caches_read_as_kits19(tmp_path):
     data, _ = _write(tmp_path / "data", "kits23", n=1)
     summary = prepare_dataset(data, tmp_path / "cache", CFG, workers=1, data_format="kits19")
-    assert "use --format kits23" in summary.failed["case_00000"][0]
+    assert "read it as KiTS23" in summary.failed["case_00000"][0]
+    assert summary.remedy == {"data_format=kits23"}  # kidneyssl prepare prints --format kits23
     info_path = tmp_path / "cache" / "cache.json"
     info = json.loads(info_path.read_text())
     del info["labels"]

@@ -70,7 +70,8 @@ def test_kits23_cyst_with_format_and_kidney_labels(tmp_path):
     write_mask(lab, gt / "case_00000" / "segmentation.nii.gz", like=GEOM)
     write_mask((lab > 0).astype(np.uint8), pred / "prediction_00000.nii.gz", like=GEOM)
     as_kits19 = evaluate_folders(pred, gt)
-    assert "use --format kits23" in as_kits19.failed["case_00000"]
+    assert "read it as KiTS23" in as_kits19.failed["case_00000"]
+    assert as_kits19.remedy == ("data_format=kits23",)  # the CLI says: --format kits23
     policy = ground_truth_policy(gt, "kits23")
     assert policy == KITS23_POLICY
     assert evaluate_folders(pred, gt, policy=policy).rows[0]["dice"] == 1.0  # cyst counted

@@ -68,7 +68,7 @@ def test_kits23_cyst_is_kidney_but_not_in_kits19(tmp_path):
     ds = open_dataset(root)
     assert ds.format == "kits19"
     err = check_case(ds.cases[0], policy=ds.policy)
-    assert len(err) == 1 and "use --format kits23" in str(err[0])
+    assert len(err) == 1 and "read it as KiTS23" in str(err[0]) and err[0].remedy == ("data_format=kits23",)
     assert check_case(ds.cases[0], policy=open_dataset(root, "kits23").policy) == []
     only_kidney = open_dataset(root, "kits23", kidney_labels=(1,))
     assert only_kidney.policy.kidney == (1,) and only_kidney.policy.allowed == (0, 1, 2, 3)

@@ -35,7 +35,7 @@ def test_kidney_tumor_target_and_round_trip():
 
 
 @pytest.mark.parametrize("policy, labels, field, text", [
-    (KITS19_POLICY, [0, 1, 3], "labels", "{3} in 1 voxels (label 3 is the cyst of KiTS21/KiTS23: use --format kits23)"),
+    (KITS19_POLICY, [0, 1, 3], "labels", "{3} in 1 voxels (label 3 is the cyst of KiTS21/KiTS23: read it as KiTS23)"),
     (KITS19_POLICY, [0, 1, 5, 117], "labels", "found {5, 117} in 2 voxels"),
     (KITS23_POLICY, [0, 2, 5], "labels", "expected values in {0, 1, 2, 3}, found {5}"),
     (KITS19_POLICY, [0.0, 0.4, 1.0], "labels", "non-integer values such as {0.4}"),
@@ -74,8 +74,9 @@ def test_nnunet_label_names(labels, kidney, tumor):
 
 
 def test_nnunet_without_kidney_and_label_lists():
-    with pytest.raises(DataError, match="named as a kidney.*--kidney-labels"):
+    with pytest.raises(DataError, match="named as a kidney.*say which labels are kidney") as info:
         policy_from_nnunet_labels({"background": 0, "liver": 1}, "x/dataset.json")
+    assert info.value.remedy == ("kidney_labels",)
     assert parse_label_list("1, 2,3") == (1, 2, 3) and parse_label_list(None) is None
     for bad in ("a,b", "0,1", "-1"):
         with pytest.raises(ValueError):

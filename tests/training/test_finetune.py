@@ -112,8 +112,8 @@ def test_pos_weight_auto_is_computed_from_the_training_halves_and_recorded(mwos_
 
 def test_init_refuses_a_checkpoint_that_touched_held_out_cases(pretrain_run: Path, tiny_cache: Path, tiny_cfg,
                                                                tmp_path: Path) -> None:
-    from kidneyssl.training.finetune import check_init_cases, train_segmentation
-    from kidneyssl.training.split import save_split
+    from kidneyssl.training.finetune import train_segmentation
+    from kidneyssl.training.split import check_touched_cases, save_split
 
     split = load_split(pretrain_run / "split.json")
     touched = sorted(load_checkpoint(pretrain_run / "best.pt")["touched_cases"])
@@ -124,7 +124,7 @@ def test_init_refuses_a_checkpoint_that_touched_held_out_cases(pretrain_run: Pat
         train_segmentation(tiny_cache, tmp_path / "run", tiny_cfg, init=str(pretrain_run / "best.pt"),
                            split_file=tmp_path / "leaky.json", device="cpu")
     assert not (tmp_path / "run" / "last.pt").exists()
-    assert check_init_cases("x.pt", touched, leaky, allow_overlap=True) == touched[:2]
-    assert check_init_cases("x.pt", touched, split) == []
+    assert check_touched_cases("x.pt", touched, leaky, allow_overlap=True) == touched[:2]
+    assert check_touched_cases("x.pt", touched, split) == []
     with pytest.raises(CheckpointError, match="does not record"):
-        check_init_cases("x.pt", None, split)
+        check_touched_cases("x.pt", None, split)

@@ -59,21 +59,22 @@ def test_a_plan_over_the_limit_says_so_and_suggests_what_fits(caplog, monkeypatc
         assert announce_plan([stage], PlanOptions(max_hours=12), cfg=load_preset("paper")) is True
     text = caplog.text
     assert text.index("plan: 1 stage") < text.index("more than the 12 h limit")
-    assert "a GPU" in text and "--preset demo" in text
-    assert "--set train.epochs=4" in text  # 4 x 2.8 h fits in 12 h
+    assert "a GPU" in text and "the demo preset" in text
+    assert "fewer epochs: train.epochs=4" in text  # 4 x 2.8 h fits in 12 h
     # --dry-run prints and stops; the demo preset is not suggested to itself
     caplog.clear()
     with caplog.at_level("INFO", logger="kidneyssl"):
         assert announce_plan([stage], PlanOptions(dry_run=True), cfg=load_preset("demo")) is False
-    assert "--preset demo" not in caplog.text and "dry run" in caplog.text
+    assert "the demo preset" not in caplog.text and "dry run" in caplog.text
 
 
 def test_over_the_limit_asks_on_a_terminal_unless_yes(monkeypatch) -> None:
     stage = _stage(seconds=30.0)
     asked = []
     monkeypatch.setattr("builtins.input", lambda q: asked.append(q) or "n")
-    with pytest.raises(PlanDeclined, match="--yes"):
+    with pytest.raises(PlanDeclined, match="over the 12 h limit") as info:
         announce_plan([stage], PlanOptions(interactive=True))
+    assert info.value.remedy == ("assume_yes", "max_hours")  # the CLI names --yes, --max-hours
     assert len(asked) == 1
     assert announce_plan([stage], PlanOptions(interactive=True, assume_yes=True)) is True
     monkeypatch.setattr("builtins.input", lambda q: "y")

@@ -22,8 +22,9 @@ def test_claim_refuses_other_run_unless_resume_or_force(tmp_path: Path) -> None:
     folder.write_info({"kind": "segmentation", "status": "running"})
     save_config(cfg, folder.config_path)
     (folder.path / "notes.txt").write_text("mine")
-    with pytest.raises(RunFolderError, match="--resume"):
+    with pytest.raises(RunFolderError, match="continue it, start over") as info:
         folder.claim("segmentation", resume=False, force=False)
+    assert info.value.remedy == ("resume", "force", "out")
     with pytest.raises(RunFolderError, match="nothing to resume"):
         folder.claim("segmentation", resume=True, force=False)  # no last.pt yet
     folder.last.write_bytes(b"x")

@@ -7,16 +7,45 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, load_preset
 
-__all__ = ["add_config_arguments", "resolve_config", "add_dataset_arguments", "dataset_options",
+__all__ = ["describe_error", "remedy_flags", "REMEDY_FLAGS", "add_config_arguments", "resolve_config",
+           "add_dataset_arguments", "dataset_options",
            "add_plan_arguments", "plan_options", "log_run_summary", "positive_int", "resolve_device"]
 
 log = logging.getLogger("kidneyssl.cli")
 
 _FORMATS = ("auto", "kits19", "kits23", "nnunet", "pairs")  # as kidneyssl.io.datasets.FORMATS
+
+
+#: The command-line form of each remedy an error may name (:data:`kidneyssl.errors.REMEDIES`).
+REMEDY_FLAGS = {
+    "force": "--force", "resume": "--resume", "extend_epochs": "--extend-epochs", "out": "another --out",
+    "cache": "--cache CACHE", "device": "--device", "prepare": "kidneyssl prepare --data DIR --out CACHE",
+    "prepare_force": "kidneyssl prepare --force", "data_format": "--format", "kidney_labels": "--kidney-labels",
+    "labels": "--labels", "assume_yes": "--yes", "max_hours": "--max-hours",
+}
+
+
+def remedy_flags(remedy: Iterable[str]) -> list[str]:
+    """The command-line options for remedies (:data:`kidneyssl.errors.REMEDIES`, ``key[=value]``)."""
+    flags = []
+    for item in remedy:
+        key, _, value = str(item).partition("=")
+        flag = REMEDY_FLAGS.get(key)
+        if flag is not None:
+            flags.append(f"{flag} {value}" if value else flag)
+    return list(dict.fromkeys(flags))
+
+
+def describe_error(err: BaseException) -> str:
+    """An error's message with the command-line options its ``remedy`` names, e.g.
+    ``...; resume it or start over (--resume, --force)``: the library says what to do in words,
+    the CLI adds how."""
+    flags = remedy_flags(getattr(err, "remedy", ()))
+    return f"{err} ({', '.join(flags)})" if flags else str(err)
 
 
 def positive_int(text: str) -> int:
@@ -44,7 +73,8 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KidneySSLError(f"device {name!r} requested but no CUDA device is available; use --device cpu")
+        raise KidneySSLError(f"device {name!r} requested but no CUDA device is available; run on the CPU",
+                             remedy=("device=cpu",))
     return name
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from kidneyssl.cli._common import add_dataset_arguments, dataset_options
+from kidneyssl.cli._common import add_dataset_arguments, dataset_options, describe_error
 
 __all__ = ["add_arguments", "run"]
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         errors = check_case(case, require_imaging=not args.masks_only, policy=dataset.policy)
         if errors:
             bad += 1
-            print(" | ".join(str(e) for e in errors), flush=True)
+            print(" | ".join(describe_error(e) for e in errors), flush=True)
     skipped = f", {len(dataset.skipped)} skipped" if dataset.skipped else ""
     print(f"checked {len(cases)} case(s) in {args.data}: {len(cases) - bad} ok, {bad} bad{skipped}")
     return 1 if bad else 0

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kidneyssl.cli._common import remedy_flags
     from kidneyssl.errors import KidneySSLError
     from kidneyssl.evaluation import evaluate_folders, ground_truth_policy
     from kidneyssl.io.labels import parse_label_map
@@ -53,5 +54,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("wrote %s and %s", result.csv_path, result.md_path)
     if result.failed:
         log.error("%d case(s) failed: %s", len(result.failed), ", ".join(result.failed))
+        if result.remedy:
+            log.error("options that may help: %s", ", ".join(remedy_flags(result.remedy)))
         return 1
     return 0

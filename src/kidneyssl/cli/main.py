@@ -102,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (KidneySSLError, ConfigError) as err:
-        print(f"kidneyssl {args.command}: error: {err}", file=sys.stderr)
+        from kidneyssl.cli._common import describe_error
+
+        print(f"kidneyssl {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. a full disk or a file that vanished: one line, file named
         where = f"{Path(err.filename).absolute()}: " if getattr(err, "filename", None) else ""

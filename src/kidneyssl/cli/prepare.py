@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kidneyssl.cli._common import dataset_options, resolve_config
+    from kidneyssl.cli._common import dataset_options, remedy_flags, resolve_config
     from kidneyssl.data.prepare import prepare_dataset
 
     cfg = resolve_config(args).preprocess
@@ -35,5 +35,7 @@ def run(args: argparse.Namespace) -> int:
                               **dataset_options(args))
     for _case_id, reasons in sorted(summary.failed.items()):
         print(" | ".join(reasons), flush=True)
+    if summary.remedy:
+        print(f"options that may help: {', '.join(remedy_flags(summary.remedy))}", flush=True)
     print(f"prepared {args.data} -> {args.out}: {summary}")
     return 1 if summary.failed else 0

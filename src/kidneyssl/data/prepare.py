@@ -39,6 +39,8 @@ class PrepareSummary:
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, list[str]] = field(default_factory=dict)
     seconds: float = 0.0
+    #: remedies the failures name (:data:`kidneyssl.errors.REMEDIES`), e.g. ``data_format=kits23``
+    remedy: set[str] = field(default_factory=set)
 
     @property
     def cases(self) -> list[str]:
@@ -85,14 +87,14 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
                  threads: int | None = None,
-                 labels_dict: dict[str, Any] | None = None) -> tuple[str, str, list[str]]:
+                 labels_dict: dict[str, Any] | None = None) -> tuple[str, str, list[str], list[str]]:
     """Check, preprocess and cache one case (the worker function; spawn-safe, picklable args).
 
     ``labels_dict`` is a :class:`~kidneyssl.io.labels.LabelPolicy` as a dict (default KiTS19's):
     it checks the label values and makes the kidney target.
 
     Returns:
-        (case_id, status ``ok`` or ``failed``, reasons).
+        (case_id, status ``ok`` or ``failed``, reasons, the remedies the reasons name).
     """
     from kidneyssl.preprocessing.pipeline import preprocess_image, preprocess_label
     from kidneyssl.preprocessing.split_plane import find_split_x, locate_kidneys
@@ -104,7 +106,8 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
     try:
         image, label, errors = load_case(case, policy=policy)
         if errors:
-            return case.case_id, "failed", [str(e) for e in errors]
+            return (case.case_id, "failed", [str(e) for e in errors],
+                    sorted({r for e in errors for r in e.remedy}))
         assert image is not None
         array, record = preprocess_image(image, cfg, threads=threads)
         del image
@@ -135,8 +138,9 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
         }
         atomic_write_json(folder / META_JSON, meta)
     except (KidneySSLError, ValueError, OSError, MemoryError) as err:
-        return case.case_id, "failed", [f"{case.case_id}: {type(err).__name__}: {err}"]
-    return case.case_id, "ok", []
+        return (case.case_id, "failed", [f"{case.case_id}: {type(err).__name__}: {err}"],
+                list(getattr(err, "remedy", ())))
+    return case.case_id, "ok", [], []
 
 
 def _check_paths(data_dir: Path, cache_dir: Path) -> None:
@@ -199,7 +203,8 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
         diff += [f"labels.{d}" for d in _config_diff(_labels_of(old_info), labels_dict)]
         if diff:
             raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
-                                 + "; ".join(diff) + "); use --force to rebuild it, or another --out")
+                                 + "; ".join(diff) + "); rebuild it, or choose another output folder",
+                                 remedy=("force", "out"))
     cache_dir.mkdir(parents=True, exist_ok=True)
     for folder in [cache_dir] + [cache_dir / c.case_id for c in cases]:
         remove_stale_temp_files(folder)  # what a killed run left
@@ -214,11 +219,12 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     if summary.skipped:
         log.info("%d case(s) already prepared, skipped", len(summary.skipped))
     results = _run(todo, cache_dir, cfg_dict, workers, labels_dict)
-    for case_id, status, reasons in results:
+    for case_id, status, reasons, remedy in results:
         if status == "ok":
             summary.ok.append(case_id)
         else:
             summary.failed[case_id] = reasons
+            summary.remedy.update(remedy)
             for reason in reasons:
                 log.warning("%s", reason)
     summary.seconds = time.perf_counter() - start
@@ -239,7 +245,7 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
 
 
 def _run(todo: list[Case], cache_dir: Path, cfg_dict: dict[str, Any],
-         workers: int, labels_dict: dict[str, Any]) -> list[tuple[str, str, list[str]]]:
+         workers: int, labels_dict: dict[str, Any]) -> list[tuple[str, str, list[str], list[str]]]:
     if not todo:
         return []
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -260,7 +266,7 @@ def _run(todo: list[Case], cache_dir: Path, cfg_dict: dict[str, Any],
                 results.append(fut.result())
             except Exception as err:  # a worker died (e.g. killed for memory): report, go on
                 results.append((case.case_id, "failed",
-                                [f"{case.case_id}: worker error: {type(err).__name__}: {err}"]))
+                                [f"{case.case_id}: worker error: {type(err).__name__}: {err}"], []))
     return results
 
 

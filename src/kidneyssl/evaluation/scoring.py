@@ -41,6 +41,8 @@ class EvaluationResult:
     md_path: Path | None = None
     markdown: str = ""
     policy: LabelPolicy | None = None
+    #: remedies the failures name (:data:`kidneyssl.errors.REMEDIES`), e.g. ``labels``
+    remedy: tuple[str, ...] = ()
 
 
 def ground_truth_policy(gt_dir: str | Path, data_format: str | None = None,
@@ -74,7 +76,7 @@ def _read_mask(path: Path, policy: LabelPolicy, role: str) -> tuple[np.ndarray, 
     errors = policy.check(path, array, need_kidney=False)
     if errors:
         err = errors[0]
-        raise DataError(path, f"{role} labels", err.expected, err.found, hint=err.hint)
+        raise DataError(path, f"{role} labels", err.expected, err.found, hint=err.hint, remedy=err.remedy)
     return array, vol
 
 
@@ -141,6 +143,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
         log.warning("no ground truth for %s: not scored", path)
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
+    remedy: set[str] = set()
     for case_id, pred_path, gt_path in progress(pairs, desc="evaluate", total=len(pairs), unit="case"):
         if pred_path is None:
             log.warning("%s: no prediction in %s: scored as an empty prediction", case_id, pred_dir)
@@ -148,6 +151,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
             rows.append(score_case(case_id, pred_path, gt_path, policy, tumor, bl_mode, affine_tol))
         except KidneySSLError as err:
             failed[case_id] = str(err)
+            remedy.update(err.remedy)
             log.error("%s: %s", case_id, err)
     summary = summarize(rows, missing_hd=missing_hd)  # type: ignore[arg-type]
     if tumor:
@@ -172,4 +176,5 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
         lines.append(f"Predictions without ground truth (not scored): {', '.join(p.name for p in unmatched)}.")
     markdown = "\n".join(lines) + "\n"
     atomic_write_text(md_path, markdown)
-    return EvaluationResult(rows, summary, failed, unmatched, csv_path, md_path, markdown, policy)
+    return EvaluationResult(rows, summary, failed, unmatched, csv_path, md_path, markdown, policy,
+                            tuple(sorted(remedy)))

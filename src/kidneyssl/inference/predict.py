@@ -196,7 +196,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             target = (out_dir / f"prediction_{item.output_id}.nii.gz").resolve()
             if target in inputs:
                 raise DataError(target, "output", "an output path that is not an input",
-                                "the input itself", hint="choose another --out folder")
+                                "the input itself", hint="choose another output folder", remedy=("out",))
             t0 = time.perf_counter()
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0

@@ -88,13 +88,14 @@ class LabelPolicy:
             bad_mask = ~np.isin(labels, np.asarray(self.allowed))
             if bad_mask.any():
                 bad = labels[bad_mask]
-                hint = ""
+                hint, remedy = "", ()
                 if self.name == "kits19" and set(np.unique(bad).tolist()) <= {3}:
-                    hint = "label 3 is the cyst of KiTS21/KiTS23: use --format kits23"
+                    hint, remedy = "label 3 is the cyst of KiTS21/KiTS23: read it as KiTS23", ("data_format=kits23",)
                 elif self.name != "nnunet":
-                    hint = "another label map? say which labels are kidney with --kidney-labels"
+                    hint, remedy = "another label map? say which labels are kidney", ("kidney_labels",)
                 return [DataError(path, "labels", f"values in {self.describe_allowed()}",
-                                  f"{_values_str(np.unique(bad))} in {bad.size} voxels", hint=hint)]
+                                  f"{_values_str(np.unique(bad))} in {bad.size} voxels", hint=hint,
+                                  remedy=remedy)]
         if need_kidney and not np.isin(labels, np.asarray(self.kidney)).any():
             return [DataError(path, "kidney",
                               f"at least one kidney voxel (label {_label_list(self.kidney)})", "none")]
@@ -250,7 +251,7 @@ def policy_from_nnunet_labels(labels: Mapping[str, Any], path: str | Path = "dat
     if not kidney:
         shown = ", ".join(f"{n!r}: {list(v)}" for n, v in named.items())
         raise DataError(path, "labels", "a label named as a kidney (kidney, left kidney, renal ...)",
-                        f"{{{shown}}}", hint="name the kidney labels with --kidney-labels")
+                        f"{{{shown}}}", hint="say which labels are kidney", remedy=("kidney_labels",))
     if tumor is not None and tumor not in kidney:
         tumor = None
     return LabelPolicy(tuple(sorted(kidney)), tumor, tuple(allowed), "nnunet")

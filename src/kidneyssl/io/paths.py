@@ -54,7 +54,7 @@ def describe_missing(path: str | Path) -> str:
     return f"{prefix}{folder} holds: {shown}"
 
 
-def check_output_folder(out: str | Path, what: str = "--out") -> Path:
+def check_output_folder(out: str | Path, what: str = "output folder") -> Path:
     """Make sure ``out`` is a writable folder, or can be created as one, before any work is done.
 
     Nothing is created: an existing folder is probed with a temporary file (removed at once),

@@ -129,7 +129,7 @@ def write_dataset(out_dir: str | Path, cases: int, seed: int, resolution: str = 
             raise RunFolderError(
                 f"{out}: holds {len(existing)} case folders of another dataset "
                 f"(not seed={seed}, resolution={resolution}, <= {cases} cases of this generator); "
-                "choose an empty folder or pass --force to replace it")
+                "choose an empty folder or replace it", remedy=("out", "force"))
         for index, folder in sorted(existing.items()):
             if index >= cases:
                 log.info("removing surplus case folder %s", folder)

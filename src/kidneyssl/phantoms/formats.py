@@ -121,7 +121,8 @@ def write_dataset_as(out_dir: str | Path, data_format: str, cases: int, seed: in
         raise ValueError(f"cases must be >= 1, got {cases}")
     out = Path(out_dir)
     if out.is_dir() and any(out.iterdir()) and not force:
-        raise RunFolderError(f"{out.absolute()}: is not empty; choose an empty folder or pass --force")
+        raise RunFolderError(f"{out.absolute()}: is not empty; choose an empty folder or replace its contents",
+                             remedy=("out", "force"))
     from kidneyssl.progress import progress
 
     names = [_name(data_format, i) for i in range(cases)]

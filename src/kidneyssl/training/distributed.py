@@ -57,7 +57,8 @@ def _pick_device(preference: str | None, local_rank: int) -> Any:
         if not torch.cuda.is_available():
             from kidneyssl.errors import KidneySSLError
 
-            raise KidneySSLError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+            raise KidneySSLError("device 'cuda' requested but no CUDA device is available; run on the CPU",
+                                 remedy=("device=cpu",))
         if pref == "cuda":
             torch.cuda.set_device(local_rank)
             return torch.device("cuda", local_rank)

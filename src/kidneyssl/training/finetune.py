@@ -14,7 +14,7 @@ the experiment scores each model's LAST checkpoint, so nothing is selected on va
 Cases are sharded over ranks and gathered once per epoch.
 
 MwS refuses a siamese checkpoint that touched a validation or test case of its split
-(:func:`check_init_cases`), unless explicitly allowed (recorded in ``run.json``).
+(:func:`kidneyssl.training.split.check_touched_cases`), unless explicitly allowed (recorded in ``run.json``).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ from kidneyssl.training.loop import build_grad_scaler, build_optimizer, epoch_or
 from kidneyssl.training.plan import PlanOptions
 from kidneyssl.training.runfolder import RunFolder, begin_run
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
-from kidneyssl.training.split import Split, load_split, make_split
+from kidneyssl.training.split import Split, check_touched_cases, load_split, make_split
 
 #: ``(run folder, history rows so far) -> None``, called after every epoch (rank 0).
 EpochHook = Callable[[Path, list[dict[str, Any]]], None]
 
 __all__ = ["EpochHook", "TrainResult", "train_segmentation", "validate_segmentation", "annotated_case_ids",
-           "resolve_split", "effective_config", "check_init_cases", "resolve_pos_weight"]
+           "resolve_split", "effective_config", "resolve_pos_weight"]
 
 log = logging.getLogger(__name__)
 
@@ -127,39 +127,6 @@ def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: 
     return {cid: merged[cid] for cid in case_ids}
 
 
-def check_init_cases(init: str | Path, touched: Sequence[str] | None, split: Split,
-                     allow_overlap: bool = False) -> list[str]:
-    """Refuse a siamese checkpoint that touched a held-out case of the segmentation split.
-
-    Args:
-        init: the checkpoint path (for the message).
-        touched: the case ids the siamese run read (``touched_cases`` in its checkpoint), or
-            ``None`` for a checkpoint that does not record them.
-        split: the segmentation split.
-        allow_overlap: experts only: accept (and return) the overlap; the run records it.
-
-    Returns:
-        The held-out cases the checkpoint touched (empty when clean).
-
-    Raises:
-        CheckpointError: the checkpoint touched validation/test cases (or cannot tell) and
-            ``allow_overlap`` is off.
-    """
-    if touched is None:
-        if allow_overlap:
-            return ["<unknown: checkpoint records no cases>"]
-        raise CheckpointError(f"{init}: this siamese checkpoint does not record which cases it was trained "
-                              "on, so it may have seen the validation or test cases; retrain it with this "
-                              "kidneyssl or accept the risk explicitly")
-    overlap = sorted(set(touched) & split.held_out)
-    if overlap and not allow_overlap:
-        raise CheckpointError(
-            f"{init}: the siamese network was trained on {len(overlap)} case(s) that this split holds out "
-            f"for validation/test ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); "
-            "pretrain on the training cases of this split, or accept the leak explicitly")
-    return overlap
-
-
 def _load_init(model: Any, init: str, cfg: ExperimentConfig, split: Split,
                allow_overlap: bool) -> dict[str, Any]:
     """Load the encoder of a siamese checkpoint into ``model`` (MwS), after checking that the
@@ -172,7 +139,8 @@ def _load_init(model: Any, init: str, cfg: ExperimentConfig, split: Split,
     from kidneyssl.models.transfer import load_encoder
 
     ckpt = load_checkpoint(init, kind="siamese")
-    overlap = check_init_cases(init, ckpt.get("touched_cases"), split, allow_overlap)
+    touched = ckpt.get("touched_cases")
+    overlap = check_touched_cases(init, touched, split, allow_overlap)
     try:
         report = load_encoder(model, ckpt["model_state"])
     except CheckpointError as err:
@@ -184,6 +152,7 @@ def _load_init(model: Any, init: str, cfg: ExperimentConfig, split: Split,
         raise CheckpointError(f"{init}: encoder tensors missing from the checkpoint: {list(report.missing)[:3]}")
     return {"loaded": len(report.loaded), "missing": list(report.missing),
             "unexpected": list(report.unexpected), "held_out_cases_touched": overlap,
+            "touched_cases": list(touched or []),
             "proxy_input": ckpt["config"].get("pretrain", {}).get("proxy_input", "unknown")}
 
 
@@ -289,7 +258,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         allow_init_overlap = bool(info.get("allow_init_overlap", allow_init_overlap))
         split_file = folder.split_path
     if cache_dir is None:
-        raise KidneySSLError("--cache is required")
+        raise KidneySSLError("no prepared cache given (and no run to resume that names one)",
+                             remedy=("cache",))
     cache = open_cache(cache_dir, expected=cfg.preprocess)
     split = resolve_split(cache, cfg, split_file)
     # Training halves are inference's halves (preprocessing.halves.half_bounds): same context.
@@ -360,7 +330,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
             best = {"val_dice": val_dice, "epoch": epoch}
         if ctx.is_main:
             history.append(row)
-            _save_epoch(folder, cfg, model, optimizer, scaler, epoch, best, row, improved, split, init)
+            _save_epoch(folder, cfg, model, optimizer, scaler, epoch, best, row, improved, split, init,
+                        run_info.get("init_report", {}).get("touched_cases", ()))
             folder.write_history(history)
             if on_epoch is not None:
                 on_epoch(folder.path, history)
@@ -378,14 +349,20 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
 
 def _save_epoch(folder: RunFolder, cfg: ExperimentConfig, model: Any, optimizer: Any, scaler: Any,
                 epoch: int, best: dict[str, Any], row: dict[str, Any], improved: bool, split: Split,
-                init: str) -> None:
+                init: str, init_touched: Sequence[str] = ()) -> None:
     """Write last.pt (always, atomic) and best.pt (when the validation Dice improved)."""
     common = {"epoch": epoch, "best": best, "metrics": row, "split": split.to_dict(), "init": str(init),
               "pos_weight": float(row.get("pos_weight", float("nan")))}
+    # touched_cases: the cases whose labels shaped these weights (training cases and what the
+    # initialisation touched; best.pt was also chosen on the validation cases), so a model used
+    # as a locator for unlabeled pretraining can be checked against a split (check_touched_cases).
+    trained = set(split.train) | set(init_touched)
     cfg_dict = config_to_dict(cfg)
     state = unwrap(model).state_dict()
     if improved:
-        save_checkpoint(folder.best, kind="segmentation", config=cfg_dict, model_state=state, **common)
+        save_checkpoint(folder.best, kind="segmentation", config=cfg_dict, model_state=state,
+                        touched_cases=sorted(trained | set(split.val)), **common)
     save_checkpoint(folder.last, kind="segmentation", config=cfg_dict, model_state=state,
+                    touched_cases=sorted(trained),
                     optimizer=optimizer.state_dict(), scaler=scaler.state_dict() if scaler else None,
                     rng=capture_rng_state(), **common)

@@ -472,16 +472,16 @@ def _suggestions(stages: Sequence[StagePlan], limit_s: float, cfg: Any) -> list[
     """What would fit in ``limit_s``: a GPU, the demo preset, fewer epochs."""
     out = []
     if all(s.device.startswith("cpu") for s in stages):
-        out.append("a GPU (this plan runs on the CPU; add --device cuda on a machine with one)")
+        out.append("a GPU (this plan runs on the CPU; device 'cuda' on a machine with one)")
     if cfg is not None and getattr(cfg, "name", "") != "demo":
-        out.append("--preset demo (coarser grid, smaller network, few epochs)")
+        out.append("the demo preset (coarser grid, smaller network, few epochs)")
     total = _total(stages) or 0.0
     fits = []
     for s in stages:
         if not s.remaining_epochs or not s.seconds_per_epoch or s.start_epoch:
             continue
         n = int(s.remaining_epochs * limit_s / total) if total else s.remaining_epochs
-        fits.append(f"--set {s.epochs_key}={n}" if n >= 1 else
+        fits.append(f"{s.epochs_key}={n}" if n >= 1 else
                     f"(one {s.name} epoch alone takes ~{format_duration(s.seconds_per_epoch)})")
     if fits:
         out.append("fewer epochs: " + " ".join(dict.fromkeys(fits)))
@@ -517,7 +517,7 @@ def announce_plan(stages: Sequence[StagePlan], options: PlanOptions, *, ctx: Any
     limit_s = options.max_hours * 3600.0
     if total is not None and total > limit_s:
         tips = _suggestions(stages, limit_s, cfg)
-        log.warning("this run is estimated to take ~%s, more than the %g h limit (--max-hours).%s",
+        log.warning("this run is estimated to take ~%s, more than the %g h limit (max_hours).%s",
                     format_duration(total), options.max_hours,
                     " What would fit: " + "; ".join(tips) + "." if tips else "")
         interactive = options.interactive
@@ -526,8 +526,9 @@ def announce_plan(stages: Sequence[StagePlan], options: PlanOptions, *, ctx: Any
         single = ctx is None or getattr(ctx, "world_size", 1) == 1
         if not options.dry_run and not options.assume_yes and interactive and single:
             if not _ask(f"Start anyway (about {format_duration(total)})? [y/N] "):
-                raise PlanDeclined("stopped before the first step: the estimate is over --max-hours "
-                                   f"{options.max_hours:g} (use --yes to start anyway)")
+                raise PlanDeclined("stopped before the first step: the estimate is over the "
+                                   f"{options.max_hours:g} h limit; start anyway without asking, or raise "
+                                   "the limit", remedy=("assume_yes", "max_hours"))
     if options.dry_run:
         log.info("dry run: stopping before the first step; nothing was written")
         return False

@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 #: Files a training run writes; ``--force`` removes exactly these (never anything else).
 RUN_FILES = ("run.json", "config.yaml", "split.json", "history.jsonl", "history.png", "last.pt",
              "best.pt", "history.csv", "steps.csv")
-#: Folders a training run writes (TensorBoard events); ``--force`` removes these too.
-RUN_DIRS = ("tb",)
+#: Folders a training run writes (TensorBoard events; a pretraining run's located scans and their
+#: cache, :mod:`kidneyssl.unlabeled.located`); ``--force`` removes these too.
+RUN_DIRS = ("tb", "located", "unlabeled_cache")
 
 
 class RunFolder:
@@ -75,7 +76,7 @@ class RunFolder:
         try:
             return json.loads(marker.read_text())
         except ValueError as err:
-            raise RunFolderError(f"{marker}: unreadable run marker ({err}); use --force to start over") from err
+            raise RunFolderError(f"{marker}: unreadable run marker ({err}); start over", remedy=("force",)) from err
 
     def write_info(self, info: dict[str, Any]) -> None:
         atomic_write_json(self.path / "run.json", info)
@@ -99,13 +100,13 @@ class RunFolder:
         when resuming. Call on every rank (read-only); only rank 0 should then write.
 
         Raises:
-            RunFolderError: the folder holds another run (and neither --resume nor --force), or
-                --resume finds no resumable run of this kind.
+            RunFolderError: the folder holds another run (and neither ``resume`` nor ``force``),
+                or ``resume`` finds no resumable run of this kind.
         """
         info = self.info()
         if resume:
             if info is None or not self.last.is_file():
-                raise RunFolderError(f"{self.path}: nothing to resume (no run.json/last.pt); drop --resume")
+                raise RunFolderError(f"{self.path}: nothing to resume (no run.json/last.pt); start a new run instead")
             if info.get("kind") != kind:
                 raise RunFolderError(f"{self.path}: holds a {info.get('kind')!r} run, not a {kind!r} run")
             return info
@@ -116,9 +117,8 @@ class RunFolder:
         if any(self.path.iterdir()):
             what = f"a {info.get('kind')!r} run ({info.get('status')})" if info else "other files"
             raise RunFolderError(
-                f"{self.path}: output folder already holds {what}; use --resume to continue it, "
-                "--force to start over, or choose another --out"
-            )
+                f"{self.path}: output folder already holds {what}; continue it, start over, or choose "
+                "another output folder", remedy=("resume", "force", "out"))
         return None
 
     def unstarted_inputs(self, kind: str) -> dict[str, Any] | None:
@@ -196,16 +196,18 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
     config and ``None``: the run starts again from the beginning.
 
     Raises:
-        RunFolderError: see :meth:`RunFolder.claim`; also --extend-epochs on an unfinished run.
+        RunFolderError: see :meth:`RunFolder.claim`; also ``extend_epochs`` on an unfinished run.
     """
     import dataclasses
 
     from kidneyssl.config import load_config
 
     if resume and extend_epochs:
-        raise RunFolderError("--resume and --extend-epochs are separate modes; use one")
+        raise RunFolderError("resuming and extending a run are separate modes; use one",
+                             remedy=("resume", "extend_epochs"))
     if extend_epochs < 0:
-        raise RunFolderError(f"--extend-epochs must be positive, got {extend_epochs}")
+        raise RunFolderError(f"the number of epochs to extend by must be positive, got {extend_epochs}",
+                             remedy=("extend_epochs",))
     if resume and not force and folder.unstarted_inputs(kind) is not None:
         # Stopped in its first epoch: nothing to restore, so start again with the saved config
         # (the caller passes the run's cache, init and split: RunFolder.unstarted_inputs).
@@ -227,7 +229,8 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
     saved = load_config(folder.config_path)
     if extend_epochs:
         if info.get("status") != "finished":
-            raise RunFolderError(f"{folder.path}: the run has not finished; use --resume to continue it")
+            raise RunFolderError(f"{folder.path}: the run has not finished; resume it first",
+                                 remedy=("resume",))
         sec = getattr(saved, section)
         saved = dataclasses.replace(saved, **{section: dataclasses.replace(sec, epochs=sec.epochs + extend_epochs)})
         log.info("extending %s by %d epochs to %d (loss schedule recomputed over the new total)",

@@ -11,10 +11,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kidneyssl.errors import KidneySSLError
+from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.io.atomic import atomic_write_json
 
-__all__ = ["Split", "make_split", "save_split", "load_split"]
+__all__ = ["Split", "make_split", "save_split", "load_split", "check_touched_cases"]
 
 
 @dataclass(frozen=True)
@@ -115,3 +115,41 @@ def load_split(path: str | Path, available: Sequence[str] | None = None, min_val
         if missing:
             raise KidneySSLError(f"{path}: case(s) {missing[:5]} are not annotated cases of the cache")
     return split
+
+
+def check_touched_cases(source: str | Path, touched: Sequence[str] | None, split: Split,
+                        allow_overlap: bool = False, what: str = "siamese network") -> list[str]:
+    """Refuse a model whose weights depend on the labels of a case that ``split`` holds out.
+
+    ``touched`` is what a checkpoint (or a ``locate.json``) records as ``touched_cases``: the
+    cases whose labels shaped its weights (a siamese run's proxy cases; a segmentation run's
+    training cases, plus its validation cases for ``best.pt``, which was chosen on them; plus
+    whatever its own initialisation or pseudo-labels touched).
+
+    Args:
+        source: the checkpoint or file the cases come from (for the message).
+        touched: the recorded case ids, or ``None`` when ``source`` records none.
+        split: the segmentation split whose validation and test cases must stay untouched.
+        allow_overlap: experts only: accept (and return) the overlap; the caller records it.
+        what: the model, for the message (``siamese network``, ``locator``).
+
+    Returns:
+        The held-out cases that were touched (empty when clean).
+
+    Raises:
+        CheckpointError: held-out cases were touched (or ``touched`` is ``None``) and
+            ``allow_overlap`` is off.
+    """
+    if touched is None:
+        if allow_overlap:
+            return ["<unknown: no cases recorded>"]
+        raise CheckpointError(f"{source}: does not record which cases the {what} was trained on, so it may "
+                              "have seen the validation or test cases; retrain it with this kidneyssl or "
+                              "accept the risk explicitly")
+    overlap = sorted(set(touched) & split.held_out)
+    if overlap and not allow_overlap:
+        raise CheckpointError(
+            f"{source}: the {what} was trained on {len(overlap)} case(s) that this split holds out for "
+            f"validation/test ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); train it "
+            "on the training cases of this split, or accept the leak explicitly")
+    return overlap
