@@ -1,6 +1,6 @@
 """The package's imports follow its stages: no module of a lower stage imports a higher one, at
 module level or inside a function (io -> preprocessing -> data/models/losses/metrics ->
-training/inference -> reporting -> workflows/evaluation/unlabeled -> cli)."""
+training/inference/unlabeled -> reporting -> workflows/evaluation -> cli)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ STAGES: dict[str, int] = {
     "__init__": 0, "errors": 0, "types": 0, "config": 0, "progress": 0, "io": 0,
     "preprocessing": 1,
     "data": 2, "models": 2, "losses": 2, "metrics": 2, "phantoms": 2,
-    "training": 3, "inference": 3,
+    "training": 3, "inference": 3, "unlabeled": 3,
     "reporting": 4,
-    "workflows": 5, "evaluation": 5, "unlabeled": 5,
+    "workflows": 5, "evaluation": 5,
     "cli": 6,
 }
 ROOT = Path(kidneyssl.__file__).parent
@@ -52,3 +52,53 @@ def test_no_module_imports_a_higher_stage():
                 violations.append(f"{path.relative_to(ROOT)}:{line}: {unit} (stage {STAGES[unit]}) imports "
                                   f"{target} (stage {STAGES[target]})")
     assert not violations, "\n".join(violations)
+
+
+#: Flags of other programs that library messages may name (``tensorboard --logdir RUN``).
+_OTHER_PROGRAMS_FLAGS = {"--logdir"}
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def test_library_messages_name_no_command_line_flag():
+    """Library code says what to do in words and names its options in ``remedy``; only ``cli/``
+    turns them into flags (``kidneyssl.cli._common.describe_error``)."""
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[a-z][a-z-]+")
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if _unit(path) == "cli":
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        skip = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+                names = set(flag.findall(node.value)) - _OTHER_PROGRAMS_FLAGS
+                if names:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {sorted(names)}")
+    assert not found, "\n".join(found)
+
+
+def test_every_remedy_has_a_command_line_form():
+    """Each ``remedy=(...)`` named in the library is a known remedy with a CLI flag."""
+    from kidneyssl.cli._common import REMEDY_FLAGS, describe_error
+    from kidneyssl.errors import REMEDIES, RunFolderError
+
+    assert set(REMEDY_FLAGS) == set(REMEDIES)
+    used = set()
+    for path in sorted(ROOT.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.keyword) and node.arg == "remedy" and isinstance(node.value, ast.Tuple):
+                used |= {str(e.value).partition("=")[0] for e in node.value.elts if isinstance(e, ast.Constant)}
+    assert used and used <= set(REMEDIES), sorted(used - set(REMEDIES))
+    err = RunFolderError("RUN: holds a run; continue it or start over", remedy=("resume", "force"))
+    assert describe_error(err) == "RUN: holds a run; continue it or start over (--resume, --force)"

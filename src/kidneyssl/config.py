@@ -140,6 +140,8 @@ class PretrainConfig:
             with every voxel outside that kidney's mask zeroed (the authors' code; the paper also
             says "only the kidney part of the scan is passed"). The experiment can run both.
         seed: seed for pair sampling, initialisation and data order.
+        unlabeled_min_confidence: with unlabeled scans (``pretrain --unlabeled``), a located scan
+            is used only when the mean kidney probability inside its located mask is at least this.
     """
 
     epochs: int = 50
@@ -154,8 +156,12 @@ class PretrainConfig:
     crop_size: tuple[int, int, int] = (64, 112, 112)
     proxy_input: str = "region"
     seed: int = 0
+    unlabeled_min_confidence: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.unlabeled_min_confidence <= 1.0:
+            raise ConfigError("pretrain.unlabeled_min_confidence must be in [0, 1], got "
+                              f"{self.unlabeled_min_confidence}")
         if len(self.crop_size) != 3 or any(c < 16 or c % 16 for c in self.crop_size):
             raise ConfigError(
                 f"crop_size must be 3 positive multiples of 16 (the encoder downsamples 4 times), "

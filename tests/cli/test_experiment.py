@@ -216,3 +216,50 @@ def test_experiment_refuses_another_config_or_foreign_folder(experiment, tmp_pat
     (tmp_path / "x.txt").write_text("mine")
     rc = main(["experiment", "--data", str(root / "data"), "--out", str(tmp_path), *TINY])
     assert rc == 2 and "not empty" in capsys.readouterr().err
+
+
+def test_unlabeled_scans_add_mws_u(experiment, segmenting_checkpoint: Path, tmp_path: Path) -> None:
+    """Scans without masks, located by a model trained on the training cases only, pretrain a third
+    model, MwS+U, scored beside MwS and MwoS; a locator is also run on the fly by ``pretrain``.
+    (Last in this file: it continues the shared experiment with a third model.)"""
+    from kidneyssl.io.checkpoint import load_checkpoint
+    from kidneyssl.phantoms import write_dataset
+    from kidneyssl.training.split import load_split
+
+    root, rc, _ = experiment
+    run = root / "run"
+    split = load_split(run / "split.json")
+    write_dataset(tmp_path / "src", 3, seed=21, resolution="demo", workers=2)
+    raw = tmp_path / "raw"  # scans only: no segmentation anywhere
+    raw.mkdir()
+    for i, case in enumerate(sorted((tmp_path / "src").glob("case_*"))):
+        shutil.copy(case / "imaging.nii.gz", raw / f"scan_{i}.nii.gz")
+    assert main(["locate", "-q", "--model", str(segmenting_checkpoint), "--input", str(raw),
+                 "--out", str(tmp_path / "located")]) == 0
+    located = json.loads((tmp_path / "located" / "locate.json").read_text())
+    assert located["touched_cases"] == sorted(split.train)  # the locator's (MwoS last.pt) training cases
+
+    assert main(["experiment", "-q", "--data", str(root / "data"), "--out", str(run), *TINY, "--device", "cpu",
+                 "--unlabeled", str(tmp_path / "located")]) == 0
+    stages = json.loads((run / "experiment.json").read_text())["stages"]
+    assert all(stages[f"seed_{s}/{k}"] == "done" for s in (0, 1)
+               for k in ("pretrain_u", "train_MwS+U", "eval_MwS+U", "train_MwoS"))
+    for seed in (0, 1):
+        info = json.loads((run / f"seed_{seed}" / "pretrain_u" / "run.json").read_text())["unlabeled"]
+        assert info["used"] >= 1 and info["scans"] == 3
+        touched = set(load_checkpoint(run / f"seed_{seed}" / "pretrain_u" / "best.pt")["touched_cases"])
+        assert set(split.train) <= touched and not touched & split.held_out
+        assert {r["part"] for r in _rows(run, seed, "MwS+U")} == {"val", "test"}
+    report = (run / "report" / "report.md").read_text()
+    assert "MwS+U − MwoS" in report and "scans used" in report
+    diffs = json.loads((run / "report" / "differences.json").read_text())["paired"]
+    assert {d["model"] for d in diffs} == {"MwS-region", "MwS-masked", "MwS+U"}
+
+    # pretrain locates raw scans on the fly with a given locator, into OUT/located
+    out = tmp_path / "pretrain"
+    assert main(["pretrain", "-q", "--cache", str(run / "cache"), "--split", str(run / "split.json"),
+                 "--out", str(out), *TINY[:-6], "--device", "cpu", "--yes", "--no-probe",
+                 "--unlabeled", str(raw), "--locator", str(segmenting_checkpoint)]) == 0
+    assert (out / "located" / "locate.json").is_file()
+    info = json.loads((out / "run.json").read_text())["unlabeled"]
+    assert info["locator"] == str(segmenting_checkpoint.absolute()) and info["used"] >= 1

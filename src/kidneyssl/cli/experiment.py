@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-data", default=None,
                         help="a separate annotated dataset (same format) used only as the held-out test "
                              "part (default: protocol.test_fraction of --data is held out)")
+    parser.add_argument("--unlabeled", default=None, metavar="DIR",
+                        help="scans without masks (or a 'kidneyssl locate' output): adds MwS+U, pretrained on the "
+                             "training cases plus these scans as each seed's MwoS locates them")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
+                        help="with --unlabeled: use a located scan only if its confidence is >= C (sets "
+                             "pretrain.unlabeled_min_confidence, default 0.5)")
     add_protocol_arguments(parser)
     parser.add_argument("--out", required=True, help="experiment folder (re-run to continue it)")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
@@ -56,6 +62,8 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"protocol.proxy_variants=[{', '.join(args.proxy_variants)}]")
     if getattr(args, "test_fraction", None) is not None:
         out.append(f"protocol.test_fraction={args.test_fraction}")
+    if getattr(args, "min_confidence", None) is not None:
+        out.append(f"pretrain.unlabeled_min_confidence={args.min_confidence}")
     return out
 
 
@@ -78,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
                             test_data=args.test_data, force=args.force, device=args.device,
-                            workers=args.workers, plan=plan_options(args), **dataset_options(args))
+                            workers=args.workers, plan=plan_options(args), unlabeled=args.unlabeled,
+                            **dataset_options(args))
     if result is None:  # --dry-run
         return 0
     print_result(result)

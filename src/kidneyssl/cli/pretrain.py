@@ -34,6 +34,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
+    parser.add_argument("--unlabeled", default=None, metavar="DIR",
+                        help="scans without masks for extra proxy pairs: a 'kidneyssl locate' output, or any "
+                             "scans with --locator")
+    parser.add_argument("--locator", default=None, metavar="SEG_CKPT",
+                        help="segmentation checkpoint that locates the kidneys of --unlabeled first (into "
+                             "OUT/located)")
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
+                        help="use a located scan only if its confidence is >= C (sets "
+                             "pretrain.unlabeled_min_confidence, default 0.5)")
+    parser.add_argument("--allow-locator-overlap", action="store_true",
+                        help="accept a locator trained on validation/test cases of this split (recorded)")
     add_run_arguments(parser)
     add_config_arguments(parser)
 
@@ -45,6 +56,12 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     from kidneyssl.reporting.figures import refresh_history_plot
 
+    if args.locator is not None and args.unlabeled is None:
+        log.error("kidneyssl pretrain: --locator needs --unlabeled DIR (the scans to locate)")
+        return 2
+    if args.min_confidence is not None:
+        args.overrides = list(getattr(args, "overrides", None) or []) + [
+            f"pretrain.unlabeled_min_confidence={args.min_confidence}"]
     cache, split = args.cache, args.split
     unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
     if unstarted:  # stopped before its first checkpoint: start again with what it was given
@@ -52,12 +69,17 @@ def run(args: argparse.Namespace) -> int:
     result = pretrain_siamese(cache, args.out, resolve_config(args), split_file=split,
                               on_epoch=refresh_history_plot,
                               resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
-                              device=args.device, plan=plan_options(args))
+                              device=args.device, plan=plan_options(args), unlabeled=args.unlabeled,
+                              locator=args.locator, allow_locator_overlap=args.allow_locator_overlap)
     if args.dry_run:
         return 0
     log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",
              result.best_epoch + 1, result.best_val_loss, result.last_val_accuracy, result.run_dir)
-    log_run_summary(result.run_dir, {"pretrain": time.perf_counter() - t0},
-                    {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
-                     "last val pair accuracy": result.last_val_accuracy})
+    headline = {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
+                "last val pair accuracy": result.last_val_accuracy}
+    unl = (RunFolder(result.run_dir).info() or {}).get("unlabeled")
+    if unl:
+        headline["unlabeled scans used"] = f"{unl['used']} of {unl['scans']} ({unl['kidneys']['right']} right, " \
+                                           f"{unl['kidneys']['left']} left kidneys)"
+    log_run_summary(result.run_dir, {"pretrain": time.perf_counter() - t0}, headline)
     return 0

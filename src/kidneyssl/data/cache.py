@@ -35,6 +35,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CachedCase",
     "Cache",
+    "CacheUnion",
     "open_cache",
 ]
 
@@ -91,7 +92,7 @@ class Cache:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as err:
             raise DataError(meta_path, "meta", "a readable meta.json", f"{type(err).__name__}",
-                            hint="re-run kidneyssl prepare") from None
+                            hint="prepare the cache again", remedy=("prepare",)) from None
         mode = "r" if mmap else None
         image = _load_npy(folder / IMAGE_NPY, mode)
         label = _load_npy(folder / LABEL_NPY, mode) if meta.get("has_label") else None
@@ -99,11 +100,48 @@ class Cache:
         for name, arr in (("image", image), ("label", label)):
             if arr is not None and tuple(arr.shape) != shape:
                 raise DataError(folder / f"{name}.npy", "shape", str(shape), str(tuple(arr.shape)),
-                                hint="re-run kidneyssl prepare --force")
+                                hint="prepare the cache again", remedy=("prepare_force",))
         return CachedCase(case_id, image, label, meta)
 
     def __repr__(self) -> str:
         return f"Cache({self.root}, {len(self)} cases, spacing_mm={self.preprocess.spacing_mm})"
+
+
+class CacheUnion:
+    """A cache and extra caches read as one (e.g. the labeled cache and a cache of located scans
+    for pretraining): a case id ``<prefix><id>`` is case ``id`` of the extra cache under
+    ``prefix``; any other id is the base cache's. Only :meth:`load` and membership are offered,
+    which is what the proxy-task pairs read.
+
+    Raises:
+        KidneySSLError: an extra cache was prepared with another preprocessing config.
+    """
+
+    def __init__(self, base: Cache, extra: dict[str, Cache]) -> None:
+        for prefix, other in extra.items():
+            if not prefix or other.preprocess != base.preprocess:
+                raise KidneySSLError(f"{other.root}: prepared with another preprocessing config than "
+                                     f"{base.root} (or an empty prefix {prefix!r}); both must match")
+        self.base = base
+        self.extra = dict(extra)
+        self.preprocess = base.preprocess
+
+    def _route(self, case_id: str) -> tuple[Cache, str]:
+        for prefix, other in self.extra.items():
+            if case_id.startswith(prefix):
+                return other, case_id[len(prefix):]
+        return self.base, case_id
+
+    def __contains__(self, case_id: object) -> bool:
+        if not isinstance(case_id, str):
+            return False
+        cache, inner = self._route(case_id)
+        return inner in cache
+
+    def load(self, case_id: str, mmap: bool = True) -> CachedCase:
+        """As :meth:`Cache.load`; the returned case keeps the id it has in its own cache."""
+        cache, inner = self._route(case_id)
+        return cache.load(inner, mmap=mmap)
 
 
 def _load_npy(path: Path, mode: str | None) -> np.ndarray:
@@ -111,7 +149,7 @@ def _load_npy(path: Path, mode: str | None) -> np.ndarray:
         return np.load(path, mmap_mode=mode)  # type: ignore[arg-type]
     except (OSError, ValueError) as err:
         raise DataError(path, "array", "a readable .npy file", type(err).__name__,
-                        hint="re-run kidneyssl prepare") from None
+                        hint="prepare the cache again", remedy=("prepare",)) from None
 
 
 def _config_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
@@ -138,26 +176,26 @@ def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None,
     path = root / CACHE_JSON
     if not path.is_file():
         raise DataError(path, "cache", "a kidneyssl cache (cache.json)", "missing",
-                        hint="run `kidneyssl prepare --data DIR --out CACHE` first")
+                        hint="prepare the dataset first", remedy=("prepare",))
     try:
         info = json.loads(path.read_text())
     except ValueError as err:
         raise DataError(path, "cache", "valid JSON", f"{err}") from None
     if info.get("format_version") != FORMAT_VERSION:
         raise DataError(path, "format_version", str(FORMAT_VERSION), str(info.get("format_version")),
-                        hint="re-run kidneyssl prepare --force")
+                        hint="prepare the cache again", remedy=("prepare_force",))
     if expected is not None:
         diff = _config_diff(info.get("preprocess", {}), config_to_dict(expected))
         if diff:
             raise KidneySSLError(
                 f"{root}: cache was prepared with another preprocessing config ("
-                + "; ".join(diff) + "); re-run `kidneyssl prepare` with this config or point "
-                "to a matching cache")
+                + "; ".join(diff) + "); prepare it with this config or use a matching cache",
+                remedy=("prepare",))
     if labels is not None:
         diff = _config_diff(_labels_of(info), labels.to_dict())
         if diff:
             raise KidneySSLError(
                 f"{root}: cache was prepared with another label policy ("
-                + "; ".join(diff) + "); re-run `kidneyssl prepare` with these kidney labels or "
-                "point to a matching cache")
+                + "; ".join(diff) + "); prepare it with these kidney labels or use a matching "
+                "cache", remedy=("prepare", "kidney_labels"))
     return Cache(root, info)

@@ -49,7 +49,8 @@ MAX_OVERLAY_CASES = 3
 # Fixed colours for the paper's two models so that every figure uses the same ones; other models
 # take the next free colours of matplotlib's tab10 cycle.
 _MODEL_COLOURS = {"MwoS": "tab:blue", "MwS": "tab:orange", "MwS-region": "tab:orange",
-                  "MwS-masked": "tab:green", "region": "tab:orange", "masked": "tab:green"}
+                  "MwS-masked": "tab:green", "region": "tab:orange", "masked": "tab:green",
+                  "MwS+U": "tab:red", "region+U": "tab:red", "masked+U": "tab:red"}
 _CYCLE = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
 
 

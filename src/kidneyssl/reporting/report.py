@@ -343,6 +343,21 @@ def _convergence(histories: Mapping[str, Mapping[int, Sequence[Mapping[str, Any]
     return header, body, data
 
 
+def _unlabeled_text(unlabeled: Mapping[int, Mapping[str, Any]]) -> str:
+    """The paragraph that says what MwS+U was pretrained on, per seed."""
+    parts = []
+    for seed, rec in sorted(unlabeled.items()):
+        kidneys = rec.get("kidneys", {})
+        parts.append(f"seed {seed}: {rec.get('used', '?')} of {rec.get('scans', '?')} scans used "
+                     f"({kidneys.get('right', '?')} right, {kidneys.get('left', '?')} left kidneys; "
+                     f"{rec.get('below_confidence', '?')} below confidence, {rec.get('no_kidney', '?')} without kidney)")
+    conf = next(iter(unlabeled.values())).get("min_confidence", "?")
+    return ("**MwS+U** is pretrained like the first MwS variant on the training cases plus scans without masks, "
+            "whose kidneys were located by the same seed's MwoS (trained on the training cases only, so the "
+            f"locator never saw a validation or test case); scans with confidence >= {conf} are used. "
+            + "; ".join(parts) + ".")
+
+
 def write_experiment_report(
     out_dir: str | Path,
     rows: Sequence[Mapping[str, Any]],
@@ -353,6 +368,7 @@ def write_experiment_report(
     timings: Mapping[str, Any] | None = None,
     split: Mapping[str, Any] | None = None,
     title: str = "kidneyssl experiment report",
+    unlabeled: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the experiment's report folder.
 
@@ -367,6 +383,8 @@ def write_experiment_report(
         config: ``config_to_dict(ExperimentConfig)`` of the run.
         timings: stage name -> seconds.
         split: ``{"train", "val", "test"}`` case counts (and ``test_source``).
+        unlabeled: seed -> the ``unlabeled`` record of that seed's MwS+U pretraining run (scans,
+            used, kidneys found, minimum confidence), when the experiment had unlabeled scans.
 
     Returns:
         ``(out_dir / "report.md", differences)``: ``differences`` holds the paired differences
@@ -444,6 +462,10 @@ def write_experiment_report(
               "them); every model is scored with its last checkpoint, so no choice was made on validation or "
               "test data. Scoring used the same inference as `kidneyssl predict` "
               f"(strategy: {', '.join(strategies) or 'n/a'}), with no label anywhere before the metric."),
+    ]
+    if unlabeled:
+        blocks.append(("p", _unlabeled_text(unlabeled)))
+    blocks += [
         ("h2", "What was run"),
         ("ul", _config_summary(config) or ["(no configuration given)"]),
         ("h2", "Per seed"),

@@ -14,6 +14,13 @@ the run touched (``touched_cases``), so ``train --init`` can refuse a checkpoint
 its split holds out. Pair accuracy counts a pair as "same side" when the embedding distance is
 below ``margin / 2``.
 
+Scans without masks (``unlabeled``): a ``kidneyssl locate`` output, or raw scans that a given
+segmentation model (``locator``) locates into ``RUN/located`` first, are filtered by confidence and
+prepared into ``RUN/unlabeled_cache`` (:mod:`kidneyssl.unlabeled.located`); their kidneys join the
+proxy TRAINING pairs only (proxy validation stays on annotated cases, so runs with and without
+unlabeled scans are validated alike). The locator must not have been trained on a validation or
+test case of the split, and its training cases count as touched by this run.
+
 Checkpoints (kind ``"siamese"``): ``last.pt`` every epoch (with optimiser and RNG state, for
 ``--resume``) and ``best.pt`` at the lowest proxy validation loss.
 """
@@ -47,7 +54,7 @@ from kidneyssl.training.seeding import (
     restore_rng_state,
     seed_everything,
 )
-from kidneyssl.training.split import Split
+from kidneyssl.training.split import Split, check_touched_cases
 
 __all__ = ["PretrainResult", "pretrain_siamese", "evaluate_pairs"]
 
@@ -156,7 +163,9 @@ def evaluate_pairs(model: Any, dataset: Any, cfg: ExperimentConfig, ctx: DistCon
 def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: ExperimentConfig, *,
                      split_file: str | Path | None = None, resume: bool = False, force: bool = False,
                      extend_epochs: int = 0, device: str = "auto", ctx: DistContext | None = None,
-                     plan: PlanOptions | None = None, on_epoch: EpochHook | None = None) -> PretrainResult:
+                     plan: PlanOptions | None = None, on_epoch: EpochHook | None = None,
+                     unlabeled: str | Path | None = None, locator: str | Path | None = None,
+                     allow_locator_overlap: bool = False) -> PretrainResult:
     """Train (or resume/extend) the siamese network in ``out_dir``.
 
     Args:
@@ -168,6 +177,13 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         resume, force, extend_epochs, device, ctx, plan, on_epoch: as in
             :func:`kidneyssl.training.finetune.train_segmentation` (a dry run returns
             ``best_epoch == -1`` and an empty history).
+        unlabeled: scans without masks for extra proxy training pairs: a ``kidneyssl locate``
+            output folder, or (with ``locator``) any scans ``locate`` reads. On resume the run's
+            own are used.
+        locator: a segmentation checkpoint that locates ``unlabeled`` first (when it holds no
+            ``locate.json``).
+        allow_locator_overlap: accept a locator trained on validation/test cases of the split
+            (recorded in ``run.json``); refused by default.
 
     Raises:
         KidneySSLError: before training, for a cache of another config, no kidneys/cases,
@@ -187,15 +203,31 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         cache_dir = cache_dir or info.get("cache")
         split_file = folder.split_path
     if cache_dir is None:
-        raise KidneySSLError("--cache is required")
+        raise KidneySSLError("no prepared cache given (and no run to resume that names one)",
+                             remedy=("cache",))
     cache = open_cache(cache_dir, expected=cfg.preprocess)
     split: Split = resolve_split(cache, cfg, split_file)
     proxy = proxy_split(split, cfg)
     touched = sorted(proxy.train + proxy.val)
     assert not set(touched) & split.held_out  # by construction: proxy cases are training cases
     pc = cfg.pretrain
+    if info is not None and info.get("unlabeled"):
+        unlabeled = info["unlabeled"]["located_dir"]  # resume: the scans the run was started with
+        allow_locator_overlap = bool(info["unlabeled"].get("allow_locator_overlap", allow_locator_overlap))
+    located, unlabeled_info = None, None
+    if unlabeled is not None and not plan.dry_run:
+        located, unlabeled_info = _located_scans(unlabeled, locator, folder, cfg, split, ctx,
+                                                 allow_locator_overlap)
+        touched = sorted(set(touched) | set(located.touched_cases or ()))
+    train_ids = list(proxy.train) + (located.prefixed_ids if located is not None else [])
+    pair_cache: Any = cache
+    if located is not None:
+        from kidneyssl.data.cache import CacheUnion
+        from kidneyssl.unlabeled.located import UNLABELED_PREFIX
+
+        pair_cache = CacheUnion(cache, {UNLABELED_PREFIX: located.cache})
     val_pairs = _pairs(cache, proxy.val, pc.val_pairs, pc.seed + VAL_PAIR_SALT, cfg)
-    train_pairs = _pairs(cache, proxy.train, pc.pairs_per_epoch, pc.seed, cfg)
+    train_pairs = _pairs(pair_cache, train_ids, pc.pairs_per_epoch, pc.seed, cfg)
     if len(val_pairs) == 0 or len(train_pairs) == 0:
         raise KidneySSLError(f"{cache_dir}: the proxy {'validation' if len(val_pairs) == 0 else 'training'} "
                              "cases give no kidney pairs")
@@ -219,13 +251,16 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
     run_info = {"kind": "siamese", "status": "running", "cache": str(Path(cache_dir).resolve()),
                 "epochs": pc.epochs, "world_size": ctx.world_size, "proxy_input": pc.proxy_input,
                 "proxy_train_cases": list(proxy.train), "proxy_val_cases": list(proxy.val)}
+    if unlabeled_info is not None:
+        run_info["unlabeled"] = unlabeled_info
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
     logger = RunLogger(folder.path, stage, enabled=ctx.is_main, later_seconds=plan.later_seconds)
     net = wrap_ddp(model, ctx)
-    log.info("pretrain (%s crops): %d proxy training cases, %d proxy validation cases (%d fixed pairs), "
+    log.info("pretrain (%s crops): %d proxy training cases%s, %d proxy validation cases (%d fixed pairs), "
              "all from the segmentation training cases; epochs %d..%d", pc.proxy_input, len(proxy.train),
+             f" + {len(located.case_ids)} located unlabeled scans" if located is not None else "",
              len(proxy.val), len(val_pairs), start_epoch, pc.epochs - 1)
     compute = _loss_fn(cfg, ctx.device)
     for epoch in range(start_epoch, pc.epochs):
@@ -265,6 +300,48 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
         history = folder.read_history()
     last_acc = history[-1]["val_accuracy"] if history else float("nan")
     return PretrainResult(folder.path, int(best["epoch"]), float(best["val_loss"]), float(last_acc), history)
+
+
+def _located_scans(unlabeled: str | Path, locator: str | Path | None, folder: RunFolder,
+                   cfg: ExperimentConfig, split: Split, ctx: DistContext,
+                   allow_overlap: bool) -> tuple[Any, dict[str, Any]]:
+    """The located unlabeled scans of a pretraining run, and what ``run.json`` records of them.
+
+    Rank 0 locates (with ``locator``, into ``RUN/located``, when ``unlabeled`` holds no
+    ``locate.json``; an earlier run's locating is reused) and prepares ``RUN/unlabeled_cache``;
+    the other ranks wait and open the result.
+
+    Raises:
+        DataError: ``unlabeled`` is not located and no locator is given; no scan passes the filter.
+        CheckpointError: the locator touched a held-out case of ``split`` (see
+            :func:`~kidneyssl.training.split.check_touched_cases`).
+    """
+    from kidneyssl.unlabeled.locate import LOCATE_JSON, locate_path
+    from kidneyssl.unlabeled.located import open_located, prepare_located, read_locate_json
+
+    located_dir = Path(unlabeled)
+    if not (located_dir / LOCATE_JSON).is_file() and locator is not None:
+        located_dir = folder.path / "located"
+        if ctx.is_main and not (located_dir / LOCATE_JSON).is_file():
+            log.info("locating the kidneys of %s with %s -> %s", unlabeled, locator, located_dir)
+            summary = locate_path(locator, unlabeled, located_dir, device=str(ctx.device))
+            log.info("locate: %s", summary)
+        broadcast_object(None, ctx)
+    elif locator is not None:
+        log.info("%s is already located (locate.json); the locator given is not used", located_dir)
+    record = read_locate_json(located_dir)
+    overlap = check_touched_cases(located_dir / LOCATE_JSON, record.get("touched_cases"), split,
+                                  allow_overlap, what="locator")
+    min_conf = cfg.pretrain.unlabeled_min_confidence
+    if ctx.is_main:
+        located = prepare_located(located_dir, folder.path / "unlabeled_cache", cfg.preprocess, min_conf)
+    broadcast_object(None, ctx)
+    if not ctx.is_main:
+        located = open_located(located_dir, folder.path / "unlabeled_cache", cfg.preprocess, min_conf)
+    info = {**located.report, "locator": located.locator, "locator_touched_cases": located.touched_cases,
+            "held_out_cases_touched_by_locator": overlap, "allow_locator_overlap": bool(allow_overlap),
+            "cases": list(located.case_ids)}
+    return located, info
 
 
 __all__.append("proxy_split")

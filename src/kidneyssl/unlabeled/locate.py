@@ -6,7 +6,10 @@ dataset that ``kidneyssl prepare``/``check`` read, see :mod:`kidneyssl.io.datase
     OUT/images/<id>.nii.gz   the scan: a symbolic link to the input (a NIfTI copy for DICOM)
     OUT/labels/<id>.nii.gz   the located kidney mask (uint8 0/1) on the scan's own grid
     OUT/locate.json          per case: files, kidney voxels and mL, connected components,
-                             confidence = mean kidney probability inside the mask (0 if empty)
+                             confidence = mean kidney probability inside the mask (0 if empty);
+                             and the locator: its checkpoint and ``touched_cases`` (the annotated
+                             cases whose labels shaped it, checked against a split when the
+                             located scans feed pretraining: :mod:`kidneyssl.unlabeled.located`)
 
 ``<id>`` is ``case_XXXXX`` for KiTS case folders, else the file stem or DICOM folder name.
 Prediction is :func:`kidneyssl.inference.predict_volume`, exactly as ``kidneyssl predict``.
@@ -95,7 +98,8 @@ def _link_image(source: Path, target: Path, volume: Volume, kind: str) -> None:
 
 
 def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Path, *,
-                 device: str = "cpu", model_path: str | Path | None = None) -> LocateSummary:
+                 device: str = "cpu", model_path: str | Path | None = None,
+                 touched_cases: list[str] | None = None) -> LocateSummary:
     """Locate the kidneys of every scan under ``input_path`` with ``model`` (see module docstring).
 
     Args:
@@ -103,7 +107,8 @@ def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Pa
         cfg: its :class:`~kidneyssl.config.ExperimentConfig` (preprocessing and inference).
         input_path: a NIfTI file, a KiTS-layout folder, a folder of NIfTI files or DICOM series.
         out_dir: output folder (not the input folder); existing outputs of a case are replaced.
-        model_path: recorded in ``locate.json``.
+        model_path, touched_cases: the locator's checkpoint and the cases it was trained on
+            (``None``: unknown), recorded in ``locate.json``.
 
     Returns:
         :class:`LocateSummary`; one bad scan is reported in ``failed`` and the others go on.
@@ -142,6 +147,7 @@ def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Pa
             log.error("%s: %s", case_id, err)
     atomic_write_json(out / LOCATE_JSON, {
         "model": None if model_path is None else str(Path(model_path).absolute()),
+        "touched_cases": touched_cases,
         "input": str(Path(input_path).absolute()),
         "threshold": float(cfg.inference.threshold),
         "found": summary.found,
@@ -159,13 +165,16 @@ def locate_path(model_path: str | Path, input_path: str | Path, out_dir: str | P
         CheckpointError: the checkpoint cannot be used (nothing is written).
     """
     from kidneyssl.inference import load_model
+    from kidneyssl.io.checkpoint import load_checkpoint
 
     if threads is not None:
         import torch
 
         torch.set_num_threads(int(threads))
     model, cfg = load_model(model_path, device)
-    return locate_scans(model, cfg, input_path, out_dir, device=device, model_path=model_path)
+    touched = load_checkpoint(model_path, kind="segmentation").get("touched_cases")
+    return locate_scans(model, cfg, input_path, out_dir, device=device, model_path=model_path,
+                        touched_cases=None if touched is None else [str(c) for c in touched])
 
 
 def _probabilities(result: Any) -> Any:

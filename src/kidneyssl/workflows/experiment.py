@@ -11,6 +11,9 @@ Experiment folder::
     RUN/cache/, RUN/test_cache/        prepared caches (test_cache only with a separate test dataset)
     RUN/seed_S/pretrain_V/             siamese run of seed S, proxy variant V (region | masked)
     RUN/seed_S/mws_V/, RUN/seed_S/mwos/   segmentation runs (MwS-V: encoder from pretrain_V/best.pt)
+    RUN/seed_S/pretrain_u/, mws_u/     with ``unlabeled``: siamese run on the training cases plus the
+                                       located unlabeled scans (pretrain_u/located/: the scans as
+                                       seed S's MwoS located them), and MwS+U from it
     RUN/eval/seed_S/<model>.json       per-case metrics on the original grid (validation and test)
     RUN/report/                        Table 1, paired differences, Fig. 4, Fig. 5, report.md/.html
 
@@ -25,6 +28,11 @@ The procedure, and what it guarantees:
 * Scoring calls :func:`kidneyssl.inference.segment.segment_image` with the cached image and its
   preprocessing record only (no label, no label-derived plane): the same function, and so the
   same masks, as ``kidneyssl predict``. The label is read by the metric alone.
+
+* With scans without masks (``unlabeled``), a third model, **MwS+U**, is pretrained (first proxy
+  variant) on the training cases plus the unlabeled scans whose kidneys seed S's MwoS located
+  (trained on the training cases only, so the locator never saw a validation or test case); a
+  folder already located by ``kidneyssl locate`` is used as it is, after the same check.
 
 Re-running the same command skips finished stages and resumes an interrupted training run; adding
 seeds or proxy variants (``--seeds 0 1 2``) continues the same experiment with the new runs.
@@ -74,10 +82,17 @@ class ExperimentResult:
     differences: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def model_names(cfg: ExperimentConfig) -> dict[str, str]:
-    """Model name -> run sub-folder name: ``MwS-<variant>`` per proxy variant, then ``MwoS``."""
+#: The model pretrained on annotated plus located unlabeled scans, its runs' sub-folder names.
+UNLABELED_MODEL, UNLABELED_RUN, UNLABELED_PRETRAIN = "MwS+U", "mws_u", "pretrain_u"
+
+
+def model_names(cfg: ExperimentConfig, unlabeled: bool = False) -> dict[str, str]:
+    """Model name -> run sub-folder name: ``MwS-<variant>`` per proxy variant, ``MwoS``, then
+    (with ``unlabeled``) ``MwS+U``, in the order they are trained."""
     names = {f"MwS-{v}": f"mws_{v}" for v in cfg.protocol.proxy_variants}
     names["MwoS"] = "mwos"
+    if unlabeled:
+        names[UNLABELED_MODEL] = UNLABELED_RUN
     return names
 
 
@@ -107,17 +122,16 @@ def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
         try:
             state = json.loads(state_file.read_text())
         except ValueError as err:
-            raise RunFolderError(f"{state_file}: unreadable ({err}); use --force to start over") from err
+            raise RunFolderError(f"{state_file}: unreadable ({err}); start over", remedy=("force",)) from err
         if _comparable(state.get("config", {})) != _comparable(config_to_dict(cfg)):
             raise RunFolderError(
                 f"{run}: holds an experiment with another config; re-run with the same options to "
-                "continue it (more --seeds or --proxy-variants are fine), --force to start over, or "
-                "choose another --out"
-            )
+                "continue it (more seeds or proxy variants are fine), start over, or choose another "
+                "output folder", remedy=("force", "out"))
         return state
     if run.is_dir() and any(run.iterdir()) and not force:
-        raise RunFolderError(f"{run}: output folder is not empty and holds no experiment; use --force "
-                             "or choose another --out")
+        raise RunFolderError(f"{run}: output folder is not empty and holds no experiment; replace its "
+                             "contents or choose another output folder", remedy=("force", "out"))
     return {}
 
 
@@ -177,15 +191,22 @@ def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], 
     return [merged_rows[c] for c in case_ids], merged_masks
 
 
+def _pretrain_keys(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
+    """The pretraining runs of one seed: one per proxy variant (and ``u`` with unlabeled scans)."""
+    return list(cfg.protocol.proxy_variants) + (["u"] if UNLABELED_MODEL in names else [])
+
+
 def _plan_experiment(cfg: ExperimentConfig, cache: Any, split: Any, ctx: DistContext, done: dict[str, Any],
                      names: dict[str, str], options: Any) -> list[Any]:
     """The stages still to run, each seed and proxy variant, with time estimates from one probe of
-    a pretraining step and one of a segmentation step (they cost the same for every seed)."""
+    a pretraining step and one of a segmentation step (they cost the same for every seed; locating
+    the unlabeled scans is not estimated)."""
     from kidneyssl.training.plan import estimate_stage
 
     probe = options.probe and options.announce and ctx.is_main
     seed0 = cfg.protocol.seeds[0]
-    pending = [(s, v) for s in cfg.protocol.seeds for v in cfg.protocol.proxy_variants
+    variants = _pretrain_keys(cfg, names)
+    pending = [(s, v) for s in cfg.protocol.seeds for v in variants
                if done.get(f"seed_{s}/pretrain_{v}") != "done"]
     pending_train = [(s, n) for s in cfg.protocol.seeds for n in names if done.get(f"seed_{s}/train_{n}") != "done"]
     out = []
@@ -195,9 +216,18 @@ def _plan_experiment(cfg: ExperimentConfig, cache: Any, split: Any, ctx: DistCon
     if pending_train:
         seg = estimate_stage("train", "segmentation", seed_config(cfg, seed0), cache, split, ctx, probe=probe)
         out += [dataclasses.replace(seg, name=f"seed_{s}/train_{n}") for s, n in pending_train]
-    keys = [f"seed_{s}/{k}" for s in cfg.protocol.seeds
-            for k in [f"pretrain_{v}" for v in cfg.protocol.proxy_variants] + [f"train_{n}" for n in names]]
+    keys = [f"seed_{s}/{k}" for s in cfg.protocol.seeds for k in _stage_order(cfg, names)]
     return sorted(out, key=lambda p: keys.index(p.name))
+
+
+def _stage_order(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
+    """One seed's training stages in the order they run: pretraining per proxy variant, MwS per
+    variant and MwoS, then (unlabeled) pretraining with the scans MwoS located, and MwS+U."""
+    order = [f"pretrain_{v}" for v in cfg.protocol.proxy_variants]
+    order += [f"train_{n}" for n in names if n != UNLABELED_MODEL]
+    if UNLABELED_MODEL in names:
+        order += ["pretrain_u", f"train_{UNLABELED_MODEL}"]
+    return order
 
 
 def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, is_main: bool) -> Any:
@@ -220,7 +250,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
                    force: bool = False, device: str = "auto", workers: int | None = None,
                    data_format: str | None = None, kidney_labels: tuple[int, ...] | None = None,
-                   plan: Any = None) -> ExperimentResult | None:
+                   plan: Any = None, unlabeled: str | Path | None = None) -> ExperimentResult | None:
     """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
 
     Args:
@@ -241,6 +271,9 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             pretraining and one segmentation step on the device) and printed; each stage's epoch
             lines then carry the experiment's ETA. With ``dry_run`` the caches are prepared (the
             probe needs them), the plan is printed and nothing else runs (returns ``None``).
+        unlabeled: scans without masks (any input ``kidneyssl locate`` reads, or a ``locate``
+            output): adds MwS+U (see the module docstring). Kept in ``experiment.json``; a
+            continued experiment uses the recorded folder.
     """
     from kidneyssl.data.cache import open_cache
     from kidneyssl.data.prepare import prepare_dataset
@@ -256,6 +289,13 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
     state = _claim(run, cfg, force)
     fresh = not state
     stages: dict[str, Any] = dict(state.get("stages", {}))
+    if unlabeled is not None and state.get("unlabeled") and \
+            Path(unlabeled).resolve() != Path(state["unlabeled"]):
+        raise RunFolderError(f"{run}: this experiment's unlabeled scans are {state['unlabeled']}, not "
+                             f"{Path(unlabeled).resolve()}; start over or use another output folder",
+                             remedy=("force", "out"))
+    unlabeled_dir = Path(unlabeled).resolve() if unlabeled is not None else (
+        Path(state["unlabeled"]) if state.get("unlabeled") else None)
     timings: dict[str, float] = dict(state.get("timings", {}))
     cache_path = Path(cache_dir) if cache_dir else run / "cache"
     test_cache_path = run / "test_cache" if test_data is not None else None
@@ -267,7 +307,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             atomic_write_json(_state_path(run), {
                 "config": config_to_dict(cfg), "data": str(Path(data_dir).resolve()),
                 "test_data": str(Path(test_data).resolve()) if test_data is not None else None,
-                "cache": str(cache_path.resolve()), "stages": stages, "timings": timings})
+                "cache": str(cache_path.resolve()), "stages": stages, "timings": timings,
+                "unlabeled": str(unlabeled_dir) if unlabeled_dir is not None else None})
 
     if ctx.is_main:
         run.mkdir(parents=True, exist_ok=True)
@@ -310,7 +351,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
              f" (test from {test_data})" if test_data is not None else "",
              list(cfg.protocol.seeds), list(cfg.protocol.proxy_variants))
 
-    names = model_names(cfg)
+    names = model_names(cfg, unlabeled=unlabeled_dir is not None)
     options = plan or PlanOptions()
     stage_plans = _plan_experiment(cfg, cache, split, ctx, stages, names, options)
     if not announce_plan(stage_plans, options, ctx=ctx, cfg=cfg):
@@ -323,39 +364,64 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
 
     rows: list[dict[str, Any]] = []
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
-    proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {v: {} for v in cfg.protocol.proxy_variants}
+    proxy_keys = {v: v for v in cfg.protocol.proxy_variants}
+    if unlabeled_dir is not None:
+        proxy_keys["u"] = f"{cfg.protocol.proxy_variants[0]}+U"
+    proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {k: {} for k in proxy_keys.values()}
+    unlabeled_reports: dict[int, dict[str, Any]] = {}
     overlay_masks: dict[str, dict[str, np.ndarray]] = {}
     first_seed = cfg.protocol.seeds[0]
     overlay_ids = list(test_ids or split.val)[:N_OVERLAY_CASES]
     overlay_source = test_source if test_ids else cache
     for seed in cfg.protocol.seeds:
         seed_dir = run / f"seed_{seed}"
-        # 2. pretrain once per proxy variant
-        for variant in cfg.protocol.proxy_variants:
-            stage, folder = f"seed_{seed}/pretrain_{variant}", seed_dir / f"pretrain_{variant}"
+
+        def pretrain(key: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
+            """Stage ``pretrain_<key>``: a proxy variant, or ``u`` (first variant + unlabeled scans)."""
+            stage, folder = f"seed_{seed}/pretrain_{key}", seed_dir / f"pretrain_{key}"
+            variant = cfg.protocol.proxy_variants[0] if key == "u" else key
             if stages.get(stage) != "done":
                 t0 = time.perf_counter()
-                log.info("== %s (siamese left/right proxy task, %s crops): %s", stage, variant, folder)
+                extra: dict[str, Any] = {}
+                if key == "u":
+                    assert unlabeled_dir is not None
+                    extra = {"unlabeled": unlabeled_dir, "locator": RunFolder(seed_dir / "mwos").last}
+                log.info("== %s (siamese left/right proxy task, %s crops%s): %s", stage, variant,
+                         " + unlabeled scans located by this seed's MwoS" if key == "u" else "", folder)
                 pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
                                  ctx=ctx, plan=stage_options(stage), on_epoch=refresh_history_plot,
-                                 **_stage_folder_args(folder, "siamese", fresh))
+                                 **_stage_folder_args(folder, "siamese", fresh), **extra)
                 mark(stage, time.perf_counter() - t0)
-            proxy_histories[variant][seed] = RunFolder(folder).read_history()
-        # 3. MwS per variant and MwoS, same config, seed and split
-        for name, sub in names.items():
-            stage, folder = f"seed_{seed}/train_{name}", seed_dir / sub
-            mws_variant = name.split("-", 1)[1] if name.startswith("MwS-") else None
+            proxy_histories[proxy_keys[key]][seed] = RunFolder(folder).read_history()
+            if key == "u":
+                unlabeled_reports[seed] = (RunFolder(folder).info() or {}).get("unlabeled", {})
+
+        def train(name: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
+            """Stage ``train_<name>``: MwS from its siamese run, or MwoS from scratch."""
+            stage, folder = f"seed_{seed}/train_{name}", seed_dir / names[name]
+            key = "u" if name == UNLABELED_MODEL else (name.split("-", 1)[1] if name.startswith("MwS-") else None)
             if stages.get(stage) != "done":
                 t0 = time.perf_counter()
-                init = str(seed_dir / f"pretrain_{mws_variant}" / "best.pt") if mws_variant else "scratch"
-                log.info("== %s (%s): %s", stage, f"encoder from the {mws_variant} siamese network" if mws_variant
+                init = str(seed_dir / f"pretrain_{key}" / "best.pt") if key else "scratch"
+                log.info("== %s (%s): %s", stage, f"encoder from the siamese network pretrain_{key}" if key
                          else "from scratch", folder)
-                train_segmentation(cache_path, folder, seed_config(cfg, seed, mws_variant), init=init,
+                variant = cfg.protocol.proxy_variants[0] if key == "u" else key
+                train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
                                    split_file=split_file, ctx=ctx, plan=stage_options(stage),
                                    on_epoch=refresh_history_plot,
                                    **_stage_folder_args(folder, "segmentation", fresh))
                 mark(stage, time.perf_counter() - t0)
             histories[name][seed] = RunFolder(folder).read_history()
+
+        # 2.-3. pretrain per proxy variant; MwS per variant and MwoS with the same config, seed and
+        # split; then (unlabeled) pretrain with the scans this seed's MwoS located, and MwS+U
+        for step in _stage_order(cfg, names):
+            kind, key = step.split("_", 1)
+            if kind == "pretrain":
+                pretrain(key)
+            else:
+                train(key)
+
         # 4. score every model's last checkpoint on validation and test cases (original grid)
         eval_dir = run / "eval" / f"seed_{seed}"
         for name, sub in names.items():
@@ -401,10 +467,10 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                                         {name: overlay_masks[name][cid] for name in names
                                          if cid in overlay_masks.get(name, {})}))
         split_info = {"train": len(split.train), "val": len(split.val), "test": len(test_ids),
-                      "test_source": str(test_data) if test_data is not None else "held out of --data"}
+                      "test_source": str(test_data) if test_data is not None else "held out of the dataset"}
         report_path, differences = write_experiment_report(
             run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
-            timings=dict(timings), split=split_info)
+            timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None)
         mark("report", time.perf_counter() - t0)
     from kidneyssl.metrics import summarize
 
