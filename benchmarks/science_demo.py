@@ -14,6 +14,15 @@ to continue (the experiment folder is ``--work``).
 
 Usage: ``python benchmarks/science_demo.py [--cases 32] [--seeds 0 1 2] [--work DIR]``
 
+Scans without masks (issue: does pretraining on unannotated scans pay?): ``--unlabeled 40`` also
+writes 40 phantoms of another seed as bare scans (no segmentation anywhere) and runs the experiment
+with them, which adds MwS+U (pretrained on the training cases plus those scans as each seed's MwoS
+locates them); ``--name science_unlabeled`` keeps its results apart, e.g.::
+
+    OMP_NUM_THREADS=1 python benchmarks/science_demo.py --cases 12 --unlabeled 40 --variants region \
+        --set protocol.test_fraction=0.25 --set train.epochs=6 --seeds 0 --work U0 --no-results &  # 1, 2
+    python benchmarks/science_demo.py --name science_unlabeled --combine U0 U1 U2
+
 On 2 cores the seeds can also run as separate processes (one thread each, the same phantoms and
 split) and be combined afterwards::
 
@@ -42,12 +51,16 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/kidneyssl-science-demo")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--variants", nargs="+", default=["region", "masked"], help="proxy variants")
+    parser.add_argument("--unlabeled", type=int, default=0, metavar="N",
+                        help="also N unannotated phantoms (bare scans): adds MwS+U")
+    parser.add_argument("--name", default="science_demo", help="results file stem in benchmarks/results")
     parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/results (a part run)")
     parser.add_argument("--combine", nargs="+", default=None, metavar="WORK",
                         help="combine finished per-seed runs (same data and split) into one report")
     args = parser.parse_args()
     if args.combine:
-        combine([Path(w) for w in args.combine])
+        combine([Path(w) for w in args.combine], args.name)
         return
 
     from kidneyssl.config import apply_overrides, load_preset
@@ -58,13 +71,14 @@ def main() -> None:
     load_start = os.getloadavg()
     t0 = time.perf_counter()
     write_dataset(work / "data", args.cases, args.phantom_seed, resolution="demo", workers=2)
+    unlabeled = _bare_scans(work, args.unlabeled, args.phantom_seed + 1000) if args.unlabeled else None
     cfg = apply_overrides(load_preset("demo"), [
         f"protocol.seeds=[{', '.join(str(s) for s in args.seeds)}]",
-        "protocol.proxy_variants=[region, masked]",
+        f"protocol.proxy_variants=[{', '.join(args.variants)}]",
         f"synth.cases={args.cases}", f"synth.seed={args.phantom_seed}",
         *args.overrides,
     ])
-    result = run_experiment(work / "data", work / "run", cfg, device=args.device)
+    result = run_experiment(work / "data", work / "run", cfg, device=args.device, unlabeled=unlabeled)
     wall = time.perf_counter() - t0
     if args.no_results:
         print(f"wall {wall / 60:.1f} min; run {work / 'run'}")
@@ -72,7 +86,8 @@ def main() -> None:
     report_dir = Path(result.report).parent
     out = {
         "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part",
-        "cases": args.cases, "seeds": args.seeds, "phantom_seed": args.phantom_seed,
+        "cases": args.cases, "unlabeled_scans": args.unlabeled, "seeds": args.seeds,
+        "phantom_seed": args.phantom_seed,
         "config_overrides": args.overrides,
         "split": json.loads((work / "run" / "split.json").read_text()),
         "paired_differences": result.differences.get("paired", []),
@@ -84,11 +99,25 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    _write_results(out, report_dir)
+    _write_results(out, report_dir, args.name)
     print(f"wall {wall / 60:.1f} min; report {result.report}")
 
 
-def combine(works: list[Path]) -> None:
+def _bare_scans(work: Path, n: int, seed: int) -> Path:
+    """``n`` phantoms of another seed as bare scans: only ``scans/scan_XXX.nii.gz``, no mask."""
+    from kidneyssl.phantoms import write_dataset
+
+    source, scans = work / "unlabeled_source", work / "scans"
+    if not scans.is_dir() or len(list(scans.glob("*.nii.gz"))) != n:
+        write_dataset(source, n, seed, resolution="demo", workers=2)
+        scans.mkdir(parents=True, exist_ok=True)
+        for i, case in enumerate(sorted(source.glob("case_*"))):
+            shutil.copy(case / "imaging.nii.gz", scans / f"scan_{i:03d}.nii.gz")
+        shutil.rmtree(source)  # the masks are gone: nothing downstream can read them
+    return scans
+
+
+def combine(works: list[Path], name: str = "science_demo") -> None:
     """One report and JSON from per-seed runs of this script (they must share data and split)."""
     from kidneyssl.config import load_config
     from kidneyssl.reporting.report import write_experiment_report
@@ -100,10 +129,15 @@ def combine(works: list[Path]) -> None:
     if len(splits) != 1:
         raise SystemExit("the runs do not share one split: they cannot be combined")
     cfg = load_config(runs[0] / "config.yaml")
-    names = model_names(cfg)
+    unlabeled = json.loads((runs[0] / "experiment.json").read_text()).get("unlabeled")
+    names = model_names(cfg, unlabeled=bool(unlabeled))
     rows, timings, seeds = [], {}, []
     histories: dict = {n: {} for n in names}
-    proxy: dict = {v: {} for v in cfg.protocol.proxy_variants}
+    proxy_dirs = {v: f"pretrain_{v}" for v in cfg.protocol.proxy_variants}
+    if unlabeled:
+        proxy_dirs[f"{cfg.protocol.proxy_variants[0]}+U"] = "pretrain_u"
+    proxy: dict = {v: {} for v in proxy_dirs}
+    unlabeled_reports: dict = {}
     for run in runs:
         state = json.loads((run / "experiment.json").read_text())
         run_cfg = load_config(run / "config.yaml")
@@ -112,15 +146,18 @@ def combine(works: list[Path]) -> None:
             for name, sub in names.items():
                 rows += json.loads((run / "eval" / f"seed_{seed}" / f"{name}.json").read_text())
                 histories[name][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
-            for v in proxy:
-                proxy[v][seed] = RunFolder(run / f"seed_{seed}" / f"pretrain_{v}").read_history()
+            for v, sub in proxy_dirs.items():
+                proxy[v][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
+            if unlabeled:
+                unlabeled_reports[int(seed)] = (RunFolder(run / f"seed_{seed}" / "pretrain_u").info() or {})[
+                    "unlabeled"]
         timings.update({f"{run.parent.name}/{k}": v for k, v in state["timings"].items()})
     split = json.loads(splits.pop())
-    out_dir = works[0].parent / "science_demo_report"
+    out_dir = works[0].parent / f"{name}_report"
     _, differences = write_experiment_report(
         out_dir, rows, histories, proxy, [], json.loads(json.dumps(_plain_cfg(cfg))), timings=timings,
         split={"train": len(split["train"]), "val": len(split["val"]), "test": len(split["test"]),
-               "test_source": "held out of the phantoms"})
+               "test_source": "held out of the phantoms"}, unlabeled=unlabeled_reports or None)
     from kidneyssl.metrics import summarize
 
     summary = {f"{n}/{p}": summarize([r for r in rows if r["model"] == n and r["part"] == p])
@@ -134,22 +171,23 @@ def combine(works: list[Path]) -> None:
                     for k, v in summary.items()},
         "proxy_final_val_accuracy": {v: {s: (h[-1]["val_accuracy"] if h else None) for s, h in by.items()}
                                      for v, by in proxy.items()},
+        "unlabeled": unlabeled_reports,
         "timings_s": timings, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    _write_results(out, out_dir)
+    _write_results(out, out_dir, name)
 
 
-def _write_results(out: dict, report_dir: Path) -> None:
+def _write_results(out: dict, report_dir: Path, name: str = "science_demo") -> None:
     """The JSON, a copy of the report with its figures (links renamed), and the differences printed."""
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "science_demo.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     text = (report_dir / "report.md").read_text()
-    for name in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
-        if (report_dir / name).is_file():
-            shutil.copy(report_dir / name, RESULTS / f"science_demo_{name}")
-            text = text.replace(f"]({name})", f"](science_demo_{name})")
-    (RESULTS / "science_demo_report.md").write_text(text)
+    for fig in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
+        if (report_dir / fig).is_file():
+            shutil.copy(report_dir / fig, RESULTS / f"{name}_{fig}")
+            text = text.replace(f"]({fig})", f"]({name}_{fig})")
+    (RESULTS / f"{name}_report.md").write_text(text)
     for d in out["paired_differences"]:
         print(f"{d['model']} - MwoS  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
               f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({d['n_cases']} cases x {d['n_seeds']} seeds)")
