@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping
 from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, load_preset
 
 __all__ = ["describe_error", "remedy_flags", "REMEDY_FLAGS", "add_config_arguments", "resolve_config",
-           "add_dataset_arguments", "dataset_options",
+           "add_dataset_arguments", "dataset_options", "add_unlabeled_arguments", "unlabeled_overrides",
            "add_plan_arguments", "plan_options", "log_run_summary", "positive_int", "resolve_device"]
 
 log = logging.getLogger("kidneyssl.cli")
@@ -46,6 +46,20 @@ def describe_error(err: BaseException) -> str:
     the CLI adds how."""
     flags = remedy_flags(getattr(err, "remedy", ()))
     return f"{err} ({', '.join(flags)})" if flags else str(err)
+
+
+def add_unlabeled_arguments(parser: argparse.ArgumentParser, unlabeled_help: str) -> None:
+    """``--unlabeled DIR`` and ``--min-confidence C`` (scans without masks for pretraining)."""
+    parser.add_argument("--unlabeled", default=None, metavar="DIR", help=unlabeled_help)
+    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
+                        help="with --unlabeled: use a located scan only if its confidence is >= C (sets "
+                             "pretrain.unlabeled_min_confidence, default 0.5)")
+
+
+def unlabeled_overrides(args: argparse.Namespace) -> list[str]:
+    """``--set``-style overrides for ``--min-confidence``."""
+    value = getattr(args, "min_confidence", None)
+    return [] if value is None else [f"pretrain.unlabeled_min_confidence={value}"]
 
 
 def positive_int(text: str) -> int:

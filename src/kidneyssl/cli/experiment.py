@@ -9,10 +9,12 @@ from kidneyssl.cli._common import (
     add_config_arguments,
     add_dataset_arguments,
     add_plan_arguments,
+    add_unlabeled_arguments,
     dataset_options,
     plan_options,
     positive_int,
     resolve_config,
+    unlabeled_overrides,
 )
 
 __all__ = ["add_arguments", "run", "print_result", "add_protocol_arguments", "protocol_overrides"]
@@ -26,12 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-data", default=None,
                         help="a separate annotated dataset (same format) used only as the held-out test "
                              "part (default: protocol.test_fraction of --data is held out)")
-    parser.add_argument("--unlabeled", default=None, metavar="DIR",
-                        help="scans without masks (or a 'kidneyssl locate' output): adds MwS+U, pretrained on the "
-                             "training cases plus these scans as each seed's MwoS locates them")
-    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
-                        help="with --unlabeled: use a located scan only if its confidence is >= C (sets "
-                             "pretrain.unlabeled_min_confidence, default 0.5)")
+    add_unlabeled_arguments(parser, "scans without masks (or a 'kidneyssl locate' output): adds MwS+U, "
+                                    "pretrained on the training cases plus these scans as each seed's MwoS "
+                                    "locates them")
     add_protocol_arguments(parser)
     parser.add_argument("--out", required=True, help="experiment folder (re-run to continue it)")
     parser.add_argument("--cache", default=None, help="cache folder (default: OUT/cache)")
@@ -62,9 +61,7 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"protocol.proxy_variants=[{', '.join(args.proxy_variants)}]")
     if getattr(args, "test_fraction", None) is not None:
         out.append(f"protocol.test_fraction={args.test_fraction}")
-    if getattr(args, "min_confidence", None) is not None:
-        out.append(f"pretrain.unlabeled_min_confidence={args.min_confidence}")
-    return out
+    return out + unlabeled_overrides(args)
 
 
 def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported lazily

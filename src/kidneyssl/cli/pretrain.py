@@ -9,9 +9,11 @@ import time
 from kidneyssl.cli._common import (
     add_config_arguments,
     add_plan_arguments,
+    add_unlabeled_arguments,
     log_run_summary,
     plan_options,
     resolve_config,
+    unlabeled_overrides,
 )
 
 __all__ = ["add_arguments", "run", "add_run_arguments"]
@@ -34,15 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
-    parser.add_argument("--unlabeled", default=None, metavar="DIR",
-                        help="scans without masks for extra proxy pairs: a 'kidneyssl locate' output, or any "
-                             "scans with --locator")
+    add_unlabeled_arguments(parser, "scans without masks for extra proxy pairs: a 'kidneyssl locate' output, "
+                                    "or any scans with --locator")
     parser.add_argument("--locator", default=None, metavar="SEG_CKPT",
                         help="segmentation checkpoint that locates the kidneys of --unlabeled first (into "
                              "OUT/located)")
-    parser.add_argument("--min-confidence", type=float, default=None, metavar="C",
-                        help="use a located scan only if its confidence is >= C (sets "
-                             "pretrain.unlabeled_min_confidence, default 0.5)")
     parser.add_argument("--allow-locator-overlap", action="store_true",
                         help="accept a locator trained on validation/test cases of this split (recorded)")
     add_run_arguments(parser)
@@ -59,9 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if args.locator is not None and args.unlabeled is None:
         log.error("kidneyssl pretrain: --locator needs --unlabeled DIR (the scans to locate)")
         return 2
-    if args.min_confidence is not None:
-        args.overrides = list(getattr(args, "overrides", None) or []) + [
-            f"pretrain.unlabeled_min_confidence={args.min_confidence}"]
+    args.overrides = list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
     cache, split = args.cache, args.split
     unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
     if unstarted:  # stopped before its first checkpoint: start again with what it was given

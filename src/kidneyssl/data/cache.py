@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,6 +36,7 @@ __all__ = [
     "CachedCase",
     "Cache",
     "CacheUnion",
+    "CaseSource",
     "open_cache",
 ]
 
@@ -63,6 +64,14 @@ class CachedCase:
         from kidneyssl.preprocessing.pipeline import PreprocessRecord
 
         return PreprocessRecord.from_dict(self.meta["record"])
+
+
+class CaseSource(Protocol):
+    """What datasets read cases from: a :class:`Cache`, or a :class:`CacheUnion` of caches."""
+
+    def load(self, case_id: str, mmap: bool = True) -> CachedCase: ...
+
+    def __contains__(self, case_id: object) -> bool: ...
 
 
 class Cache:

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kidneyssl.data.cache import CaseSource
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import LATERAL_AXIS, Side
 from kidneyssl.preprocessing.crops import crop_padded, kidney_crop
@@ -81,7 +82,7 @@ def sample_pairs(items: Sequence[KidneyItem], n_pairs: int, rng: np.random.Gener
     return [pairs[k] for k in order]
 
 
-def kidney_items(cache: Any, case_ids: Sequence[str]) -> list[KidneyItem]:
+def kidney_items(cache: CaseSource, case_ids: Sequence[str]) -> list[KidneyItem]:
     """``(case_id, side)`` for every kidney the cache located in ``case_ids`` (right before left)."""
     out: list[KidneyItem] = []
     for cid in case_ids:
@@ -116,7 +117,7 @@ class KidneyPairDataset:
         KidneySSLError: no kidney in ``case_ids``, or too few to form both kinds of pair.
     """
 
-    def __init__(self, cache: Any, case_ids: Sequence[str], n_pairs: int, seed: int, epoch: int = 0,
+    def __init__(self, cache: CaseSource, case_ids: Sequence[str], n_pairs: int, seed: int, epoch: int = 0,
                  crop_size: Sequence[int] = (64, 112, 112), mask_outside: bool = False) -> None:
         self.cache = cache
         self.case_ids = list(case_ids)

@@ -20,6 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kidneyssl.data.cache import CaseSource
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
 from kidneyssl.preprocessing.halves import split_halves
@@ -52,7 +53,7 @@ class HalfVolumeDataset:
         ValueError: an unknown side name.
     """
 
-    def __init__(self, cache: Any, case_ids: Sequence[str],
+    def __init__(self, cache: CaseSource, case_ids: Sequence[str],
                  include_sides: Sequence[str | Side] = ("left", "right"), context: int = 0,
                  multiple: int = 16) -> None:
         self.cache = cache

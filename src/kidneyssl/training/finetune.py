@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
+from kidneyssl.data.cache import Cache, CaseSource
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.inference.sliding_window import context_voxels
 from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
@@ -74,7 +75,7 @@ def effective_config(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
-def annotated_case_ids(cache: Any) -> list[str]:
+def annotated_case_ids(cache: Cache) -> list[str]:
     """Case ids of the cache that have a label (only those can be trained or validated on)."""
     ids = []
     for cid in cache.case_ids:
@@ -83,7 +84,7 @@ def annotated_case_ids(cache: Any) -> list[str]:
     return ids
 
 
-def resolve_split(cache: Any, cfg: ExperimentConfig, split_file: str | Path | None) -> Split:
+def resolve_split(cache: Cache, cfg: ExperimentConfig, split_file: str | Path | None) -> Split:
     """The split: from ``split_file`` when given, else derived from (case ids, val_fraction, seed).
 
     Raises:
@@ -97,7 +98,7 @@ def resolve_split(cache: Any, cfg: ExperimentConfig, split_file: str | Path | No
     return make_split(ids, cfg.train.val_fraction, cfg.train.seed)
 
 
-def validate_segmentation(model: Any, cache: Any, case_ids: Sequence[str], cfg: ExperimentConfig,
+def validate_segmentation(model: Any, cache: CaseSource, case_ids: Sequence[str], cfg: ExperimentConfig,
                           ctx: DistContext) -> dict[str, float]:
     """Dice per validation case on the whole volume (preprocessed grid).
 

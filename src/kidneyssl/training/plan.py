@@ -42,9 +42,13 @@ import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from kidneyssl.errors import KidneySSLError
+
+if TYPE_CHECKING:  # annotations only: planning stays importable without numpy/torch work
+    from kidneyssl.data.cache import Cache
+    from kidneyssl.training.split import Split
 
 __all__ = ["PlanOptions", "StagePlan", "PlanDeclined", "preserved_rng", "probe_training",
            "estimate_stage", "format_plan", "announce_plan", "remaining_after", "format_duration",
@@ -264,7 +268,7 @@ def _device_name(device: Any) -> str:
     return name
 
 
-def _siamese_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, model: Any, start_epoch: int
+def _siamese_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: Any, model: Any, start_epoch: int
                    ) -> tuple[StagePlan, Callable[[], tuple[Any, Any, float, Any, Any, bool]]]:
     """The siamese stage's plan (without timings) and a thunk building what the probe needs."""
     from kidneyssl.training.pretrain import VAL_PAIR_SALT, _batches, _loss_fn, _pairs, proxy_split
@@ -306,7 +310,7 @@ def _siamese_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, model:
     return plan, build
 
 
-def _segmentation_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, model: Any, start_epoch: int,
+def _segmentation_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: Any, model: Any, start_epoch: int,
                         accumulate: int) -> tuple[StagePlan, Callable[[], tuple[Any, Any, float, Any, Any, bool]]]:
     """The segmentation stage's plan (without timings) and a thunk building what the probe needs."""
     from kidneyssl.data.segmentation import HalfVolumeDataset
@@ -354,7 +358,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Any, split: Any, ctx: Any, m
     return plan, build
 
 
-def estimate_stage(name: str, kind: str, cfg: Any, cache: Any, split: Any, ctx: Any, *, model: Any = None,
+def estimate_stage(name: str, kind: str, cfg: Any, cache: Cache, split: Split, ctx: Any, *, model: Any = None,
                    optimizer: Any = None, start_epoch: int = 0, accumulate: int = 1, probe: bool = True,
                    probe_steps: int = 1) -> StagePlan:
     """Plan one stage and, with ``probe``, estimate its duration on ``ctx.device``.

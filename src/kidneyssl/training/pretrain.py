@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
+from kidneyssl.data.cache import CaseSource
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import (
@@ -75,7 +76,7 @@ class PretrainResult:
     history: list[dict[str, Any]]
 
 
-def _pairs(cache: Any, case_ids: Sequence[str], n_pairs: int, seed: int, cfg: ExperimentConfig) -> Any:
+def _pairs(cache: CaseSource, case_ids: Sequence[str], n_pairs: int, seed: int, cfg: ExperimentConfig) -> Any:
     """Balanced kidney-crop pairs of ``case_ids``, drawn anew for each ``set_epoch(e)`` from
     ``(seed, e)`` (items: dict with ``a``, ``b`` (1, *crop_size) and ``label``)."""
     from kidneyssl.data.pairs import KidneyPairDataset
@@ -220,7 +221,7 @@ def pretrain_siamese(cache_dir: str | Path | None, out_dir: str | Path, cfg: Exp
                                                  allow_locator_overlap)
         touched = sorted(set(touched) | set(located.touched_cases or ()))
     train_ids = list(proxy.train) + (located.prefixed_ids if located is not None else [])
-    pair_cache: Any = cache
+    pair_cache: CaseSource = cache
     if located is not None:
         from kidneyssl.data.cache import CacheUnion
         from kidneyssl.unlabeled.located import UNLABELED_PREFIX
@@ -321,6 +322,9 @@ def _located_scans(unlabeled: str | Path, locator: str | Path | None, folder: Ru
 
     located_dir = Path(unlabeled)
     if not (located_dir / LOCATE_JSON).is_file() and locator is not None:
+        # refuse a leaky locator before spending time on locating
+        check_touched_cases(locator, load_checkpoint(locator, kind="segmentation").get("touched_cases"), split,
+                            allow_overlap, what="locator")
         located_dir = folder.path / "located"
         if ctx.is_main and not (located_dir / LOCATE_JSON).is_file():
             log.info("locating the kidneys of %s with %s -> %s", unlabeled, locator, located_dir)

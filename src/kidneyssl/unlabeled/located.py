@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kidneyssl.config import PreprocessConfig
+from kidneyssl.data.cache import Cache
 from kidneyssl.errors import DataError
 from kidneyssl.unlabeled.locate import LOCATE_JSON
 
@@ -48,7 +49,7 @@ class LocatedSet:
         report: counts for the run's ``run.json`` and log (see :func:`prepare_located`).
     """
 
-    cache: Any
+    cache: Cache
     case_ids: tuple[str, ...]
     locator: str | None
     touched_cases: tuple[str, ...] | None

@@ -51,6 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
+from kidneyssl.data.cache import Cache, CaseSource
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
 from kidneyssl.training.distributed import (
@@ -60,6 +61,7 @@ from kidneyssl.training.distributed import (
     shard,
 )
 from kidneyssl.training.plan import PlanOptions, announce_plan, remaining_after
+from kidneyssl.training.split import Split
 
 __all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "model_names", "seed_config"]
 
@@ -148,7 +150,7 @@ def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, 
     return {"resume": False, "force": True}
 
 
-def evaluate_model(checkpoint: str | Path, cache: Any, case_ids: Sequence[str], gt_paths: dict[str, Path],
+def evaluate_model(checkpoint: str | Path, cache: CaseSource, case_ids: Sequence[str], gt_paths: dict[str, Path],
                    ctx: DistContext, keep_masks: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Per-case metrics of a segmentation checkpoint on ``case_ids``, on the ORIGINAL grid.
 
@@ -196,7 +198,7 @@ def _pretrain_keys(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
     return list(cfg.protocol.proxy_variants) + (["u"] if UNLABELED_MODEL in names else [])
 
 
-def _plan_experiment(cfg: ExperimentConfig, cache: Any, split: Any, ctx: DistContext, done: dict[str, Any],
+def _plan_experiment(cfg: ExperimentConfig, cache: Cache, split: Split, ctx: DistContext, done: dict[str, Any],
                      names: dict[str, str], options: Any) -> list[Any]:
     """The stages still to run, each seed and proxy variant, with time estimates from one probe of
     a pretraining step and one of a segmentation step (they cost the same for every seed; locating
@@ -230,7 +232,7 @@ def _stage_order(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
     return order
 
 
-def _make_split(run: Path, cache: Any, cfg: ExperimentConfig, test_cache: Any, is_main: bool) -> Any:
+def _make_split(run: Path, cache: Cache, cfg: ExperimentConfig, test_cache: Cache | None, is_main: bool) -> Split:
     """The experiment's split, made once and kept in ``RUN/split.json``."""
     from kidneyssl.training.finetune import annotated_case_ids
     from kidneyssl.training.split import load_split, make_split, save_split
