@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",
              result.best_epoch + 1, result.best_val_loss, result.last_val_accuracy, result.run_dir)
-    headline = {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
+    headline: dict[str, object] = {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
                 "last val pair accuracy": result.last_val_accuracy}
     unl = (RunFolder(result.run_dir).info() or {}).get("unlabeled")
     if unl:

@@ -81,6 +81,9 @@ class HalfVolumeDataset:
         case_id, side = self.items[index]
         case = self.cache.load(case_id, mmap=True)
         split_x = int(case.meta["split_x"])
+        if case.label is None:
+            raise KidneySSLError(f"{case_id}: the cache holds no label for this case (an unannotated case "
+                                 "cannot be a segmentation training case)")
         image = np.asarray(split_halves(case.image, split_x, self.context, self.multiple)[side],
                            dtype=np.float32)
         label = (split_halves(case.label, split_x, self.context, self.multiple)[side] > 0).astype(np.float32)
@@ -101,6 +104,8 @@ def foreground_fraction(dataset: HalfVolumeDataset) -> float:
     fg = total = 0
     for case_id, side in dataset.items:
         case = dataset.cache.load(case_id, mmap=True)
+        if case.label is None:
+            raise KidneySSLError(f"{case_id}: the cache holds no label for this case")
         half = split_halves(case.label, int(case.meta["split_x"]), dataset.context, dataset.multiple)[side]
         fg += int(np.count_nonzero(np.asarray(half)))
         total += int(half.size)

@@ -88,7 +88,8 @@ class LabelPolicy:
             bad_mask = ~np.isin(labels, np.asarray(self.allowed))
             if bad_mask.any():
                 bad = labels[bad_mask]
-                hint, remedy = "", ()
+                hint: str = ""
+                remedy: tuple[str, ...] = ()
                 if self.name == "kits19" and set(np.unique(bad).tolist()) <= {3}:
                     hint, remedy = "label 3 is the cyst of KiTS21/KiTS23: read it as KiTS23", ("data_format=kits23",)
                 elif self.name != "nnunet":

@@ -305,6 +305,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         run_info["init_report"] = init_report
     if ctx.is_main:
         folder.begin(cfg, split, run_info)
+    report = run_info.get("init_report")
+    init_touched = [str(c) for c in report.get("touched_cases", ())] if isinstance(report, dict) else []
     history = folder.truncate_history(start_epoch) if ctx.is_main else []
     logger = RunLogger(folder.path, stage, enabled=ctx.is_main, later_seconds=plan.later_seconds)
 
@@ -332,7 +334,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         if ctx.is_main:
             history.append(row)
             _save_epoch(folder, cfg, model, optimizer, scaler, epoch, best, row, improved, split, init,
-                        run_info.get("init_report", {}).get("touched_cases", ()))
+                        init_touched)
             folder.write_history(history)
             if on_epoch is not None:
                 on_epoch(folder.path, history)

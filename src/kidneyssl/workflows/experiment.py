@@ -51,7 +51,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
-from kidneyssl.data.cache import Cache, CaseSource
+from kidneyssl.data.cache import Cache
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
 from kidneyssl.training.distributed import (
@@ -150,7 +150,7 @@ def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, 
     return {"resume": False, "force": True}
 
 
-def evaluate_model(checkpoint: str | Path, cache: CaseSource, case_ids: Sequence[str], gt_paths: dict[str, Path],
+def evaluate_model(checkpoint: str | Path, cache: Cache, case_ids: Sequence[str], gt_paths: dict[str, Path],
                    ctx: DistContext, keep_masks: Sequence[str] = ()) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
     """Per-case metrics of a segmentation checkpoint on ``case_ids``, on the ORIGINAL grid.
 
