@@ -55,7 +55,7 @@ def demo_epochs(epochs: int, workdir: Path) -> dict:
     }
 
 
-def paper_steps(steps: int, shape: tuple[int, int, int]) -> dict:
+def paper_steps(steps: int, shape: tuple[int, int, int], layout: str = "channels_last") -> dict:
     """Seconds per full-resolution training step of the paper preset on the CPU."""
     import torch
 
@@ -63,12 +63,14 @@ def paper_steps(steps: int, shape: tuple[int, int, int]) -> dict:
     from kidneyssl.losses import BCEDiceLoss, segmentation_loss
     from kidneyssl.models import build_segmentation_model, count_parameters
 
+    gflop = step_gflop(tuple(shape))  # counted first: a failure here costs no timed step
     cfg = load_preset("paper")
     torch.manual_seed(0)
-    model = build_segmentation_model(cfg.model)
+    fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
+    model = build_segmentation_model(cfg.model).to(memory_format=fmt)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
     criterion = BCEDiceLoss(1.0 if isinstance(cfg.train.pos_weight, str) else cfg.train.pos_weight)
-    x = torch.randn(1, 1, *shape)
+    x = torch.randn(1, 1, *shape).contiguous(memory_format=fmt)
     y = (torch.rand(1, 1, *shape) > 0.97).float()
     times = []
     for _ in range(steps):
@@ -79,9 +81,49 @@ def paper_steps(steps: int, shape: tuple[int, int, int]) -> dict:
         opt.step()
         times.append(time.perf_counter() - t0)
     step = min(times)
-    return {"shape": list(shape), "params": count_parameters(model), "step_s": times, "step_s_min": step,
+    ceiling = matmul_ceiling()
+    return {"shape": list(shape), "layout": layout, "params": count_parameters(model), "step_s": times,
+            "step_s_min": step,
+            "step_gflop": round(gflop, 1), "step_gflops": round(gflop / step, 1),
+            "matmul_4096_fp32_gflops": round(ceiling, 1), "fraction_of_matmul_ceiling": round(gflop / step / ceiling, 3),
             "epoch_h_168_cases": step * 2 * 168 / 3600,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def matmul_ceiling(n: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of an n x n fp32 matmul on this process's torch threads (best of ``repeats``): the
+    ceiling the training step is compared with, measured in the same run."""
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def step_gflop(shape: tuple[int, int, int], probe: tuple[int, int, int] = (32, 64, 48)) -> float:
+    """GFLOP of one paper-network training step (forward + backward) on ``shape``, counted with
+    torch's FlopCounterMode on a small ``probe`` volume and scaled by the voxel ratio (every layer's
+    FLOPs are proportional to its voxels, so the scaling is exact when both shapes divide by 16)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kidneyssl.config import load_preset
+    from kidneyssl.losses import BCEDiceLoss, segmentation_loss
+    from kidneyssl.models import build_segmentation_model
+
+    cfg = load_preset("paper")
+    model = build_segmentation_model(cfg.model)
+    x = torch.randn(1, 1, *probe)
+    y = (torch.rand(1, 1, *probe) > 0.97).float()
+    with FlopCounterMode(display=False) as counter:
+        segmentation_loss(model(x), x, y, 0, cfg.train.epochs, cfg.train, BCEDiceLoss(1.0))["total"].backward()
+    scale = (shape[0] * shape[1] * shape[2]) / (probe[0] * probe[1] * probe[2])
+    return counter.get_total_flops() * scale / 1e9
 
 
 def main(argv=None) -> dict:
@@ -94,6 +136,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--skip-demo", action="store_true")
     p.add_argument("--skip-paper", action="store_true")
+    p.add_argument("--layout", choices=("contiguous", "channels_last"), default="channels_last",
+                   help="memory layout of the paper step (training uses channels-last on the CPU)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "training.json"))
     args = p.parse_args(argv)
     os.environ.setdefault("KIDNEYSSL_NO_PROGRESS", "1")
@@ -106,7 +150,8 @@ def main(argv=None) -> dict:
         with tempfile.TemporaryDirectory() as tmp:
             result["demo"] = demo_epochs(args.epochs, Path(tmp))
     if not args.skip_paper:
-        result["paper_cpu"] = paper_steps(args.paper_steps, tuple(int(s) for s in args.shape.split(",")))
+        result["paper_cpu"] = paper_steps(args.paper_steps, tuple(int(s) for s in args.shape.split(",")),
+                                          args.layout)
     result["load_average_end"] = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
