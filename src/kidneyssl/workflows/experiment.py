@@ -84,8 +84,9 @@ class ExperimentResult:
     differences: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-#: The model pretrained on annotated plus located unlabeled scans, its runs' sub-folder names.
-UNLABELED_MODEL, UNLABELED_RUN, UNLABELED_PRETRAIN = "MwS+U", "mws_u", "pretrain_u"
+#: The model pretrained on annotated plus located unlabeled scans, its segmentation run's folder,
+#: and the key of its pretraining run (folder ``pretrain_u``, stage ``seed_S/pretrain_u``).
+UNLABELED_MODEL, UNLABELED_RUN, UNLABELED_KEY = "MwS+U", "mws_u", "u"
 
 
 def model_names(cfg: ExperimentConfig, unlabeled: bool = False) -> dict[str, str]:
@@ -195,7 +196,7 @@ def evaluate_model(checkpoint: str | Path, cache: Cache, case_ids: Sequence[str]
 
 def _pretrain_keys(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
     """The pretraining runs of one seed: one per proxy variant (and ``u`` with unlabeled scans)."""
-    return list(cfg.protocol.proxy_variants) + (["u"] if UNLABELED_MODEL in names else [])
+    return list(cfg.protocol.proxy_variants) + ([UNLABELED_KEY] if UNLABELED_MODEL in names else [])
 
 
 def _plan_experiment(cfg: ExperimentConfig, cache: Cache, split: Split, ctx: DistContext, done: dict[str, Any],
@@ -228,7 +229,7 @@ def _stage_order(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
     order = [f"pretrain_{v}" for v in cfg.protocol.proxy_variants]
     order += [f"train_{n}" for n in names if n != UNLABELED_MODEL]
     if UNLABELED_MODEL in names:
-        order += ["pretrain_u", f"train_{UNLABELED_MODEL}"]
+        order += [f"pretrain_{UNLABELED_KEY}", f"train_{UNLABELED_MODEL}"]
     return order
 
 
@@ -368,7 +369,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     proxy_keys = {v: v for v in cfg.protocol.proxy_variants}
     if unlabeled_dir is not None:
-        proxy_keys["u"] = f"{cfg.protocol.proxy_variants[0]}+U"
+        proxy_keys[UNLABELED_KEY] = f"{cfg.protocol.proxy_variants[0]}+U"
     proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {k: {} for k in proxy_keys.values()}
     unlabeled_reports: dict[int, dict[str, Any]] = {}
     overlay_masks: dict[str, dict[str, np.ndarray]] = {}
@@ -381,33 +382,33 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         def pretrain(key: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
             """Stage ``pretrain_<key>``: a proxy variant, or ``u`` (first variant + unlabeled scans)."""
             stage, folder = f"seed_{seed}/pretrain_{key}", seed_dir / f"pretrain_{key}"
-            variant = cfg.protocol.proxy_variants[0] if key == "u" else key
+            variant = cfg.protocol.proxy_variants[0] if key == UNLABELED_KEY else key
             if stages.get(stage) != "done":
                 t0 = time.perf_counter()
                 extra: dict[str, Any] = {}
-                if key == "u":
+                if key == UNLABELED_KEY:
                     assert unlabeled_dir is not None
                     extra = {"unlabeled": unlabeled_dir, "locator": RunFolder(seed_dir / "mwos").last}
                 log.info("== %s (siamese left/right proxy task, %s crops%s): %s", stage, variant,
-                         " + unlabeled scans located by this seed's MwoS" if key == "u" else "", folder)
+                         " + unlabeled scans located by this seed's MwoS" if key == UNLABELED_KEY else "", folder)
                 pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
                                  ctx=ctx, plan=stage_options(stage), on_epoch=refresh_history_plot,
                                  **_stage_folder_args(folder, "siamese", fresh), **extra)
                 mark(stage, time.perf_counter() - t0)
             proxy_histories[proxy_keys[key]][seed] = RunFolder(folder).read_history()
-            if key == "u":
+            if key == UNLABELED_KEY:
                 unlabeled_reports[seed] = (RunFolder(folder).info() or {}).get("unlabeled", {})
 
         def train(name: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
             """Stage ``train_<name>``: MwS from its siamese run, or MwoS from scratch."""
             stage, folder = f"seed_{seed}/train_{name}", seed_dir / names[name]
-            key = "u" if name == UNLABELED_MODEL else (name.split("-", 1)[1] if name.startswith("MwS-") else None)
+            key = UNLABELED_KEY if name == UNLABELED_MODEL else (name.split("-", 1)[1] if name.startswith("MwS-") else None)
             if stages.get(stage) != "done":
                 t0 = time.perf_counter()
                 init = str(seed_dir / f"pretrain_{key}" / "best.pt") if key else "scratch"
                 log.info("== %s (%s): %s", stage, f"encoder from the siamese network pretrain_{key}" if key
                          else "from scratch", folder)
-                variant = cfg.protocol.proxy_variants[0] if key == "u" else key
+                variant = cfg.protocol.proxy_variants[0] if key == UNLABELED_KEY else key
                 train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
                                    split_file=split_file, ctx=ctx, plan=stage_options(stage),
                                    on_epoch=refresh_history_plot,
