@@ -60,7 +60,7 @@ def main() -> None:
                         help="combine finished per-seed runs (same data and split) into one report")
     args = parser.parse_args()
     if args.combine:
-        combine([Path(w) for w in args.combine], args.name)
+        combine([Path(w) for w in args.combine], args.name, args.phantom_seed)
         return
 
     from kidneyssl.config import apply_overrides, load_preset
@@ -117,7 +117,33 @@ def _bare_scans(work: Path, n: int, seed: int) -> Path:
     return scans
 
 
-def combine(works: list[Path], name: str = "science_demo") -> None:
+def _locator_dice(work_seeds: list[tuple[Path, int]], phantom_seed: int) -> dict:
+    """Dice of each seed's located masks against the true masks of the bare scans, regenerated
+    from their seed here, after every model was trained and scored (the benchmark's metric is the
+    only reader of these labels)."""
+    import tempfile
+
+    import numpy as np
+
+    from kidneyssl.io.volumes import read_volume
+    from kidneyssl.metrics import dice
+    from kidneyssl.phantoms import write_dataset
+
+    n = len(list((work_seeds[0][0] / "scans").glob("*.nii.gz")))
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        write_dataset(Path(tmp), n, phantom_seed + 1000, resolution="demo", workers=2)
+        truth = {f"scan_{i:03d}": np.asarray(read_volume(c / "segmentation.nii.gz").array) > 0
+                 for i, c in enumerate(sorted(Path(tmp).glob("case_*")))}
+        for work, seed in work_seeds:
+            labels = work / "run" / f"seed_{seed}" / "pretrain_u" / "located" / "labels"
+            values = [dice(np.asarray(read_volume(labels / f"{k}.nii.gz").array) > 0, t) for k, t in truth.items()]
+            out[str(seed)] = {"mean": round(float(np.mean(values)), 4), "min": round(float(np.min(values)), 4),
+                              "n": len(values)}
+    return out
+
+
+def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | None = None) -> None:
     """One report and JSON from per-seed runs of this script (they must share data and split)."""
     from kidneyssl.config import load_config
     from kidneyssl.reporting.report import write_experiment_report
@@ -138,11 +164,13 @@ def combine(works: list[Path], name: str = "science_demo") -> None:
         proxy_dirs[f"{cfg.protocol.proxy_variants[0]}+U"] = "pretrain_u"
     proxy: dict = {v: {} for v in proxy_dirs}
     unlabeled_reports: dict = {}
+    work_seeds: list[tuple[Path, int]] = []
     for run in runs:
         state = json.loads((run / "experiment.json").read_text())
         run_cfg = load_config(run / "config.yaml")
         for seed in run_cfg.protocol.seeds:
             seeds.append(int(seed))
+            work_seeds.append((run.parent, int(seed)))
             for name, sub in names.items():
                 rows += json.loads((run / "eval" / f"seed_{seed}" / f"{name}.json").read_text())
                 histories[name][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
@@ -172,6 +200,8 @@ def combine(works: list[Path], name: str = "science_demo") -> None:
         "proxy_final_val_accuracy": {v: {s: (h[-1]["val_accuracy"] if h else None) for s, h in by.items()}
                                      for v, by in proxy.items()},
         "unlabeled": unlabeled_reports,
+        "locator_dice_on_unlabeled_scans": (_locator_dice(work_seeds, phantom_seed)
+                                            if unlabeled and phantom_seed is not None else None),
         "timings_s": timings, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
