@@ -171,9 +171,9 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
         for seed in run_cfg.protocol.seeds:
             seeds.append(int(seed))
             work_seeds.append((run.parent, int(seed)))
-            for name, sub in names.items():
-                rows += json.loads((run / "eval" / f"seed_{seed}" / f"{name}.json").read_text())
-                histories[name][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
+            for model, sub in names.items():
+                rows += json.loads((run / "eval" / f"seed_{seed}" / f"{model}.json").read_text())
+                histories[model][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
             for v, sub in proxy_dirs.items():
                 proxy[v][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
             if unlabeled:
