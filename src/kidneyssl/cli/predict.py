@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.inference.predict import predict_path
     from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 
-    out = check_output_folder(args.out)  # before any inference: an unwritable --out fails now
+    out = check_output_folder(args.out, what="--out")  # before any inference: an unwritable --out fails now
     remove_stale_temp_files(out)  # left by a killed run
     device = resolve_device(args.device)
     sw_device = resolve_device(args.sw_device) if args.sw_device else None

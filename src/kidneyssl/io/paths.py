@@ -71,22 +71,23 @@ def check_output_folder(out: str | Path, what: str = "output folder") -> Path:
     if out.exists() or out.is_symlink():
         if not out.is_dir():
             raise DataError(out, what, "a folder", "an existing file" if out.is_file()
-                            else "something that is not a folder", hint="choose a folder")
+                            else "something that is not a folder", hint="choose a folder", remedy=("out",))
         probe = out / f".write-test.{os.getpid():08d}{TEMP_MARKER}"
         try:
             probe.mkdir()
         except OSError as err:
             raise DataError(out, what, "a writable folder", err.strerror or "not writable",
-                            hint="check its permissions or choose another folder") from None
+                            hint="check its permissions or choose another folder", remedy=("out",)) from None
         probe.rmdir()
         return out
     parent = out.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise DataError(out, what, "a folder", f"a path below the file {parent}")
+        raise DataError(out, what, "a folder", f"a path below the file {parent}", remedy=("out",))
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise DataError(out, what, "a folder that can be created", f"{parent} is not writable")
+        raise DataError(out, what, "a folder that can be created", f"{parent} is not writable",
+                        remedy=("out",))
     return out
 
 
