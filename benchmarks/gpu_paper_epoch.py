@@ -47,14 +47,11 @@ def _peak_mb(device) -> float | None:
 
 def _step(loss, opt, scaler) -> None:
     """Backward and optimiser step, through the AMP grad scaler when there is one."""
+    from kidneyssl.training.loop import backward, optimizer_step
+
     opt.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-    else:
-        loss.backward()
-        opt.step()
+    backward(loss, scaler)
+    optimizer_step(opt, scaler)
 
 
 def _autocast(amp: bool, device):

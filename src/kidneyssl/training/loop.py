@@ -111,6 +111,20 @@ def autocast_context(amp: bool, device: Any) -> Any:
     return torch.autocast("cuda", dtype=torch.float16)
 
 
+def backward(loss: Any, scaler: Any | None = None) -> None:
+    """``loss.backward()``, through the AMP grad scaler when there is one."""
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def optimizer_step(optimizer: Any, scaler: Any | None = None) -> None:
+    """``optimizer.step()``, through the AMP grad scaler (and its update) when there is one."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+
+
 def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
                     optimizer: Any, ctx: DistContext, *, accumulate: int = 1, scaler: Any | None = None,
                     amp: bool = False, total: int | None = None, desc: str = "train",
@@ -159,17 +173,9 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
         with sync:
             with autocast_context(amp, ctx.device):
                 loss, parts, n = compute_loss(model, item)
-            scaled = loss / group_size
-            if scaler is not None:
-                scaler.scale(scaled).backward()
-            else:
-                scaled.backward()
+            backward(loss / group_size, scaler)
         if group_end:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
+            optimizer_step(optimizer, scaler)
             optimizer.zero_grad(set_to_none=True)
             steps += 1
         value = float(loss.detach())

@@ -210,7 +210,7 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
     import torch
 
     from kidneyssl.training.distributed import unwrap
-    from kidneyssl.training.loop import autocast_context, build_grad_scaler
+    from kidneyssl.training.loop import autocast_context, backward, build_grad_scaler, optimizer_step
 
     net, opt = copy.deepcopy((unwrap(model), optimizer))  # copies: the real run is never touched
     if opt is None:
@@ -225,13 +225,8 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
             opt.zero_grad(set_to_none=True)
             with autocast_context(amp, device):
                 loss, _, _ = compute_loss(net, item)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            backward(loss, scaler)
+            optimizer_step(opt, scaler)
             float(loss.detach())
             _sync(device)
             return time.perf_counter() - t0
