@@ -27,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kidneyssl.errors import DataError
-from kidneyssl.io.kits19 import IMAGING_NAME, SEGMENTATION_NAME, Case, folder_contents
+from kidneyssl.io.kits19 import IMAGING_NAME, SEGMENTATION_NAME, Case
 from kidneyssl.io.labels import (
     KITS19_POLICY,
     KITS23_POLICY,
     LabelPolicy,
     policy_from_nnunet_labels,
 )
+from kidneyssl.io.paths import describe_folder
 
 __all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy"]
 
@@ -123,7 +124,7 @@ def detect_format(root: str | Path) -> str:
         return "pairs"
     raise DataError(root, "dataset", "case_XXXXX folders (KiTS19/KiTS23), an nnU-Net folder "
                     "(dataset.json, imagesTr/, labelsTr/) or image/label pairs",
-                    "none", hint=folder_contents(root))
+                    "none", hint=describe_folder(root))
 
 
 def default_policy(data_format: str) -> LabelPolicy:
@@ -261,5 +262,5 @@ def open_dataset(root: str | Path, data_format: str | None = None,
                     "pairs": "images/ + labels/ folders or NAME.nii.gz + NAME_seg.nii.gz files"
                     }.get(data_format, f"case_XXXXX folders ({data_format.upper()} layout)")
         raise DataError(root, "dataset", expected, "none",
-                        hint="; ".join(skipped) if skipped else folder_contents(root))
+                        hint="; ".join(skipped) if skipped else describe_folder(root))
     return Dataset(root, data_format, cases, policy.with_kidney_labels(kidney_labels), skipped)

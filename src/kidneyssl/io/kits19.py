@@ -15,6 +15,7 @@ import numpy as np
 from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
+from kidneyssl.io.paths import describe_folder
 from kidneyssl.io.plausibility import check_scan
 from kidneyssl.io.volumes import read_geometry, read_volume
 
@@ -28,8 +29,6 @@ __all__ = [
     "Case",
     "find_cases",
     "check_case",
-    "check_labels",
-    "folder_contents",
     "load_case",
 ]
 
@@ -107,23 +106,6 @@ def _check_geometry(case: Case, image_geom: Geometry, label_geom: Geometry) -> l
     return []
 
 
-def check_labels(path: Path, labels: np.ndarray, policy: LabelPolicy = KITS19_POLICY) -> list[DataError]:
-    """Label values allowed by ``policy`` (default KiTS19: {0, 1, 2}) and at least one kidney voxel."""
-    return policy.check(path, labels)
-
-
-def folder_contents(folder: Path, limit: int = 8) -> str:
-    """What ``folder`` holds, for messages about a missing file (absolute folder path)."""
-    folder = Path(folder).absolute()
-    if not folder.is_dir():
-        return f"{folder} does not exist"
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    if not names:
-        return f"{folder} is empty"
-    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} entries)" if len(names) > limit else "")
-    return f"{folder} holds: {shown}"
-
-
 def load_case(case: Case, require_imaging: bool = True, policy: LabelPolicy = KITS19_POLICY
               ) -> tuple[Volume | None, Volume | None, list[DataError]]:
     """Read and check one case in a single pass over its files (labels checked with ``policy``).
@@ -137,7 +119,7 @@ def load_case(case: Case, require_imaging: bool = True, policy: LabelPolicy = KI
         expected = case.expected_imaging or (
             case.segmentation.parent if case.segmentation else Path(case.case_id)) / IMAGING_NAME
         errors.append(DataError(expected, "imaging", "an imaging file", "missing",
-                                hint=folder_contents(expected.parent)))
+                                hint=describe_folder(expected.parent)))
     # Header checks first: cheap, and they catch shape/affine mismatches before any decompression.
     geoms: dict[str, Geometry] = {}
     for key, path in (("imaging", case.imaging), ("segmentation", case.segmentation)):

@@ -26,7 +26,6 @@ __all__ = [
     "parse_label_map",
     "PREDICTION_POLICY",
     "policy_from_nnunet_labels",
-    "label_values",
 ]
 
 _KIDNEY_WORDS = {"kidney", "kidneys", "renal"}
@@ -148,11 +147,6 @@ def _values_str(values: np.ndarray, limit: int = 6) -> str:
     shown = [str(v.item()) for v in values[:limit]]
     more = f", ... ({len(values)} values, max {values.max().item()})" if len(values) > limit else ""
     return "{" + ", ".join(shown) + more + "}"
-
-
-def label_values(labels: np.ndarray) -> str:
-    """The distinct values of ``labels``, for messages (e.g. ``{0, 1, 2}``)."""
-    return _values_str(np.unique(labels))
 
 
 def parse_label_list(text: str | None) -> tuple[int, ...] | None:

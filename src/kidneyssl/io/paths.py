@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kidneyssl.errors import DataError
 
-__all__ = ["describe_missing", "check_output_folder", "TEMP_MARKER", "is_temp_name",
+__all__ = ["describe_folder", "describe_missing", "check_output_folder", "TEMP_MARKER", "is_temp_name",
            "remove_stale_temp_files"]
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,22 @@ _TEMP_DIR_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.kstmp$")
 #: Before, temporary *files* were named ``.<target name>.<random>.tmp<suffix>``.
 _OLD_TEMP_FILE_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)*$")
 _SHOWN = 8
+
+
+def describe_folder(folder: str | Path) -> str:
+    """What ``folder`` holds (first few entries, hidden ones left out), for messages."""
+    folder = Path(folder).absolute()
+    if not folder.is_dir():
+        return f"{folder} does not exist"
+    try:
+        entries = sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir()
+                         if not e.name.startswith("."))
+    except OSError as err:
+        return f"folder {folder} is not readable ({err.strerror})"
+    if not entries:
+        return f"{folder} is empty"
+    shown = ", ".join(entries[:_SHOWN]) + (f", ... ({len(entries)} entries)" if len(entries) > _SHOWN else "")
+    return f"{folder} holds: {shown}"
 
 
 def describe_missing(path: str | Path) -> str:
@@ -42,16 +58,8 @@ def describe_missing(path: str | Path) -> str:
     while not folder.is_dir() and folder != folder.parent:
         missing_parent = folder
         folder = folder.parent
-    try:
-        entries = sorted(e.name + ("/" if e.is_dir() else "") for e in folder.iterdir()
-                         if not e.name.startswith("."))
-    except OSError as err:
-        return f"folder {folder} is not readable ({err.strerror})"
     prefix = f"folder {missing_parent} does not exist; " if missing_parent is not None else ""
-    if not entries:
-        return f"{prefix}{folder} is empty"
-    shown = ", ".join(entries[:_SHOWN]) + (f", ... ({len(entries)} entries)" if len(entries) > _SHOWN else "")
-    return f"{prefix}{folder} holds: {shown}"
+    return prefix + describe_folder(folder)
 
 
 def check_output_folder(out: str | Path, what: str = "output folder") -> Path:

@@ -65,16 +65,6 @@ FIG5_NAME = "fig5_dice_curves.png"
 
 
 # ----------------------------------------------------------------------------------------- Table 1
-def _value(row: Mapping[str, Any], key: str) -> float:
-    value = row.get(key)
-    if value is None or isinstance(value, bool):
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
 def table1_rows(per_case: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
     """Table 1 as rows with :data:`TABLE1_COLUMNS`, one per (model, metric).
 

@@ -166,14 +166,6 @@ class RunFolder:
         return rows
 
 
-def remove_tree(path: str | Path) -> None:
-    """Remove a folder tree (used by ``experiment --force`` on its own stage folders only)."""
-    shutil.rmtree(Path(path), ignore_errors=True)
-
-
-__all__.append("remove_tree")
-
-
 def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: bool, force: bool,
               extend_epochs: int, is_main: bool) -> tuple[Any, dict[str, Any] | None]:
     """Decide the config of a run about to start, resume or be extended.
