@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CHILD = r"""
+import kidneyssl  # first, as the CLI does: it sets the allocator's environment before torch loads
 import json, os, sys, time, torch
 torch.set_num_threads(2)
 from kidneyssl.config import ModelConfig

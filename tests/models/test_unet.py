@@ -131,6 +131,65 @@ def test_buffered_inference_matches_autograd_path(paper_cfg: ModelConfig) -> Non
     assert torch.allclose(with_grad, cl, atol=1e-4)
 
 
+def _randomise_norms(model: torch.nn.Module) -> None:
+    """GroupNorm scales and shifts away from 1/0, so that a wrong per-channel affine shows."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.GroupNorm):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+
+
+@pytest.mark.parametrize("cfg_name", ["paper_cfg", "demo_cfg"])
+def test_cpu_inference_forward_matches_the_module_path(cfg_name: str, request: pytest.FixtureRequest) -> None:
+    """The fused CPU inference pass (parts never concatenated, GroupNorm from cached channel
+    sums) computes the same logits as the blocks' own forward, in float32 and under bfloat16
+    autocast, per sample of a batch whose samples differ in scale."""
+    cfg: ModelConfig = request.getfixturevalue(cfg_name)
+    torch.manual_seed(3)
+    model = DenseUNet3D(cfg).eval()
+    _randomise_norms(model)
+    x = torch.randn(2, 1, 32, 48, 16)
+    x[1] = 3.0 * x[1] + 2.0
+    small = x[:1, :, :16, :32]  # bfloat16 is emulated (slow) on CPUs without it
+    with torch.inference_mode():
+        reference = model.decode(model.encode(x))
+        fused = model(x).logits
+        reference_small = model.decode(model.encode(small))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference_bf16 = model.decode(model.encode(small)).float()
+            fused_bf16 = model(small).logits.float()
+    scale = reference.abs().max()
+    assert fused.is_contiguous() and fused.shape == reference.shape == (2, 1, 32, 48, 16)
+    assert (fused - reference).abs().max() <= 1e-5 * scale
+    # bfloat16 rounds differently along the two paths; both stay as close to float32
+    bf16_error = (reference_bf16 - reference_small).abs().max()
+    assert (fused_bf16 - reference_small).abs().max() <= 2 * bf16_error + 1e-3 * scale
+    with pytest.raises(RuntimeError, match="no_grad"):
+        from kidneyssl.models.cpu_forward import cpu_inference_forward
+
+        cpu_inference_forward(model, x)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 16, 32, 32), (1, 32, 8, 16, 16), (2, 24, 4, 8, 8)])
+def test_conv3d_runs_every_float32_cpu_shape_on_onednn(shape: tuple[int, ...]) -> None:
+    """blocks.Conv3d: same state dict and values as nn.Conv3d, forward and backward, also for the
+    small and one-channel inputs that PyTorch's dispatcher would send to its slow reference kernel."""
+    from kidneyssl.models.blocks import Conv3d
+
+    torch.manual_seed(0)
+    c_in = shape[1]
+    ours = Conv3d(c_in, 16, 3, stride=2, padding=1, bias=True)
+    plain = torch.nn.Conv3d(c_in, 16, 3, stride=2, padding=1, bias=True)
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(*shape, requires_grad=True)
+    y_ours, y_plain = ours(x), plain(x)
+    assert torch.allclose(y_ours, y_plain, atol=1e-5)
+    g_ours = torch.autograd.grad(y_ours.square().sum(), [x, ours.weight, ours.bias])
+    g_plain = torch.autograd.grad(y_plain.square().sum(), [x, plain.weight, plain.bias])
+    for a, b in zip(g_ours, g_plain):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("net", ["unet", "siamese"])
 def test_every_parameter_gets_a_finite_gradient(demo_cfg: ModelConfig, net: str) -> None:
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "group_count",
+    "Conv3d",
     "NormActConv",
     "DenseLayer",
     "DenseBlock",
@@ -41,6 +42,30 @@ def group_count(channels: int, max_groups: int) -> int:
     return 1
 
 
+def _use_onednn(x: Tensor) -> bool:
+    """float32 on the CPU outside autocast (autocast's bfloat16 casts apply to ``conv3d`` only)."""
+    return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 \
+        and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` (same parameters and state dict) that runs float32 CPU convolutions on oneDNN
+    whatever their shape.
+
+    PyTorch's CPU dispatcher sends a batch-1 3-D convolution whose ``C x Z x Y`` is at most 20480
+    to its reference im2col kernel (``slow_conv3d``), which is 4-20x slower than oneDNN on this
+    network's low-resolution layers (e.g. 90 ms vs 6 ms for 32->32 channels at 16x32x32, 2
+    threads; ``benchmarks/bench_infer_half.py``) and also for the one-channel input convolution.
+    oneDNN computes the same convolution (differences at float32 rounding) and has a backward.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if _use_onednn(x) and self.padding_mode == "zeros" and not isinstance(self.padding, str):
+            return torch.ops.aten.mkldnn_convolution(x, self.weight, self.bias, self.padding,
+                                                     self.stride, self.dilation, self.groups)
+        return super().forward(x)
+
+
 class NormActConv(nn.Sequential):
     """GroupNorm -> ReLU -> Conv3d (pre-activation).
 
@@ -58,7 +83,7 @@ class NormActConv(nn.Sequential):
         layers: list[nn.Module] = [nn.GroupNorm(group_count(in_channels, norm_groups), in_channels)]
         if activation:
             layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv3d(in_channels, out_channels, kernel_size, stride=stride,
+        layers.append(Conv3d(in_channels, out_channels, kernel_size, stride=stride,
                                 padding=kernel_size // 2, bias=False))
         super().__init__(*layers)
 
