@@ -43,9 +43,31 @@ def group_count(channels: int, max_groups: int) -> int:
 
 
 def _use_onednn(x: Tensor) -> bool:
-    """float32 on the CPU outside autocast (autocast's bfloat16 casts apply to ``conv3d`` only)."""
+    """float32 on the CPU outside autocast (autocast's bfloat16 casts apply to ``conv3d`` only),
+    with oneDNN built in and not turned off (``torch.backends.mkldnn.flags(enabled=False)``)."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 \
-        and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled) \
+        and not torch.is_autocast_enabled("cpu")
+
+
+def _count_onednn_convolutions() -> None:
+    """Register a FLOP formula for ``aten.mkldnn_convolution`` (called directly by
+    :class:`Conv3d`), so that ``torch.utils.flop_counter.FlopCounterMode`` (used by the training
+    and inference benchmarks) counts these convolutions like ``aten.convolution``."""
+    from torch.utils import flop_counter
+
+    op = torch.ops.aten.mkldnn_convolution
+    if op in flop_counter.flop_registry:
+        return
+
+    def flops(x_shape: list[int], w_shape: list[int], *args: object, out_shape: list[int],
+              **kwargs: object) -> int:
+        return int(flop_counter.conv_flop_count(x_shape, w_shape, out_shape, transposed=False))
+
+    flop_counter.register_flop_formula(op)(flops)
+
+
+_count_onednn_convolutions()
 
 
 class Conv3d(nn.Conv3d):
