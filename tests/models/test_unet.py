@@ -122,11 +122,12 @@ def test_buffered_inference_matches_autograd_path(paper_cfg: ModelConfig) -> Non
     with_grad = model(x).logits  # grad enabled: concatenation path
     with torch.inference_mode():
         buffered = model.decode(model.encode(x))  # contiguous: preallocated dense-block buffer
-        fast = model(x).logits  # CPU inference path: channels-last activations, skips released
+        fast = model(x).logits  # CPU inference path (models.cpu_forward)
         model_cl = model.to(memory_format=torch.channels_last_3d)
         cl = model_cl(x.to(memory_format=torch.channels_last_3d)).logits
     assert fast.is_contiguous() and fast.shape == with_grad.shape
-    assert torch.allclose(with_grad, buffered, atol=1e-5)
+    # without autograd every conv runs on oneDNN (blocks.Conv3d): float32 rounding differs
+    assert torch.allclose(with_grad, buffered, atol=1e-4)
     assert torch.allclose(with_grad, fast, atol=1e-4)
     assert torch.allclose(with_grad, cl, atol=1e-4)
 

@@ -43,9 +43,11 @@ def group_count(channels: int, max_groups: int) -> int:
 
 
 def _use_onednn(x: Tensor) -> bool:
-    """float32 on the CPU outside autocast (autocast's bfloat16 casts apply to ``conv3d`` only),
-    with oneDNN built in and not turned off (``torch.backends.mkldnn.flags(enabled=False)``)."""
-    return x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 5 \
+    """Autograd off, float32 on the CPU outside autocast (autocast's bfloat16 casts apply to
+    ``conv3d`` only), with oneDNN built in and not turned off
+    (``torch.backends.mkldnn.flags(enabled=False)``)."""
+    return not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == torch.float32 \
+        and x.dim() == 5 \
         and torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled) \
         and not torch.is_autocast_enabled("cpu")
 
@@ -71,14 +73,17 @@ _count_onednn_convolutions()
 
 
 class Conv3d(nn.Conv3d):
-    """``nn.Conv3d`` (same parameters and state dict) that runs float32 CPU convolutions on oneDNN
-    whatever their shape.
+    """``nn.Conv3d`` (same parameters and state dict) that runs float32 CPU inference convolutions
+    on oneDNN whatever their shape.
 
     PyTorch's CPU dispatcher sends a batch-1 3-D convolution whose ``C x Z x Y`` is at most 20480
     to its reference im2col kernel (``slow_conv3d``), which is 4-20x slower than oneDNN on this
     network's low-resolution layers (e.g. 90 ms vs 6 ms for 32->32 channels at 16x32x32, 2
     threads; ``benchmarks/bench_infer_half.py``) and also for the one-channel input convolution.
-    oneDNN computes the same convolution (differences at float32 rounding) and has a backward.
+    oneDNN computes the same convolution (differences at float32 rounding). With autograd on,
+    PyTorch's own dispatch is kept: for the one-channel input convolution at training sizes
+    (128x256x144) oneDNN's backward falls back to its reference weight-gradient kernel, which
+    made a paper training step take over 10 minutes instead of ~1.
     """
 
     def forward(self, x: Tensor) -> Tensor:

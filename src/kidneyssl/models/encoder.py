@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import torch
 from torch import Tensor, nn
 
 from kidneyssl.config import ModelConfig
@@ -87,15 +86,10 @@ class DenseEncoder(nn.Module):
         self.bottleneck_channels: int = channels
         _init_weights(self)
 
-    def forward(self, x: Tensor, *, memory_format: torch.memory_format | None = None) -> list[Tensor]:
-        """The feature list; ``memory_format`` (e.g. ``torch.channels_last_3d``) sets the layout of
-        every feature map from the input convolution on (the one-channel input itself cannot
-        carry it: a single channel is contiguous in both layouts)."""
+    def forward(self, x: Tensor) -> list[Tensor]:
         check_spatial_size(x.shape, self.downsampling, self.in_channels)
         features: list[Tensor] = []
         x = self.stem(x)
-        if memory_format is not None:
-            x = x.contiguous(memory_format=memory_format)
         for block, transition in zip(self.blocks, self.transitions):
             x = block(x)
             features.append(x)

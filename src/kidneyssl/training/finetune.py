@@ -157,14 +157,6 @@ def _load_init(model: Any, init: str, cfg: ExperimentConfig, split: Split,
             "proxy_input": ckpt["config"].get("pretrain", {}).get("proxy_input", "unknown")}
 
 
-def _memory_format(device: Any) -> Any:
-    """channels-last 3-D on the CPU: oneDNN's convolutions (backward above all) run markedly
-    faster in it than in the default layout for these thin dense blocks (measured ~20-30%)."""
-    import torch
-
-    return torch.channels_last_3d if getattr(device, "type", str(device)) == "cpu" else torch.contiguous_format
-
-
 def resolve_pos_weight(cfg: ExperimentConfig, dataset: Any) -> float:
     """The BCE positive-class weight: ``cfg.train.pos_weight``, or for ``auto``
     ``sqrt((1 - f) / f)`` with ``f`` the training halves' kidney-voxel fraction (see
@@ -186,11 +178,13 @@ def _segmentation_loss(cfg: ExperimentConfig, epoch: int, device: Any, pos_weigh
 
     criterion = BCEDiceLoss(pos_weight=pos_weight).to(device)
 
-    fmt = _memory_format(device)
-
+    # Training stays in the default (contiguous) layout on every device. On the CPU channels-last
+    # was ~5 % faster at 64x128x64, but at the paper's 128x256x144 halves oneDNN falls back to its
+    # reference kernel for the 64->16 full-resolution conv's weight gradient there: a step took
+    # over 4 minutes instead of 80 s (benchmarks/bench_training.py --layout).
     def compute(model: Any, item: dict[str, Any]) -> tuple[Any, dict[str, float], int]:
-        image = item["image"][None].to(device, non_blocking=True).contiguous(memory_format=fmt)
-        label = item["label"][None].to(device, non_blocking=True).contiguous(memory_format=fmt)
+        image = item["image"][None].to(device, non_blocking=True)
+        label = item["label"][None].to(device, non_blocking=True)
         out = model(image)
         if out.reconstruction is not None:
             out = type(out)(out.logits.float(), out.reconstruction.float())
@@ -272,8 +266,7 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
                   else resolve_pos_weight(cfg, dataset))
 
     seed_everything(cfg.train.seed)
-    # torch's Module.to stubs lack memory_format, which it accepts
-    model = build_segmentation_model(cfg.model).to(ctx.device, memory_format=_memory_format(ctx.device))  # type: ignore[call-overload]
+    model = build_segmentation_model(cfg.model).to(ctx.device)
     init_report = None
     if info is None and init != "scratch":
         init_report = _load_init(model, init, cfg, split, allow_init_overlap)

@@ -312,7 +312,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: An
     from kidneyssl.inference.segment import segment_image
     from kidneyssl.inference.sliding_window import choose_strategy, context_voxels, estimate_bytes_per_voxel
     from kidneyssl.preprocessing.split_plane import find_split_x
-    from kidneyssl.training.finetune import _memory_format, _segmentation_loss, effective_config
+    from kidneyssl.training.finetune import _segmentation_loss, effective_config
 
     cfg = effective_config(cfg)
     # Half volumes exactly as train_segmentation builds them (the one definition of a half).
@@ -340,8 +340,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: An
     def build() -> tuple[Any, Any, float, Any, Any, bool]:
         from kidneyssl.models import build_segmentation_model
 
-        net = model if model is not None else build_segmentation_model(cfg.model).to(  # type: ignore[call-overload]
-            ctx.device, memory_format=_memory_format(ctx.device))
+        net = model if model is not None else build_segmentation_model(cfg.model).to(ctx.device)
 
         def validate(m: Any) -> Any:
             return segment_image(m, val_case.image, cfg, spacing_mm=val_case.record.spacing_mm, device=ctx.device)
