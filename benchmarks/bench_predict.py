@@ -81,6 +81,7 @@ def make_case(folder: Path) -> tuple[Path, Path]:
 
 def child(args: argparse.Namespace) -> None:
     """One prediction in this (fresh) process; prints one JSON line."""
+    import kidneyssl  # noqa: F401  first, as the CLI does: it sets torch's allocator environment
     import torch
 
     torch.set_num_threads(args.threads)
@@ -133,7 +134,7 @@ def child(args: argparse.Namespace) -> None:
 def measure_factor(args: argparse.Namespace) -> dict:
     """Peak RSS increase per input voxel of one forward pass (fresh process per size)."""
     code = (
-        "import resource,sys,time,torch;torch.set_num_threads(%d);"
+        "import kidneyssl,resource,sys,time,torch;torch.set_num_threads(%d);"
         "from kidneyssl.config import load_preset;from kidneyssl.models import build_segmentation_model;"
         "m=build_segmentation_model(load_preset('paper').model,reconstruction=False).eval();"
         "x=torch.randn(1,1,%%d,%%d,%%d);r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
@@ -141,15 +142,20 @@ def measure_factor(args: argparse.Namespace) -> dict:
         "with torch.inference_mode(), ac: y=m(x).logits\n"
         "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-r0)*1024/x.numel(), time.perf_counter()-t)"
     ) % args.threads
+    from kidneyssl.inference.sliding_window import cpu_has_native_bf16
+
+    # bfloat16 without native support runs PyTorch's reference convolution (minutes per call)
+    precisions = (False, True) if cpu_has_native_bf16() else (False,)
     rows = []
     for shape in ((64, 128, 128), (96, 256, 160)):
-        for bf16 in (False, True):
+        for bf16 in precisions:
             out = subprocess.run([sys.executable, "-c", code % (*shape, bf16)], capture_output=True,
                                  text=True, check=True)
             bpv, secs = (float(v) for v in out.stdout.split())
             rows.append({"input": "x".join(map(str, shape)), "bf16": bf16,
                          "bytes_per_voxel": round(bpv, 1), "forward_s": round(secs, 2)})
-    return {"benchmark": "predict_activation_factor", "threads": args.threads, "rows": rows}
+    return {"benchmark": "predict_activation_factor", "threads": args.threads, "rows": rows,
+            "native_bf16": cpu_has_native_bf16(), "load_average": os.getloadavg()}
 
 
 def main() -> None:

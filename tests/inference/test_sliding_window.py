@@ -10,6 +10,7 @@ import torch
 
 from kidneyssl.config import InferenceConfig, ModelConfig
 from kidneyssl.inference.sliding_window import (
+    BF16_FACTOR,
     PAPER_BYTES_PER_VOXEL,
     choose_strategy,
     estimate_bytes_per_voxel,
@@ -86,7 +87,7 @@ def test_sliding_window_agrees_with_halves(box_predictor, blob_image):
 
 
 def test_auto_picks_sliding_when_halves_exceed_budget(box_predictor, blob_image):
-    # half = 32*48*48 voxels; at 1150 B/voxel that is ~81 MB
+    # half = 32*48*48 voxels; at 660 B/voxel that is ~46 MB
     small = InferenceConfig(memory_budget_mb=10, sw_roi_size=(16, 32, 32), half_context_mm=0.0)
     big = InferenceConfig(memory_budget_mb=100, half_context_mm=0.0)
     assert choose_strategy(blob_image.shape, 32, small, 1.0, PAPER_BYTES_PER_VOXEL) == "sliding"
@@ -100,7 +101,8 @@ def test_estimate_bytes_per_voxel_scales_with_width():
     demo = estimate_bytes_per_voxel(ModelConfig(init_features=8, growth_rate=8))
     assert paper == PAPER_BYTES_PER_VOXEL
     assert demo == pytest.approx(paper / 2)
-    assert estimate_bytes_per_voxel(None, bf16=True) == pytest.approx(0.52 * paper)
+    assert estimate_bytes_per_voxel(None, bf16=True) == pytest.approx(BF16_FACTOR * paper)
+    assert BF16_FACTOR < 1.0
 
 
 def test_tta_flip_averages_mirrored_predictions(make_blob_image):
