@@ -11,6 +11,7 @@ import torch
 from kidneyssl.config import InferenceConfig, ModelConfig
 from kidneyssl.inference.sliding_window import (
     BF16_FACTOR,
+    MODULE_PATH_BYTES_PER_VOXEL,
     PAPER_BYTES_PER_VOXEL,
     choose_strategy,
     estimate_bytes_per_voxel,
@@ -103,6 +104,8 @@ def test_estimate_bytes_per_voxel_scales_with_width():
     assert demo == pytest.approx(paper / 2)
     assert estimate_bytes_per_voxel(None, bf16=True) == pytest.approx(BF16_FACTOR * paper)
     assert BF16_FACTOR < 1.0
+    # GPUs run the module path, which keeps its own (larger) figure
+    assert estimate_bytes_per_voxel(None, device="cuda") == MODULE_PATH_BYTES_PER_VOXEL > paper
 
 
 def test_tta_flip_averages_mirrored_predictions(make_blob_image):

@@ -40,6 +40,8 @@ __all__ = [
     "Precision",
     "PAPER_BYTES_PER_VOXEL",
     "BF16_FACTOR",
+    "MODULE_PATH_BYTES_PER_VOXEL",
+    "MODULE_PATH_BF16_FACTOR",
     "AVAILABLE_MEMORY_SHARE",
     "estimate_bytes_per_voxel",
     "cpu_has_native_bf16",
@@ -76,22 +78,33 @@ PAPER_BYTES_PER_VOXEL = 660.0
 #: the fused pass keeps bf16 parts and should need less, but this machine type cannot run bf16
 #: (no native support), so the budget keeps the measured absolute figure: 0.9 x 660 = 594.
 BF16_FACTOR = 0.9
+#: The same for the network's module path, which GPUs run: 1154 and 1113 B/voxel float32, bf16
+#: autocast 0.52 of that (measured on the CPU before the fused pass; GPU inference keeps the
+#: earlier estimate).
+MODULE_PATH_BYTES_PER_VOXEL = 1150.0
+MODULE_PATH_BF16_FACTOR = 0.52
 _PAPER_FULL_RES_CHANNELS = 16 + 2 * 16  # init features + first dense block's growth
 
 
-def estimate_bytes_per_voxel(model_cfg: ModelConfig | None = None, bf16: bool = False) -> float:
+def estimate_bytes_per_voxel(model_cfg: ModelConfig | None = None, bf16: bool = False,
+                             device: Any = "cpu") -> float:
     """Peak activation memory per input voxel for a model of ``model_cfg`` (bytes).
 
     The peak is reached at full resolution, where the input convolution and the first dense
-    block's concatenated features live, so the measured paper figure is scaled by that channel
-    count (an estimate for other widths). ``None`` gives the paper model's figure; ``bf16``
-    scales it by the measured bfloat16-autocast ratio.
+    block's features live, so the measured paper figure is scaled by that channel count (an
+    estimate for other widths). ``None`` gives the paper model's figure; ``bf16`` scales it by the
+    measured bfloat16-autocast ratio; ``device`` picks the CPU's fused pass or the module path.
     """
-    factor = BF16_FACTOR if bf16 else 1.0
+    import torch
+
+    if torch.device(device).type == "cpu":
+        paper, factor = PAPER_BYTES_PER_VOXEL, (BF16_FACTOR if bf16 else 1.0)
+    else:
+        paper, factor = MODULE_PATH_BYTES_PER_VOXEL, (MODULE_PATH_BF16_FACTOR if bf16 else 1.0)
     if model_cfg is None:
-        return PAPER_BYTES_PER_VOXEL * factor
+        return paper * factor
     channels = model_cfg.init_features + model_cfg.block_layers[0] * model_cfg.growth_rate
-    return PAPER_BYTES_PER_VOXEL * factor * max(channels, 1) / _PAPER_FULL_RES_CHANNELS
+    return paper * factor * max(channels, 1) / _PAPER_FULL_RES_CHANNELS
 
 
 def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -269,7 +282,7 @@ def plan_inference(shape: Sequence[int], split_x: int, cfg: InferenceConfig, spa
         device: where the network runs.
     """
     prec = resolve_precision(cfg.precision if precision is None else precision, device)
-    bpv = estimate_bytes_per_voxel(model_cfg, bf16=prec == "bf16")
+    bpv = estimate_bytes_per_voxel(model_cfg, bf16=prec == "bf16", device=device)
     budget = resolve_memory_budget_mb(cfg, device)
     chosen = choose_strategy(shape, split_x, cfg, spacing_x_mm, bpv, strategy, device=device, budget_mb=budget)
     roi = None

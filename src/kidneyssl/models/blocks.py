@@ -81,9 +81,9 @@ class Conv3d(nn.Conv3d):
     network's low-resolution layers (e.g. 90 ms vs 6 ms for 32->32 channels at 16x32x32, 2
     threads; ``benchmarks/bench_infer_half.py``) and also for the one-channel input convolution.
     oneDNN computes the same convolution (differences at float32 rounding). With autograd on,
-    PyTorch's own dispatch is kept: for the one-channel input convolution at training sizes
-    (128x256x144) oneDNN's backward falls back to its reference weight-gradient kernel, which
-    made a paper training step take over 10 minutes instead of ~1.
+    PyTorch's own dispatch is kept: this path was measured for inference only, and oneDNN's
+    backward has size-dependent fallbacks to its reference kernels (in channels-last, a paper-size
+    training step fell to ~4 minutes; see ``training.finetune``).
     """
 
     def forward(self, x: Tensor) -> Tensor:

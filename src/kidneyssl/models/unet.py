@@ -62,17 +62,13 @@ class _Decoder(nn.Module):
         # A head with a bias: logits/intensities need an offset.
         self.head[-1] = Conv3d(channels, out_channels, 1, bias=True)
 
-    def forward(self, features: Sequence[Tensor], *, release: bool = False) -> Tensor:
-        """Logits from the encoder's features. ``release=True`` (``features`` must then be a
-        list) pops each feature map from the caller's list as it is used, so that a skip's memory
-        is freed as soon as its level is decoded (inference; the list is empty afterwards)."""
-        skips = features if release else list(features)
-        if not isinstance(skips, list):
-            raise TypeError("release=True needs the feature maps as a list")
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        """Logits from the encoder's features (CPU inference frees them level by level in
+        :mod:`~kidneyssl.models.cpu_forward` instead)."""
+        skips = list(features)
         x = skips.pop()
         for up in self.ups:
             x = up(x, skips.pop() if self.use_skips else None)
-        skips.clear()
         return self.head(x)
 
 

@@ -322,7 +322,7 @@ def _segmentation_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: An
     val_case = cache.load(split.val[0], mmap=True)
     # the strategy validation will use: segment_image's, from the image-derived plane
     strategy = choose_strategy(val_case.image.shape, find_split_x(None, val_case.image), cfg.inference,
-                               cfg.preprocess.spacing_mm[2], estimate_bytes_per_voxel(cfg.model))
+                               cfg.preprocess.spacing_mm[2], estimate_bytes_per_voxel(cfg.model, device=ctx.device))
     icfg = cfg.inference
     how = (f"{strategy} ({'x'.join(map(str, icfg.sw_roi_size))} windows, overlap {icfg.sw_overlap})"
            if strategy == "sliding" else strategy)
