@@ -1,7 +1,8 @@
 """Same-run A/B: eager vs torch.compile (inductor) CPU inference of the paper network, fp32,
-channels-last as ``predict`` uses, 2 threads, on a small volume (``SHAPE=z,y,x``, default
+channels-last model and input, 2 threads, on a small volume (``SHAPE=z,y,x``, default
 64,128,64). Writes ``benchmarks/results/compile_ab.json``. Issue 9 asked to measure compile and keep
-it if it pays; on the AVX2 machine of this round it did not (slower per call, ~96 s to compile)."""
+it if it pays; on the AVX2 machine of round 3 it did not (slower per call, ~96 s to compile). That
+was measured before the fused CPU pass (``models.cpu_forward``), which eager inference now takes."""
 import json
 import os
 import time

@@ -145,7 +145,8 @@ def measure_factor(args: argparse.Namespace) -> dict:
     from kidneyssl.inference.sliding_window import cpu_has_native_bf16
 
     # bfloat16 without native support runs PyTorch's reference convolution (minutes per call)
-    precisions = (False, True) if cpu_has_native_bf16() else (False,)
+    native_bf16 = cpu_has_native_bf16()
+    precisions = (False, True) if native_bf16 else (False,)
     rows = []
     for shape in ((64, 128, 128), (96, 256, 160)):
         for bf16 in precisions:
@@ -155,7 +156,7 @@ def measure_factor(args: argparse.Namespace) -> dict:
             rows.append({"input": "x".join(map(str, shape)), "bf16": bf16,
                          "bytes_per_voxel": round(bpv, 1), "forward_s": round(secs, 2)})
     return {"benchmark": "predict_activation_factor", "threads": args.threads, "rows": rows,
-            "native_bf16": cpu_has_native_bf16(), "load_average": os.getloadavg()}
+            "native_bf16": native_bf16, "load_average": os.getloadavg()}
 
 
 def main() -> None:

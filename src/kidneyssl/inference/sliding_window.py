@@ -75,8 +75,9 @@ _FALLBACK_BUDGET_MB = 4000
 #: (``benchmarks/bench_predict.py --measure-factor``; 1154 and 1113 before the fused pass).
 PAPER_BYTES_PER_VOXEL = 660.0
 #: bfloat16 autocast measured 591 and 564 B/voxel on the previous (unfused) pass on an AMX CPU;
-#: the fused pass keeps bf16 parts and should need less, but this machine type cannot run bf16
-#: (no native support), so the budget keeps the measured absolute figure: 0.9 x 660 = 594.
+#: the fused pass keeps bf16 parts and should need less, but it was not measured (the AVX2
+#: machines of round 4 emulate bf16 at minutes per call), so the budget keeps the measured
+#: absolute figure: 0.9 x 660 = 594.
 BF16_FACTOR = 0.9
 #: The same for the network's module path, which GPUs run: 1154 and 1113 B/voxel float32, bf16
 #: autocast 0.52 of that (measured on the CPU before the fused pass; GPU inference keeps the
