@@ -81,6 +81,8 @@ class ModelConfig:
     siamese head (paper, section 3.1 and Fig. 2-3).
 
     Attributes:
+        architecture: the network, by its registered name (``kidneyssl.models.registry``):
+            ``dense-unet`` (the paper's; the fields below configure it).
         in_channels: image channels (1 for CT).
         out_channels: segmentation channels (1: kidney vs background, sigmoid).
         init_features: channels of the input convolution.
@@ -92,6 +94,7 @@ class ModelConfig:
         gradient_checkpointing: recompute dense layers in backward to save memory.
     """
 
+    architecture: str = "dense-unet"
     in_channels: int = 1
     out_channels: int = 1
     init_features: int = 16
@@ -103,11 +106,13 @@ class ModelConfig:
     gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        if len(self.block_layers) != 4:
+        if not 1 <= len(self.block_layers) <= 6 or any(n < 1 for n in self.block_layers):
             raise ConfigError(
-                f"block_layers must list 4 dense blocks (inputs are padded to a multiple of 16), "
-                f"got {self.block_layers!r}"
+                f"block_layers must list 1 to 6 dense blocks of >= 1 layer each (inputs are padded to a "
+                f"multiple of 2 ** blocks), got {self.block_layers!r}"
             )
+        if not self.architecture or not isinstance(self.architecture, str):
+            raise ConfigError(f"model.architecture must name a registered network, got {self.architecture!r}")
         for name in ("in_channels", "out_channels", "init_features", "growth_rate", "norm_groups",
                      "embedding_dim"):
             if getattr(self, name) < 1:
@@ -293,13 +298,22 @@ class ProtocolConfig:
             training, pretraining or any choice, scored once at the end (ignored when the
             experiment is given a separate test dataset).
         proxy_variants: proxy inputs to pretrain with, one MwS per variant (see
-            :attr:`PretrainConfig.proxy_input`).
+            :attr:`PretrainConfig.proxy_input`); the methods ``side-<variant>`` when ``methods``
+            is empty.
+        methods: pretraining methods to compare with scratch, one fine-tuned model each:
+            ``side-region``, ``side-masked`` (the paper's proxy on either input) and the other
+            registered methods (``mae``, ``genesis``); empty: ``side-<v>`` for each proxy variant.
+        init_parts: what a pretrained network gives its fine-tuned model: ``encoder`` (the
+            paper's MwS) or ``encoder+decoder`` (for methods that pretrain a decoder; the side
+            proxy gives its encoder either way).
     """
 
     seeds: tuple[int, ...] = (0,)
     split_seed: int = 0
     test_fraction: float = 0.2
     proxy_variants: tuple[str, ...] = PROXY_INPUTS
+    methods: tuple[str, ...] = ()
+    init_parts: str = "encoder"
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
@@ -310,11 +324,21 @@ class ProtocolConfig:
         if bad or len(set(self.proxy_variants)) != len(self.proxy_variants):
             raise ConfigError(f"protocol.proxy_variants must be distinct values of {PROXY_INPUTS}, "
                               f"got {self.proxy_variants!r}")
+        if len(set(self.methods)) != len(self.methods) or any(not m for m in self.methods):
+            raise ConfigError(f"protocol.methods must be distinct method names, got {self.methods!r}")
+        if self.init_parts not in ("encoder", "encoder+decoder"):
+            raise ConfigError(f"protocol.init_parts must be 'encoder' or 'encoder+decoder', got {self.init_parts!r}")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """Everything a run needs; saved as ``config.yaml`` in every run folder."""
+    """Everything a run needs; saved as ``config.yaml`` in every run folder.
+
+    ``methods`` holds each pretraining method's own settings by method name (``methods.mae``,
+    ``methods.genesis``); each method's module defines and validates its section, so adding a
+    method adds no field here. The side proxy's settings are ``pretrain`` (where they always were);
+    ``pretrain.seed`` and ``pretrain.val_fraction`` apply to every method.
+    """
 
     name: str = "paper"
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -324,6 +348,7 @@ class ExperimentConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     synth: dict[str, Any] = field(default_factory=dict)
+    methods: dict[str, Any] = field(default_factory=dict)
 
 
 T = TypeVar("T")
@@ -478,6 +503,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: list[str] | None) -> Exper
         node: dict[str, Any] = data
         node_type: Any = ExperimentConfig
         for part in parts[:-1]:
+            if not dataclasses.is_dataclass(node_type) and node_type is not ExperimentConfig and part not in node:
+                node[part] = {}  # a free-form section (methods.mae) may be created by an override
             if part not in node or not isinstance(node[part], dict):
                 raise ConfigError(f"override {item!r}: no config section {part!r}")
             node = node[part]

@@ -25,6 +25,7 @@ REMEDIES = {
     "labels": "map a mask file's values to kidney/background",
     "assume_yes": "start a long run without asking",
     "max_hours": "raise the time limit of a run",
+    "allow_world_size_change": "resume on another number of processes anyway",
 }
 
 

@@ -72,15 +72,13 @@ def test_malicious_checkpoint_runs_nothing_in_any_command(tmp_path, good_scan, t
 @pytest.mark.parametrize("as_torch", [True, False], ids=["torch-zip", "raw-pickle"])
 def test_malicious_file_is_refused_by_the_loader(tmp_path, as_torch):
     """What --init, --resume and --model all go through: refused by name, nothing ran."""
-    from kidneyssl.config import load_preset
-    from kidneyssl.training.finetune import _load_init
-    from kidneyssl.training.split import Split
+    from kidneyssl.training.tasks import SegmentationTask
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt"
     _malicious(evil, marker, as_torch)
     with pytest.raises(CheckpointError, match=rf"^{evil}: not a readable PyTorch checkpoint \(refused by the safe"):
-        _load_init(None, str(evil), load_preset("demo"), Split(("a",), ("b", "c"), 0, 0.5), False)
+        SegmentationTask(init=str(evil)).initialize(None)
     with pytest.raises(CheckpointError, match="refused by the safe"):
         load_checkpoint(evil, kind="segmentation")
     assert not marker.exists()

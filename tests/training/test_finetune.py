@@ -45,14 +45,17 @@ def test_training_writes_history_checkpoints_and_plot(mwos_run, tiny_cfg) -> Non
     assert mwos_run.best_dice == pytest.approx(best["metrics"]["val_dice"])
 
 
-def test_mws_starts_from_the_siamese_encoder(pretrain_run: Path, tiny_cfg) -> None:
-    from kidneyssl.models import build_segmentation_model
-    from kidneyssl.training.finetune import _load_init
+def test_mws_starts_from_the_siamese_encoder(pretrain_run: Path, tiny_cache: Path, tiny_cfg) -> None:
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.tasks import SegmentationTask
 
-    model = build_segmentation_model(tiny_cfg.model)
-    split = load_split(pretrain_run / "split.json")
-    report = _load_init(model, str(pretrain_run / "best.pt"), tiny_cfg, split, False)
+    task = SegmentationTask(tiny_cache, pretrain_run / "split.json", init=str(pretrain_run / "best.pt"))
+    task.setup(tiny_cfg, None, None, init_distributed("cpu"))
+    model = task.build_model()
+    report = task.initialize(model)
+    assert report is not None and report["method"] == "side" and report["parts"] == "encoder"
     assert report["loaded"] > 0 and report["missing"] == [] and report["held_out_cases_touched"] == []
+    assert set(report["touched_cases"]) == set(load_split(pretrain_run / "split.json").train)
     siamese = load_checkpoint(pretrain_run / "best.pt")["model_state"]
     for key, value in model.encoder.state_dict().items():
         assert torch.equal(value, siamese[f"encoder.{key}"])
@@ -67,7 +70,7 @@ def test_init_from_another_architecture_fails_before_training(pretrain_run: Path
     with pytest.raises(CheckpointError, match="does not fit"):
         train_segmentation(tiny_cache, tmp_path / "run", wider, init=str(pretrain_run / "best.pt"), device="cpu")
     assert not (tmp_path / "run" / "last.pt").exists()
-    with pytest.raises(CheckpointError, match="expected a siamese checkpoint"):
+    with pytest.raises(CheckpointError, match="expected a pretrain checkpoint"):
         train_segmentation(tiny_cache, tmp_path / "run2", tiny_cfg, init=str(mwos_run.run_dir / "best.pt"),
                            device="cpu")
 

@@ -161,24 +161,26 @@ def test_experiment_wide_plan_from_fresh_models(tiny_cache: Path, tiny_cfg) -> N
     """What ``run_experiment`` does: estimate each stage before any exists, print one plan."""
     import dataclasses
 
-    from kidneyssl.data.cache import open_cache
     from kidneyssl.training.distributed import init_distributed
-    from kidneyssl.training.finetune import resolve_split
     from kidneyssl.training.plan import estimate_stage
+    from kidneyssl.training.tasks import SegmentationTask
+    from kidneyssl.training.tasks.side import SideTask
 
-    cache = open_cache(tiny_cache, expected=tiny_cfg.preprocess)
-    split = resolve_split(cache, tiny_cfg, None)
     ctx = init_distributed("cpu")
+    side, seg = SideTask(tiny_cache), SegmentationTask(tiny_cache)
+    for task in (side, seg):
+        task.setup(tiny_cfg, None, None, ctx)
+    split = seg.split
     rng = torch.get_rng_state().clone()
-    pre = estimate_stage("pretrain", "siamese", tiny_cfg, cache, split, ctx)  # probed on a fresh model
+    pre = estimate_stage(side, ctx, name="pretrain")  # probed on a fresh model
     assert torch.equal(torch.get_rng_state(), rng)
     assert pre.seconds_per_epoch and pre.seconds_per_epoch > 0
     # (the segmentation probe runs in every train_segmentation test; here it is only planned)
-    mws = estimate_stage("MwS", "segmentation", tiny_cfg, cache, split, ctx, probe=False)
+    mws = estimate_stage(seg, ctx, name="MwS", probe=False)
     mws = dataclasses.replace(mws, seconds_per_iteration=2.0, seconds_per_val_unit=1.0)
     stages = [pre, mws, dataclasses.replace(mws, name="MwoS")]
     assert mws.iterations_per_epoch == 2 * len(split.train) and mws.val_units == len(split.val)
     assert pre.steps_per_epoch == tiny_cfg.pretrain.pairs_per_epoch // tiny_cfg.pretrain.batch_size
     assert remaining_after(stages, "pretrain") == pytest.approx(2 * mws.remaining_seconds)
     text = format_plan(stages)
-    assert text.count("(segmentation)") == 2 and "total: ~" in text
+    assert text.count("(segmentation)") == 2 and "pretrain (side)" in text and "total: ~" in text

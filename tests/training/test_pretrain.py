@@ -28,22 +28,21 @@ def test_pretrain_writes_history_checkpoints_and_split(pretrain_run: Path, tiny_
     assert last["config"]["model"]["init_features"] == 4
     assert (pretrain_run / "config.yaml").is_file() and (pretrain_run / "history.png").stat().st_size > 0
     info = json.loads((pretrain_run / "run.json").read_text())
-    assert info["kind"] == "siamese" and info["status"] == "finished"
+    assert info["kind"] == "pretrain" and info["method"] == "side" and info["status"] == "finished"
 
 
 def test_proxy_cases_are_training_cases_only(pretrain_run: Path, tiny_cache: Path, tiny_cfg) -> None:
     """Pretraining validates (and picks best.pt) on a held-out part of the TRAINING cases; the
     segmentation validation cases are never read, and the checkpoint records what it touched."""
-    from kidneyssl.data.cache import open_cache
-    from kidneyssl.training.finetune import resolve_split
-    from kidneyssl.training.pretrain import VAL_PAIR_SALT, _pairs, proxy_split
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.tasks.side import SideTask
 
-    cache = open_cache(tiny_cache)
-    split = resolve_split(cache, tiny_cfg, None)
-    proxy = proxy_split(split, tiny_cfg)
+    task = SideTask(tiny_cache)
+    task.setup(tiny_cfg, None, None, init_distributed("cpu"))
+    split, proxy = task.split, task.proxy
     assert set(proxy.train) | set(proxy.val) == set(split.train)
     assert not set(proxy.train) & set(proxy.val) and len(proxy.val) == 2
-    pairs = _pairs(cache, proxy.val, 6, tiny_cfg.pretrain.seed + VAL_PAIR_SALT, tiny_cfg)
+    pairs = task.val_pairs
     cases = {i.split(":")[0] for k in range(len(pairs)) for i in pairs[k]["ids"]}
     assert cases and cases <= set(proxy.val)
     assert tuple(pairs[0]["a"].shape) == (1, *tiny_cfg.pretrain.crop_size)

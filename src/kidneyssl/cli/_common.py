@@ -26,6 +26,7 @@ REMEDY_FLAGS = {
     "cache": "--cache CACHE", "device": "--device", "prepare": "kidneyssl prepare --data DIR --out CACHE",
     "prepare_force": "kidneyssl prepare --force", "data_format": "--format", "kidney_labels": "--kidney-labels",
     "labels": "--labels", "assume_yes": "--yes", "max_hours": "--max-hours",
+    "allow_world_size_change": "--allow-world-size-change",
 }
 
 

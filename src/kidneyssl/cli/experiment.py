@@ -43,11 +43,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--seeds``, ``--proxy-variants`` and ``--test-fraction`` (they set ``protocol.*``)."""
+    """``--seeds``, ``--methods``, ``--proxy-variants``, ``--init-parts`` and ``--test-fraction``
+    (they set ``protocol.*``)."""
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                         help="one full run per seed (sets protocol.seeds), e.g. --seeds 0 1 2")
     parser.add_argument("--proxy-variants", nargs="+", choices=("region", "masked"), default=None,
-                        help="proxy inputs to pretrain with, one MwS each (sets protocol.proxy_variants)")
+                        help="proxy inputs to pretrain with, one MwS each (sets protocol.proxy_variants; the "
+                             "methods side-region/side-masked)")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help="pretraining methods to compare with scratch (sets protocol.methods): side-region, "
+                             "side-masked, mae, genesis; scratch (MwoS) is always trained")
+    parser.add_argument("--init-parts", choices=("encoder", "encoder+decoder"), default=None,
+                        help="what mae/genesis give their fine-tuned model (sets protocol.init_parts; the side "
+                             "proxy gives its encoder)")
     parser.add_argument("--test-fraction", type=float, default=None,
                         help="fraction of --data held out as the test part (sets protocol.test_fraction)")
 
@@ -59,6 +67,12 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"protocol.seeds=[{', '.join(str(s) for s in args.seeds)}]")
     if getattr(args, "proxy_variants", None):
         out.append(f"protocol.proxy_variants=[{', '.join(args.proxy_variants)}]")
+        if not getattr(args, "methods", None):  # --proxy-variants alone: the side-* methods
+            out.append(f"protocol.methods=[{', '.join('side-' + v for v in args.proxy_variants)}]")
+    if getattr(args, "methods", None):
+        out.append(f"protocol.methods=[{', '.join(args.methods)}]")
+    if getattr(args, "init_parts", None):
+        out.append(f"protocol.init_parts={args.init_parts}")
     if getattr(args, "test_fraction", None) is not None:
         out.append(f"protocol.test_fraction={args.test_fraction}")
     return out + unlabeled_overrides(args)

@@ -1,4 +1,5 @@
-"""``kidneyssl pretrain --cache CACHE --out RUN``: siamese left/right kidney proxy-task training."""
+"""``kidneyssl pretrain --cache CACHE --out RUN [--method side|mae|genesis]``: pretraining (default: the
+paper's left/right kidney proxy task)."""
 
 from __future__ import annotations
 
@@ -29,10 +30,20 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--extend-epochs", type=int, default=0, metavar="N",
                         help="continue a FINISHED run with N more epochs (schedule over the new total)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--allow-world-size-change", action="store_true",
+                        help="with --resume: continue on another number of processes than the run was saved by")
     add_plan_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from kidneyssl.training.tasks.registry import DEFAULT_METHOD, PRETRAINING_METHODS
+
+    parser.add_argument("--method", default=DEFAULT_METHOD, choices=list(PRETRAINING_METHODS),
+                        help="pretraining method: side (the paper's left/right proxy, default; input set by "
+                             "--set pretrain.proxy_input=region|masked), mae (masked image modelling), genesis "
+                             "(Models Genesis restoration)")
+    parser.add_argument("--proxy-input", choices=("region", "masked"), default=None,
+                        help="side proxy's input (sets pretrain.proxy_input)")
     parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
@@ -48,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kidneyssl.training.pretrain import pretrain_siamese
+    from kidneyssl.training.pretrain import pretrain
     from kidneyssl.training.runfolder import RunFolder
 
     t0 = time.perf_counter()
@@ -58,21 +69,29 @@ def run(args: argparse.Namespace) -> int:
         log.error("kidneyssl pretrain: --locator needs --unlabeled DIR (the scans to locate)")
         return 2
     args.overrides = list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
-    cache, split = args.cache, args.split
-    unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
+    if args.proxy_input:
+        args.overrides.append(f"pretrain.proxy_input={args.proxy_input}")
+    cache, split, method = args.cache, args.split, args.method
+    info = RunFolder(args.out).info() if args.resume or args.extend_epochs else None
+    if info:  # a resumed or extended run keeps its own method
+        method = str(info.get("method", "side"))
+    unstarted = RunFolder(args.out).unstarted_inputs("pretrain") if args.resume else None
     if unstarted:  # stopped before its first checkpoint: start again with what it was given
         cache, split = cache or unstarted["cache"], unstarted["split"]
-    result = pretrain_siamese(cache, args.out, resolve_config(args), split_file=split,
-                              on_epoch=refresh_history_plot,
-                              resume=args.resume, force=args.force, extend_epochs=args.extend_epochs,
-                              device=args.device, plan=plan_options(args), unlabeled=args.unlabeled,
-                              locator=args.locator, allow_locator_overlap=args.allow_locator_overlap)
+    result = pretrain(cache, args.out, resolve_config(args), method=method, split_file=split,
+                      on_epoch=refresh_history_plot, resume=args.resume, force=args.force,
+                      extend_epochs=args.extend_epochs, device=args.device, plan=plan_options(args),
+                      unlabeled=args.unlabeled, locator=args.locator,
+                      allow_locator_overlap=args.allow_locator_overlap,
+                      allow_world_size_change=args.allow_world_size_change)
     if args.dry_run:
         return 0
-    log.info("pretraining done: best epoch %d (val loss %.4f), last val pair accuracy %.3f; checkpoints in %s",
-             result.best_epoch + 1, result.best_val_loss, result.last_val_accuracy, result.run_dir)
-    headline: dict[str, object] = {"best epoch": result.best_epoch + 1, "best val loss": result.best_val_loss,
-                "last val pair accuracy": result.last_val_accuracy}
+    log.info("pretraining (%s) done: best epoch %d (val loss %.4f); checkpoints in %s", method,
+             result.best_epoch + 1, result.best_score, result.run_dir)
+    headline: dict[str, object] = {"method": method, "best epoch": result.best_epoch + 1,
+                                   "best val loss": result.best_score}
+    if "val_accuracy" in result.last:
+        headline["last val pair accuracy"] = result.last["val_accuracy"]
     unl = (RunFolder(result.run_dir).info() or {}).get("unlabeled")
     if unl:
         headline["unlabeled scans used"] = f"{unl['used']} of {unl['scans']} ({unl['kidneys']['right']} right, " \

@@ -83,7 +83,7 @@ class Cache:
         self.preprocess: PreprocessConfig = config_from_dict(PreprocessConfig, info["preprocess"],
                                                               "preprocess")
         self.case_ids: list[str] = [str(c) for c in info["cases"]]
-        self.labels: LabelPolicy = LabelPolicy.from_dict(_labels_of(info))
+        self.labels: LabelPolicy = LabelPolicy.from_dict(labels_of(info))
 
     def __len__(self) -> int:
         return len(self.case_ids)
@@ -161,13 +161,13 @@ def _load_npy(path: Path, mode: str | None) -> np.ndarray:
                         hint="prepare the cache again", remedy=("prepare",)) from None
 
 
-def _config_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+def config_diff(found: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     keys = sorted(set(found) | set(expected))
     return [f"{k}: cache {found.get(k)!r} vs expected {expected.get(k)!r}"
             for k in keys if found.get(k) != expected.get(k)]
 
 
-def _labels_of(info: dict[str, Any]) -> dict[str, Any]:
+def labels_of(info: dict[str, Any]) -> dict[str, Any]:
     """The label policy recorded in a cache.json / meta.json (KiTS19's for older caches)."""
     return info.get("labels") or KITS19_POLICY.to_dict()
 
@@ -194,14 +194,14 @@ def open_cache(cache_dir: str | Path, expected: PreprocessConfig | None = None,
         raise DataError(path, "format_version", str(FORMAT_VERSION), str(info.get("format_version")),
                         hint="prepare the cache again", remedy=("prepare_force",))
     if expected is not None:
-        diff = _config_diff(info.get("preprocess", {}), config_to_dict(expected))
+        diff = config_diff(info.get("preprocess", {}), config_to_dict(expected))
         if diff:
             raise KidneySSLError(
                 f"{root}: cache was prepared with another preprocessing config ("
                 + "; ".join(diff) + "); prepare it with this config or use a matching cache",
                 remedy=("prepare",))
     if labels is not None:
-        diff = _config_diff(_labels_of(info), labels.to_dict())
+        diff = config_diff(labels_of(info), labels.to_dict())
         if diff:
             raise KidneySSLError(
                 f"{root}: cache was prepared with another label policy ("

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from kidneyssl.config import PreprocessConfig, config_from_dict, config_to_dict
-from kidneyssl.data.cache import CACHE_JSON, FORMAT_VERSION, IMAGE_NPY, LABEL_NPY, META_JSON, _config_diff, _labels_of
+from kidneyssl.data.cache import CACHE_JSON, FORMAT_VERSION, IMAGE_NPY, LABEL_NPY, META_JSON, config_diff, labels_of
 from kidneyssl.errors import DataError, KidneySSLError
 from kidneyssl.io.atomic import atomic_path, atomic_write_json
 from kidneyssl.io.datasets import open_dataset
@@ -72,7 +72,7 @@ def _is_done(case: Case, folder: Path, cfg_dict: dict[str, Any], labels_dict: di
         return False
     if meta.get("format_version") != FORMAT_VERSION or meta.get("preprocess") != cfg_dict:
         return False
-    if _labels_of(meta) != labels_dict:
+    if labels_of(meta) != labels_dict:
         return False
     if meta.get("source") != _fingerprint(case):
         return False
@@ -199,8 +199,8 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
             old_info = json.loads(existing.read_text())
         except ValueError:
             old_info = {}
-        diff = _config_diff(old_info.get("preprocess", {}), cfg_dict)
-        diff += [f"labels.{d}" for d in _config_diff(_labels_of(old_info), labels_dict)]
+        diff = config_diff(old_info.get("preprocess", {}), cfg_dict)
+        diff += [f"labels.{d}" for d in config_diff(labels_of(old_info), labels_dict)]
         if diff:
             raise KidneySSLError(f"{cache_dir}: holds a cache prepared with another config ("
                                  + "; ".join(diff) + "); rebuild it, or choose another output folder",

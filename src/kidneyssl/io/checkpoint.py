@@ -25,7 +25,9 @@ __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "strip_wra
 
 #: Bump when the checkpoint layout changes incompatibly.
 CHECKPOINT_FORMAT = 1
-KINDS = ("siamese", "segmentation")
+KINDS = ("pretrain", "segmentation")
+#: Kinds written by earlier versions, and what they are now (the side proxy's "siamese" runs).
+LEGACY_KINDS = {"siamese": "pretrain"}
 
 
 def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
@@ -102,7 +104,7 @@ def save_checkpoint(path: str | Path, *, kind: str, config: dict[str, Any], mode
 
     Args:
         path: target file (``.pt``).
-        kind: ``"siamese"`` or ``"segmentation"``.
+        kind: ``"pretrain"`` or ``"segmentation"``.
         config: ``config_to_dict(ExperimentConfig)`` of the run.
         model_state: the model's ``state_dict()`` (wrapper prefixes are stripped).
         **extra: anything else to store (``optimizer``, ``epoch``, ``rng``, ``metrics``, ...).
@@ -160,7 +162,8 @@ def load_checkpoint(path: str | Path, kind: str | None = None, map_location: str
             f"{payload.get('kidneyssl_version', '?')}); this kidneyssl reads format {CHECKPOINT_FORMAT}. "
             "Use the kidneyssl version that wrote it, or retrain."
         )
-    if kind is not None and payload.get("kind") != kind:
+    found = LEGACY_KINDS.get(str(payload.get("kind")), payload.get("kind"))
+    if kind is not None and found != LEGACY_KINDS.get(kind, kind):
         raise CheckpointError(f"{path}: expected a {kind} checkpoint, found a {payload.get('kind')!r} one")
     if not isinstance(payload["model_state"], dict):
         raise CheckpointError(f"{path}: model_state is a {type(payload['model_state']).__name__}, not a dict")

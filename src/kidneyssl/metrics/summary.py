@@ -24,11 +24,11 @@ import numpy as np
 from kidneyssl.metrics.overlap import as_binary_pair, dice
 from kidneyssl.metrics.surface import (
     BoundaryMode,
-    _hd_from_distances,
-    _normalized_hausdorff,
-    _spacing3,
-    _surface_distances,
     boundary_length_difference,
+    hd_from_distances,
+    normalized_hausdorff_of_surfaces,
+    spacing3,
+    surface_distances_between,
     surface_voxels,
 )
 from kidneyssl.preprocessing.spatial import bounding_box
@@ -66,7 +66,7 @@ def compute_case_metrics(
     Returns:
         A row with the keys of :data:`ROW_KEYS` (see the module docstring).
     """
-    spacing = _spacing3(spacing_mm)
+    spacing = spacing3(spacing_mm)
     p, g = as_binary_pair(pred, gt)
     diag = math.sqrt(sum(((n - 1) * s) ** 2 for n, s in zip(p.shape, spacing)))
     box = bounding_box(p, g, margin=1)
@@ -75,9 +75,9 @@ def compute_case_metrics(
     n_p, n_g = int(np.count_nonzero(p)), int(np.count_nonzero(g))
     p_surface, g_surface = surface_voxels(p), surface_voxels(g)
     if n_p and n_g:
-        d_pg, d_gp = _surface_distances(p_surface, g_surface, spacing)
-        hd = _hd_from_distances(d_pg, d_gp, None)
-        hd95 = _hd_from_distances(d_pg, d_gp, 95)
+        d_pg, d_gp = surface_distances_between(p_surface, g_surface, spacing)
+        hd = hd_from_distances(d_pg, d_gp, None)
+        hd95 = hd_from_distances(d_pg, d_gp, 95)
     else:
         hd = hd95 = 0.0 if n_p == n_g == 0 else float("nan")
     return {
@@ -85,7 +85,7 @@ def compute_case_metrics(
         "hd_mm": hd,
         "hd95_mm": hd95,
         "bl_pct": boundary_length_difference(p, g, spacing, mode=bl_mode),
-        "nhd": _normalized_hausdorff(p, g, g_surface),
+        "nhd": normalized_hausdorff_of_surfaces(p, g, g_surface),
         "pred_voxels": float(n_p),
         "gt_voxels": float(n_g),
         "empty_pred": n_p == 0,

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from kidneyssl.config import ModelConfig
 from kidneyssl.models.blocks import DenseBlock, NormActConv, Transition
 
-__all__ = ["DenseEncoder", "check_spatial_size"]
+__all__ = ["DenseEncoder", "check_spatial_size", "init_weights"]
 
 
 def check_spatial_size(shape: Sequence[int], multiple: int, in_channels: int) -> None:
@@ -84,7 +84,7 @@ class DenseEncoder(nn.Module):
             channels = reduced
         self.skip_channels: tuple[int, ...] = tuple(skips)
         self.bottleneck_channels: int = channels
-        _init_weights(self)
+        init_weights(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         check_spatial_size(x.shape, self.downsampling, self.in_channels)
@@ -98,7 +98,7 @@ class DenseEncoder(nn.Module):
         return features
 
 
-def _init_weights(module: nn.Module) -> None:
+def init_weights(module: nn.Module) -> None:
     """Kaiming-normal (fan-out, ReLU) convs, unit/zero GroupNorm, as DenseNet/timm do."""
     for m in module.modules():
         if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d)):

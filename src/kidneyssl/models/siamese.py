@@ -1,6 +1,9 @@
-"""The siamese network of the proxy task (paper, section 2, Fig. 2): one
-:class:`~kidneyssl.models.encoder.DenseEncoder` applied to both kidney crops (shared weights),
-global average pooling of the 1/16 bottleneck, and a small projection to an embedding.
+"""The siamese network of the proxy task (paper, section 2, Fig. 2): one encoder applied to both
+kidney crops (shared weights), global average pooling of the bottleneck, and a small projection to
+an embedding.
+
+The encoder is the segmentation network's own (any registered architecture's ``encoder``), so its
+weights move into that network by the ``encoder.`` prefix.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from kidneyssl.config import ModelConfig
-from kidneyssl.models.encoder import DenseEncoder, _init_weights
+from kidneyssl.models.encoder import init_weights
 
 __all__ = ["SiameseNet"]
 
@@ -17,25 +20,43 @@ __all__ = ["SiameseNet"]
 class SiameseNet(nn.Module):
     """Two branches with shared weights: ``forward(a, b) -> (emb_a, emb_b)``.
 
-    ``embed(x)`` maps (B, in_channels, Z, Y, X) (sizes multiples of 16; the paper's crops are
-    64 x 112 x 112) to (B, embedding_dim) embeddings: encoder -> global average pool of the
-    bottleneck -> Linear -> ReLU -> Linear. The encoder is at attribute ``encoder`` (state-dict
-    prefix ``encoder.``) so that :func:`kidneyssl.models.transfer.load_encoder` can move it into
-    :class:`~kidneyssl.models.unet.DenseUNet3D`.
+    ``embed(x)`` maps (B, in_channels, Z, Y, X) (sizes multiples of the encoder's downsampling;
+    the paper's crops are 64 x 112 x 112) to (B, embedding_dim) embeddings: encoder -> global
+    average pool of the bottleneck -> Linear -> ReLU -> Linear. The encoder is at attribute
+    ``encoder`` (state-dict prefix ``encoder.``) so that
+    :func:`kidneyssl.models.transfer.load_encoder` can move it into the segmentation network.
+
+    Args:
+        cfg: a model config: the encoder of its registered network is built (the paper's
+            ``SiameseNet(cfg)``).
+        encoder, bottleneck_channels: instead of ``cfg``, an encoder module (its output list ends
+            with the bottleneck) and the bottleneck's channels.
+        embedding_dim: the embedding size (default ``cfg.embedding_dim``).
     """
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig | None = None, *, encoder: nn.Module | None = None,
+                 bottleneck_channels: int | None = None, embedding_dim: int | None = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.encoder = DenseEncoder(cfg)
-        width = self.encoder.bottleneck_channels
+        if (cfg is None) == (encoder is None):
+            raise ValueError("give either a model config or an encoder (with its bottleneck channels)")
+        if cfg is not None:
+            from kidneyssl.models.registry import build_network, network_spec
+
+            network = build_network(network_spec(cfg))
+            encoder, bottleneck_channels = network.encoder, int(network.bottleneck_channels)
+            embedding_dim = embedding_dim or cfg.embedding_dim
+        if bottleneck_channels is None or embedding_dim is None:
+            raise ValueError("an encoder needs bottleneck_channels and embedding_dim")
+        self.encoder = encoder
+        width = int(bottleneck_channels)
         self.projection = nn.Sequential(
-            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, cfg.embedding_dim)
+            nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, int(embedding_dim))
         )
-        _init_weights(self.projection)
+        init_weights(self.projection)
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, embedding_dim) embedding of a batch of crops."""
+        assert self.encoder is not None
         bottleneck = self.encoder(x)[-1]
         pooled = torch.flatten(bottleneck.mean(dim=(2, 3, 4)), 1)
         return self.projection(pooled)

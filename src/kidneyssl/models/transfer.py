@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
 
 from kidneyssl.errors import CheckpointError
 from kidneyssl.io.checkpoint import load_checkpoint, strip_wrapper_prefixes
 
-__all__ = ["TransferReport", "KeyReport", "compare_keys", "load_encoder", "load_model", "ENCODER_PREFIX"]
+__all__ = ["TransferReport", "KeyReport", "compare_keys", "load_encoder", "load_parts", "load_model",
+           "ENCODER_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,9 @@ ENCODER_PREFIX = "encoder."
 
 @dataclass(frozen=True)
 class TransferReport:
-    """Keys (without the ``encoder.`` prefix) that were loaded, that the model has but the source
-    lacks (``missing``), and that the source has but the model lacks (``unexpected``)."""
+    """Keys that were loaded, that the model has but the source lacks (``missing``), and that the
+    source has but the model lacks (``unexpected``) (:func:`load_encoder`: without the
+    ``encoder.`` prefix; :func:`load_parts`: full keys)."""
 
     loaded: tuple[str, ...]
     missing: tuple[str, ...]
@@ -83,69 +85,91 @@ def _state_from(source: Mapping[str, Any] | str | Path) -> tuple[dict[str, Tenso
 
 
 def load_encoder(seg_model: nn.Module, source: Mapping[str, Any] | str | Path) -> TransferReport:
-    """Copy ``encoder.*`` weights from a siamese state dict or checkpoint into ``seg_model.encoder``.
+    """Copy ``encoder.*`` weights from a pretraining state dict or checkpoint into
+    ``seg_model.encoder`` (the paper's MwS initialisation).
 
     Args:
-        seg_model: a :class:`~kidneyssl.models.unet.DenseUNet3D` (or anything with ``.encoder``;
-            a DDP/compile wrapper is unwrapped).
+        seg_model: a registered segmentation network (or anything with ``.encoder``; a
+            DDP/compile wrapper is unwrapped).
         source: a state dict, a checkpoint dict (its ``model_state`` is used) or a checkpoint path.
             ``module.``/``_orig_mod.`` prefixes are stripped; keys outside ``encoder.`` (the
-            siamese projection head) are ignored.
+            siamese projection head, a restoration decoder) are ignored.
 
     Returns:
-        :class:`TransferReport`; missing/unexpected keys are also logged as warnings.
+        :class:`TransferReport` (keys without the ``encoder.`` prefix); missing/unexpected keys
+        are also logged as warnings.
 
     Raises:
         CheckpointError: no encoder key matched, or a matching key has another shape (named).
     """
-    model: Any = getattr(seg_model, "module", seg_model)
-    model = getattr(model, "_orig_mod", model)
-    if not hasattr(model, "encoder"):
-        raise CheckpointError(f"{type(model).__name__} has no `encoder` to load weights into")
+    report = load_parts(seg_model, source, (ENCODER_PREFIX,))
+    n = len(ENCODER_PREFIX)
+    return TransferReport(tuple(k[n:] for k in report.loaded), tuple(k[n:] for k in report.missing),
+                          tuple(k[n:] for k in report.unexpected))
+
+
+def load_parts(model: nn.Module, source: Mapping[str, Any] | str | Path, prefixes: Sequence[str],
+               exclude: Sequence[str] = ()) -> TransferReport:
+    """Copy the weights under ``prefixes`` (e.g. ``("encoder.", "decoder.ups.")``), except those
+    under ``exclude`` (e.g. the output layer), from ``source`` into ``model``.
+
+    Keys are compared on the model's state dict: ``missing`` are the model's keys under the
+    prefixes that the source lacks, ``unexpected`` the source's keys under the prefixes that the
+    model lacks; both are logged. Everything else of the model keeps its initialisation.
+
+    Raises:
+        CheckpointError: no key matched, or a matching key has another shape (named with both shapes).
+    """
+    net: Any = getattr(model, "module", model)
+    net = getattr(net, "_orig_mod", net)
+    if ENCODER_PREFIX in prefixes and not hasattr(net, "encoder"):
+        raise CheckpointError(f"{type(net).__name__} has no `encoder` to load weights into")
     state, where = _state_from(source)
     state = strip_wrapper_prefixes(state)
-    incoming = {k[len(ENCODER_PREFIX):]: v for k, v in state.items() if k.startswith(ENCODER_PREFIX)}
-    target = model.encoder.state_dict()
-    matched = sorted(set(incoming) & set(target))
+
+    def wanted(key: str) -> bool:
+        return key.startswith(tuple(prefixes)) and not key.startswith(tuple(exclude))
+
+    incoming = {k: v for k, v in state.items() if wanted(k)}
+    target = {k: v for k, v in net.state_dict().items() if wanted(k)}
+    matched = [k for k in target if k in incoming]
     if not matched:
+        parts = " and ".join(p.rstrip(".").split(".")[0] for p in prefixes)
         raise CheckpointError(
-            f"{where}: no encoder weights found (no key starting with {ENCODER_PREFIX!r} matches the "
-            f"model; first keys: {sorted(state)[:3]})"
-        )
-    keys = compare_keys({ENCODER_PREFIX + k: v for k, v in target.items()},
-                        {ENCODER_PREFIX + k: v for k, v in incoming.items()})
+            f"{where}: no {parts} weights found (no key under {', '.join(repr(p) for p in prefixes)} matches "
+            f"the model; first keys of the source: {sorted(state)[:3]})")
+    keys = compare_keys(target, incoming)
     if keys.shape_mismatch:
-        raise CheckpointError(f"{where}: encoder weights of another shape (pretrained with another model "
-                              f"config?): {keys.describe()}")
-    model.encoder.load_state_dict({k: incoming[k] for k in matched}, strict=False)
-    n = len(ENCODER_PREFIX)
-    report = TransferReport(tuple(matched), tuple(sorted(k[n:] for k in keys.missing)),
-                            tuple(sorted(k[n:] for k in keys.unexpected)))
+        raise CheckpointError(f"{where}: weights of another shape (pretrained with another model config?): "
+                              f"{keys.describe()}")
+    net.load_state_dict({k: incoming[k] for k in matched}, strict=False)
+    report = TransferReport(tuple(matched), tuple(keys.missing), tuple(keys.unexpected))
     if report.missing or report.unexpected:
-        log.warning("encoder transfer from %s: %d missing, %d unexpected keys (e.g. %s)", where,
-                    len(report.missing), len(report.unexpected),
-                    (report.missing + report.unexpected)[:3])
-    log.info("loaded %d encoder tensors from %s", len(report.loaded), where)
+        log.warning("transfer from %s: %d missing, %d unexpected keys (e.g. %s)", where,
+                    len(report.missing), len(report.unexpected), (report.missing + report.unexpected)[:3])
+    log.info("loaded %d tensors (%s) from %s", len(report.loaded), ", ".join(p.rstrip(".") for p in prefixes), where)
     return report
 
 
 def load_model(checkpoint_path: str | Path, device: Any = "cpu") -> tuple[nn.Module, Any]:
     """Rebuild the segmentation network of a checkpoint, in ``eval()`` mode on ``device``.
 
-    The reconstruction branch (training only) is not built; its weights are ignored.
+    The network comes from the checkpoint alone: its ``architecture`` entry (name and constructor
+    arguments; checkpoints written before networks had names hold the paper's network). The
+    reconstruction branch (training only) is not built; its weights are ignored.
 
     Returns:
         ``(model, ExperimentConfig of the checkpoint)``.
 
     Raises:
-        CheckpointError: missing/unreadable file, another checkpoint format, a siamese checkpoint,
-            a config this version cannot read, or weights that do not fit the architecture (the
-            message names the offending keys, :meth:`KeyReport.describe`).
+        CheckpointError: missing/unreadable file, another checkpoint format, a pretraining
+            checkpoint, a config this version cannot read, or weights that do not fit the
+            architecture (the message names the offending keys, :meth:`KeyReport.describe`).
     """
     import torch
 
     from kidneyssl.config import ConfigError, ExperimentConfig, config_from_dict
-    from kidneyssl.models import build_segmentation_model
+    from kidneyssl.models.registry import build_network, spec_from_checkpoint
 
     path = Path(checkpoint_path)
     payload = load_checkpoint(path, kind="segmentation")
@@ -155,12 +179,13 @@ def load_model(checkpoint_path: str | Path, device: Any = "cpu") -> tuple[nn.Mod
     except (ConfigError, TypeError) as err:
         raise CheckpointError(f"{path}: its config cannot be read by this kidneyssl (written by kidneyssl "
                               f"{version}): {err}") from None
-    model = build_segmentation_model(cfg.model, reconstruction=False)
+    spec = spec_from_checkpoint(payload, str(path))
+    model = build_network(spec, reconstruction=False)
     state = {k: v for k, v in payload["model_state"].items() if not k.startswith("reconstruction.")}
     keys = compare_keys(model.state_dict(), state)
     if not keys.ok:
-        raise CheckpointError(f"{path}: weights do not fit the architecture in its config (kidneyssl {version}): "
-                              + keys.describe())
+        raise CheckpointError(f"{path}: weights do not fit the {spec.name} architecture it names (kidneyssl "
+                              f"{version}): " + keys.describe())
     model.load_state_dict(state, strict=True)
     model.eval().to(torch.device(device))
     return model, cfg

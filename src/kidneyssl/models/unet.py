@@ -6,7 +6,7 @@ branch (decoder-like, no skips) that regularises training as an autoencoder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -14,9 +14,10 @@ from torch import Tensor, nn
 from kidneyssl.config import ModelConfig
 from kidneyssl.models.blocks import Conv3d, NormActConv, UpBlock
 from kidneyssl.models.cpu_forward import cpu_inference_forward
-from kidneyssl.models.encoder import DenseEncoder, _init_weights
+from kidneyssl.models.encoder import DenseEncoder, init_weights
+from kidneyssl.models.registry import Architecture
 
-__all__ = ["SegmentationOutput", "DenseUNet3D", "default_decoder_channels"]
+__all__ = ["SegmentationOutput", "DenseUNet3D", "default_decoder_channels", "ARCHITECTURE"]
 
 
 @dataclass(frozen=True)
@@ -33,15 +34,16 @@ class SegmentationOutput:
     reconstruction: Tensor | None = None
 
 
-def default_decoder_channels(init_features: int) -> tuple[int, int, int, int]:
-    """Decoder widths at full, 1/2, 1/4, 1/8 resolution: (f, f, 2f, 4f) for ``f = init_features``.
+def default_decoder_channels(init_features: int, levels: int = 4) -> tuple[int, ...]:
+    """Decoder widths at full, 1/2, 1/4, 1/8 (...) resolution: (f, f, 2f, 4f) for
+    ``f = init_features`` and the paper's 4 levels (each further level doubles).
 
     The paper's decoder is "smaller" than the encoder; full resolution dominates the cost
     (a 128x256x128 half volume has 4.2 M voxels), so the two finest levels share the narrowest
     width. Paper config: (16, 16, 32, 64).
     """
     f = init_features
-    return (f, f, 2 * f, 4 * f)
+    return tuple([f] + [f * 2 ** i for i in range(levels - 1)])[:levels]
 
 
 class _Decoder(nn.Module):
@@ -93,7 +95,7 @@ class DenseUNet3D(nn.Module):
     def __init__(self, cfg: ModelConfig, decoder_channels: Sequence[int] | None = None,
                  reconstruction: bool | None = None) -> None:
         super().__init__()
-        widths = tuple(decoder_channels or default_decoder_channels(cfg.init_features))
+        widths = tuple(decoder_channels or default_decoder_channels(cfg.init_features, len(cfg.block_layers)))
         if len(widths) != len(cfg.block_layers) or any(w < 1 for w in widths):
             raise ValueError(f"decoder_channels must be {len(cfg.block_layers)} positive ints, got {widths}")
         self.cfg = cfg
@@ -107,9 +109,23 @@ class DenseUNet3D(nn.Module):
         if build_recon:
             self.reconstruction = _Decoder(enc.bottleneck_channels, enc.skip_channels, widths,
                                            cfg.in_channels, cfg.norm_groups, use_skips=False)
-        _init_weights(self.decoder)
+        init_weights(self.decoder)
         if self.reconstruction is not None:
-            _init_weights(self.reconstruction)
+            init_weights(self.reconstruction)
+
+    # -- the facts of the network interface (kidneyssl.models.registry.SegmentationNetwork) --
+    @property
+    def size_multiple(self) -> int:
+        """Every spatial input size must be a multiple of this (2 ** number of dense blocks)."""
+        return self.encoder.downsampling
+
+    @property
+    def bottleneck_channels(self) -> int:
+        return self.encoder.bottleneck_channels
+
+    #: The segmentation decoder without its output layer, and the output layer.
+    decoder_prefixes = ("decoder.ups.",)
+    output_prefixes = ("decoder.head.",)
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Encoder features: 4 skips (full..1/8 resolution) and the 1/16 bottleneck."""
@@ -140,3 +156,29 @@ class DenseUNet3D(nn.Module):
 def _cpu_inference(x: Tensor) -> bool:
     """Autograd off (``no_grad``/``inference_mode``) and a 5-D input on the CPU."""
     return not torch.is_grad_enabled() and x.device.type == "cpu" and x.dim() == 5
+
+
+def _dense_unet_args(cfg: ModelConfig) -> dict[str, Any]:
+    """The constructor arguments of the paper's network: the dense fields of ``ModelConfig``."""
+    from kidneyssl.config import config_to_dict
+
+    args = config_to_dict(cfg)
+    args.pop("architecture", None)
+    return args
+
+
+def _build_dense_unet(args: Mapping[str, Any], *, out_channels: int | None = None,
+                      reconstruction: bool = False) -> DenseUNet3D:
+    from kidneyssl.config import config_from_dict
+
+    fields = {**args, "architecture": "dense-unet"}
+    if out_channels is not None:
+        fields["out_channels"] = int(out_channels)
+    cfg = config_from_dict(ModelConfig, fields)
+    return DenseUNet3D(cfg, reconstruction=reconstruction and cfg.reconstruction)
+
+
+#: The registry entry (``kidneyssl.models.registry``).
+ARCHITECTURE = Architecture(
+    name="dense-unet", resolve_args=_dense_unet_args, build=_build_dense_unet,
+    description="the paper's dense-encoder U-Net (dense blocks 2-2-4-8, GroupNorm, reconstruction branch)")

@@ -32,8 +32,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from kidneyssl.io.atomic import atomic_write_text
+from kidneyssl.progress import format_clock, format_duration
 from kidneyssl.training.loop import EpochResult, StepStats
-from kidneyssl.training.plan import StagePlan, format_clock, format_duration
 
 __all__ = ["RunLogger", "EpochClock", "CsvLog", "peak_memory", "format_run_summary", "LOG_FILES",
            "TENSORBOARD_DIR"]
@@ -109,11 +109,15 @@ class EpochClock:
     The remaining time of the stage is the mean measured epoch time (the first epoch, which
     carries warm-up, is dropped once later ones exist) times the epochs left; the experiment's
     end adds ``later_seconds``, the caller's estimate of the stages after this one.
+
+    Args:
+        name: the stage's name as shown; epochs: its total epochs.
     """
 
-    def __init__(self, stage: StagePlan, later_seconds: float = 0.0,
+    def __init__(self, name: str, epochs: int, later_seconds: float = 0.0,
                  now: Callable[[], float] = time.perf_counter) -> None:
-        self.stage = stage
+        self.name = name
+        self.epochs = int(epochs)
         self.later_seconds = float(later_seconds)
         self._now = now
         self._t0 = now()
@@ -123,9 +127,9 @@ class EpochClock:
         """The line after epoch ``epoch`` (0-based) took ``seconds``."""
         self._epoch_seconds.append(float(seconds))
         measured = self._epoch_seconds[1:] or self._epoch_seconds
-        left_epochs = max(self.stage.epochs - (epoch + 1), 0)
+        left_epochs = max(self.epochs - (epoch + 1), 0)
         stage_left = sum(measured) / len(measured) * left_epochs
-        text = (f"{self.stage.name} epoch {epoch + 1}/{self.stage.epochs}: elapsed "
+        text = (f"{self.name} epoch {epoch + 1}/{self.epochs}: elapsed "
                 f"{format_duration(self._now() - self._t0)}; ")
         text += (f"stage ends ~{format_clock(stage_left)} ({format_duration(stage_left)} left)" if left_epochs
                  else "stage done")
@@ -140,35 +144,38 @@ class RunLogger:
 
     Args:
         run_dir: the stage's run folder (must exist).
-        stage: the stage's plan (name, epochs, start epoch, optimiser steps per epoch).
+        name: the stage's name as shown; epochs: its total epochs; start_epoch: epochs already
+            done (resume); steps_per_epoch: optimiser steps per epoch on one rank (the global
+            step of a resumed run).
         enabled: False on non-zero ranks: nothing is written or logged.
         later_seconds: remaining work of later stages, for the experiment's ETA.
         tensorboard: write event files when tensorboard is installed.
 
     Use::
 
-        logger = RunLogger(folder.path, stage, enabled=ctx.is_main)
+        logger = RunLogger(folder.path, name="train", epochs=200, start_epoch=0, steps_per_epoch=336,
+                           enabled=ctx.is_main)
         result = train_one_epoch(..., on_step=logger.on_step(epoch))
         logger.end_epoch(row, result, optimizer)    # history.csv, TensorBoard, ETA line
         logger.close()
     """
 
-    def __init__(self, run_dir: str | Path, stage: StagePlan, *, enabled: bool = True,
-                 later_seconds: float = 0.0, tensorboard: bool = True) -> None:
+    def __init__(self, run_dir: str | Path, *, name: str, epochs: int, start_epoch: int = 0,
+                 steps_per_epoch: int = 0, enabled: bool = True, later_seconds: float = 0.0,
+                 tensorboard: bool = True) -> None:
         self.run_dir = Path(run_dir)
-        self.stage = stage
         self.enabled = enabled
-        self.clock = EpochClock(stage, later_seconds)
-        self.global_step = stage.start_epoch * stage.steps_per_epoch
-        self._epoch = stage.start_epoch
+        self.clock = EpochClock(name, epochs, later_seconds)
+        self.global_step = int(start_epoch) * int(steps_per_epoch)
+        self._epoch = int(start_epoch)
         self._tb = None
         if not enabled:
             return
-        self._steps = CsvLog(self.run_dir / "steps.csv", keep_below_epoch=stage.start_epoch)
-        self._epochs = CsvLog(self.run_dir / "history.csv", keep_below_epoch=stage.start_epoch)
+        self._steps = CsvLog(self.run_dir / "steps.csv", keep_below_epoch=start_epoch)
+        self._epochs = CsvLog(self.run_dir / "history.csv", keep_below_epoch=start_epoch)
         if tensorboard:
             self._tb = _open_tensorboard(self.run_dir / TENSORBOARD_DIR,
-                                         purge_step=self.global_step if stage.start_epoch else None)
+                                         purge_step=self.global_step if start_epoch else None)
 
     @property
     def tensorboard(self) -> bool:

@@ -93,22 +93,25 @@ def build_optimizer(model: Any, lr: float, weight_decay: float) -> Any:
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
-def build_grad_scaler(amp: bool, device: Any) -> Any | None:
-    """A CUDA ``GradScaler`` when mixed precision is on and the device is CUDA, else None."""
-    if not amp or getattr(device, "type", str(device)) != "cuda":
+def build_grad_scaler(precision: str, device: Any) -> Any | None:
+    """A CUDA ``GradScaler`` for float16 mixed precision on CUDA, else None (bfloat16 has float32's
+    range and needs none)."""
+    if precision != "fp16" or getattr(device, "type", str(device)) != "cuda":
         return None
     import torch
 
     return torch.amp.GradScaler("cuda")
 
 
-def autocast_context(amp: bool, device: Any) -> Any:
-    """float16 autocast on CUDA when ``amp``; a no-op elsewhere (CPU training stays float32)."""
-    if not amp or getattr(device, "type", str(device)) != "cuda":
+def autocast_context(precision: str, device: Any) -> Any:
+    """Autocast to ``precision`` (``bf16``, ``fp16``) on CUDA, bfloat16 on the CPU for ``bf16``;
+    a no-op for ``fp32``."""
+    kind = getattr(device, "type", str(device))
+    if precision == "fp32" or (precision == "fp16" and kind != "cuda"):
         return contextlib.nullcontext()
     import torch
 
-    return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def backward(loss: Any, scaler: Any | None = None) -> None:
@@ -127,7 +130,7 @@ def optimizer_step(optimizer: Any, scaler: Any | None = None) -> None:
 
 def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
                     optimizer: Any, ctx: DistContext, *, accumulate: int = 1, scaler: Any | None = None,
-                    amp: bool = False, total: int | None = None, desc: str = "train",
+                    precision: str = "fp32", total: int | None = None, desc: str = "train",
                     on_step: Callable[[StepStats], None] | None = None) -> EpochResult:
     """Run one epoch of optimisation.
 
@@ -138,14 +141,19 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
             the mean over the item's samples.
         optimizer: the optimiser; stepped every ``accumulate`` items and after the last one.
         accumulate: items per optimiser step on this rank.
-        scaler: a ``GradScaler`` for CUDA mixed precision, or None.
-        amp: run forward passes under float16 autocast (CUDA only).
+        scaler: a ``GradScaler`` for CUDA float16 mixed precision, or None.
+        precision: ``fp32``, ``bf16`` or ``fp16`` (forward passes under that autocast).
         total: number of items, for the progress bar.
         on_step: called after every optimiser step with its :class:`StepStats` (logging).
 
     Returns:
         :class:`EpochResult` with the loss averaged over all ranks' items (sum of per-item means
         weighted by their sample counts / total samples).
+
+    Raises:
+        KidneySSLError: a loss was NaN or infinite on any rank. It is checked before the optimiser
+            step, on every rank alike (one all-reduce per step), so no weight is updated from it
+            and no rank is left waiting for the others.
     """
     if accumulate < 1:
         raise ValueError(f"accumulate must be >= 1, got {accumulate}")
@@ -160,6 +168,7 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
     n_groups = math.ceil(total / accumulate)
     epoch_t0, data_total = time.perf_counter(), 0.0
     step_parts: dict[str, float] = {}
+    bad: list[tuple[int, float]] = []
     for i, (item, waited) in enumerate(_timed_iter(progress(items, desc=desc, total=total, unit="item",
                                                             leave=False))):
         if i % accumulate == 0:  # first item of an optimiser step
@@ -171,19 +180,23 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
         group_size = accumulate if (i // accumulate) < n_groups - 1 else total - (n_groups - 1) * accumulate
         sync = contextlib.nullcontext() if group_end or not hasattr(model, "no_sync") else model.no_sync()
         with sync:
-            with autocast_context(amp, ctx.device):
+            with autocast_context(precision, ctx.device):
                 loss, parts, n = compute_loss(model, item)
             backward(loss / group_size, scaler)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            bad.append((i, value))
         if group_end:
+            if all_reduce_sum([len(bad)], ctx)[0] > 0:
+                optimizer.zero_grad(set_to_none=True)
+                from kidneyssl.errors import KidneySSLError
+
+                where = f"item {bad[0][0]} of this process ({bad[0][1]})" if bad else "another process"
+                raise KidneySSLError(f"training loss became non-finite at {where}; no step was taken from it. "
+                                     "Lower the learning rate or check the input data")
             optimizer_step(optimizer, scaler)
             optimizer.zero_grad(set_to_none=True)
             steps += 1
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            from kidneyssl.errors import KidneySSLError
-
-            raise KidneySSLError(f"training loss became {value} at item {i}; lower the learning rate "
-                                 "or check the input data")
         loss_sum += value * n
         count += n
         for key, v in parts.items():
@@ -203,4 +216,3 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
                        parts={k: reduced[2 + j] / total_count for j, k in enumerate(keys)},
                        items=int(reduced[1]), steps=steps, seconds=time.perf_counter() - epoch_t0,
                        data_seconds=data_total)
-

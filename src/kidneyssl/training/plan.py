@@ -9,21 +9,16 @@ the real model and optimiser are never touched and every RNG state (python, nump
 is captured before and restored after it, so a run with the probe ends with bit-identical weights
 to one without.
 
-``pretrain`` and ``train`` call :func:`estimate_stage` and :func:`announce_plan` themselves
-(options in :class:`PlanOptions`). An experiment builds one plan for all its stages::
+The trainer (:func:`kidneyssl.training.trainer.fit`) plans its own stage; an experiment builds one
+plan for all its stages and hands each stage the remaining work after it::
 
-    from kidneyssl.training.plan import (PlanOptions, announce_plan, estimate_stage,
-                                         remaining_after)
-
-    split = resolve_split(cache, cfg, split_file)        # kidneyssl.training.finetune
-    pre = estimate_stage("pretrain", "siamese", cfg, cache, split, ctx)
-    mws = estimate_stage("MwS", "segmentation", cfg, cache, split, ctx)
-    stages = [pre, mws, dataclasses.replace(mws, name="MwoS")]   # same cost, probed once
+    pre = estimate_stage(side_task, ctx, name="seed_0/pretrain_side")     # a set-up task
+    mws = estimate_stage(seg_task, ctx, name="seed_0/train_MwS")
+    stages = [pre, mws, dataclasses.replace(mws, name="seed_0/train_MwoS")]  # same cost, probed once
     if not announce_plan(stages, options, ctx=ctx, cfg=cfg):     # prints; False on --dry-run
         return
     quiet = dataclasses.replace(options, announce=False)         # stages do not re-plan
-    pretrain_siamese(..., plan=dataclasses.replace(quiet, later_seconds=remaining_after(stages, "pretrain")))
-    train_segmentation(..., plan=dataclasses.replace(quiet, later_seconds=remaining_after(stages, "MwS")))
+    fit(task, ..., plan=dataclasses.replace(quiet, later_seconds=remaining_after(stages, pre.name)))
 
 ``later_seconds`` is the remaining work of the stages after this one; each epoch's ETA line then
 also gives the estimated end of the whole experiment. A stage that is partly done (resume) is
@@ -37,22 +32,18 @@ import contextlib
 import copy
 import dataclasses
 import logging
-import math
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from datetime import datetime
+from typing import Any, Callable, Iterator, Sequence
 
 from kidneyssl.errors import KidneySSLError
-
-if TYPE_CHECKING:  # annotations only: planning stays importable without numpy/torch work
-    from kidneyssl.data.cache import Cache
-    from kidneyssl.training.split import Split
+from kidneyssl.progress import format_clock, format_duration
 
 __all__ = ["PlanOptions", "StagePlan", "PlanDeclined", "preserved_rng", "probe_training",
            "estimate_stage", "format_plan", "announce_plan", "remaining_after", "format_duration",
-           "format_clock", "DEFAULT_MAX_HOURS"]
+           "format_clock", "DEFAULT_MAX_HOURS", "device_name", "PRECISION_TEXT"]
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +176,7 @@ def _sync(device: Any) -> None:
 
 
 def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
-                   item: Any, *, device: Any, amp: bool = False, steps: int = 2,
+                   item: Any, *, device: Any, precision: str = "fp32", steps: int = 2,
                    validate: Callable[[Any], Any] | None = None) -> tuple[float, float | None]:
     """Time optimiser steps (and one validation call) on copies of ``model`` and ``optimizer``.
 
@@ -200,7 +191,8 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
             :func:`kidneyssl.training.loop.train_one_epoch`.
         item: one loaded item (a batch of pairs or a half volume).
         device: where it runs (CUDA is synchronised around each timing).
-        amp: float16 autocast with a fresh GradScaler (CUDA only), as in training.
+        precision: ``fp32``, or the mixed precision training uses (``bf16``, ``fp16`` with a
+            fresh grad scaler), as in training.
         steps: timed steps after the warm-up.
         validate: ``(model in eval mode) -> Any``, one validation inference to time.
 
@@ -215,7 +207,7 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
     net, opt = copy.deepcopy((unwrap(model), optimizer))  # copies: the real run is never touched
     if opt is None:
         opt = torch.optim.Adam(net.parameters())
-    scaler = build_grad_scaler(amp, device)
+    scaler = build_grad_scaler(precision, device)
     net.train()
     with preserved_rng():
 
@@ -223,7 +215,7 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
             _sync(device)
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            with autocast_context(amp, device):
+            with autocast_context(precision, device):
                 loss, _, _ = compute_loss(net, item)
             backward(loss, scaler)
             optimizer_step(opt, scaler)
@@ -253,7 +245,8 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 
 
 # -- one stage ------------------------------------------------------------------------------------
-def _device_name(device: Any) -> str:
+def device_name(device: Any) -> str:
+    """``cuda:0 (NVIDIA H100 ...)`` or ``cpu``."""
     name = str(device)
     if name.startswith("cuda"):
         import torch
@@ -263,134 +256,47 @@ def _device_name(device: Any) -> str:
     return name
 
 
-def _siamese_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: Any, model: Any, start_epoch: int
-                   ) -> tuple[StagePlan, Callable[[], tuple[Any, Any, float, Any, Any, bool]]]:
-    """The siamese stage's plan (without timings) and a thunk building what the probe needs."""
-    from kidneyssl.training.pretrain import VAL_PAIR_SALT, _batches, _loss_fn, _pairs, proxy_split
-
-    pc = cfg.pretrain
-    proxy = proxy_split(split, cfg)  # the cases pretraining reads: held-out part of the training cases
-    train_pairs = _pairs(cache, proxy.train, pc.pairs_per_epoch, pc.seed, cfg)
-    val_pairs = _pairs(cache, proxy.val, pc.val_pairs, pc.seed + VAL_PAIR_SALT, cfg)
-    per_rank = math.ceil(len(train_pairs) / ctx.world_size)
-    iterations = math.ceil(per_rank / pc.batch_size)
-    val_units = math.ceil(math.ceil(len(val_pairs) / ctx.world_size) / pc.batch_size)
-    crop = "x".join(str(c) for c in cfg.pretrain.crop_size)
-    plan = StagePlan(
-        name=name, kind="siamese", train_cases=len(proxy.train), val_cases=len(proxy.val),
-        epochs=pc.epochs, start_epoch=start_epoch, iterations_per_epoch=iterations,
-        steps_per_epoch=iterations, batch=f"{pc.batch_size} pairs of {crop} crops",
-        val_units=val_units, val_unit=f"batch of {pc.batch_size} pairs",
-        device=_device_name(ctx.device), precision="float32",
-        strategy=f"embedding distance of {len(val_pairs)} fixed kidney-crop pairs", epochs_key="pretrain.epochs",
-        world_size=ctx.world_size)
-
-    def build() -> tuple[Any, Any, float, Any, Any, bool]:
-        import torch
-
-        from kidneyssl.models import build_siamese_model
-
-        net = model if model is not None else build_siamese_model(cfg.model).to(ctx.device)
-        batch, data_s = _timed(lambda: next(_batches(train_pairs, list(range(min(pc.batch_size, len(train_pairs)))),
-                                                       pc.batch_size)))
-        val_batch = next(_batches(val_pairs, list(range(min(pc.batch_size, len(val_pairs)))), pc.batch_size))
-
-        def validate(m: Any) -> Any:
-            a, b, _ = (t.to(ctx.device) for t in val_batch)
-            with torch.inference_mode():
-                return m(a, b)
-
-        return net, batch, data_s, _loss_fn(cfg, ctx.device), validate, False
-
-    return plan, build
+#: How each training precision is shown.
+PRECISION_TEXT = {"fp32": "float32", "bf16": "bfloat16 autocast", "fp16": "float16 autocast + grad scaler"}
 
 
-def _segmentation_stage(name: str, cfg: Any, cache: Cache, split: Split, ctx: Any, model: Any, start_epoch: int,
-                        accumulate: int) -> tuple[StagePlan, Callable[[], tuple[Any, Any, float, Any, Any, bool]]]:
-    """The segmentation stage's plan (without timings) and a thunk building what the probe needs."""
-    from kidneyssl.data.segmentation import HalfVolumeDataset
-    from kidneyssl.inference.segment import segment_image
-    from kidneyssl.inference.sliding_window import choose_strategy, context_voxels, estimate_bytes_per_voxel
-    from kidneyssl.preprocessing.split_plane import find_split_x
-    from kidneyssl.training.finetune import _segmentation_loss, effective_config
-
-    cfg = effective_config(cfg)
-    # Half volumes exactly as train_segmentation builds them (the one definition of a half).
-    context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
-    dataset = HalfVolumeDataset(cache, list(split.train), context=context, multiple=16)
-    per_rank = math.ceil(len(dataset) / ctx.world_size)
-    val_case = cache.load(split.val[0], mmap=True)
-    # the strategy validation will use: segment_image's, from the image-derived plane
-    strategy = choose_strategy(val_case.image.shape, find_split_x(None, val_case.image), cfg.inference,
-                               cfg.preprocess.spacing_mm[2], estimate_bytes_per_voxel(cfg.model, device=ctx.device))
-    icfg = cfg.inference
-    how = (f"{strategy} ({'x'.join(map(str, icfg.sw_roi_size))} windows, overlap {icfg.sw_overlap})"
-           if strategy == "sliding" else strategy)
-    amp = bool(cfg.train.amp) and str(ctx.device).startswith("cuda")
-    plan = StagePlan(
-        name=name, kind="segmentation", train_cases=len(split.train), val_cases=len(split.val),
-        epochs=cfg.train.epochs, start_epoch=start_epoch, iterations_per_epoch=per_rank,
-        steps_per_epoch=math.ceil(per_rank / accumulate),
-        batch=f"1 half volume{'' if accumulate == 1 else f', {accumulate} per optimiser step'}",
-        val_units=math.ceil(len(split.val) / ctx.world_size), val_unit="case",
-        device=_device_name(ctx.device), precision="float16 autocast" if amp else "float32",
-        strategy=f"whole volumes on {how}{', flip TTA' if icfg.tta_flip else ''}", epochs_key="train.epochs",
-        world_size=ctx.world_size)
-
-    def build() -> tuple[Any, Any, float, Any, Any, bool]:
-        from kidneyssl.models import build_segmentation_model
-
-        net = model if model is not None else build_segmentation_model(cfg.model).to(ctx.device)
-
-        def validate(m: Any) -> Any:
-            return segment_image(m, val_case.image, cfg, spacing_mm=val_case.record.spacing_mm, device=ctx.device)
-
-        item, data_s = _timed(lambda: dataset[0])
-        # The BCE weight does not change the step's cost: the probe times it with 1.0.
-        return net, item, data_s, _segmentation_loss(cfg, start_epoch, ctx.device, 1.0), validate, amp
-
-    return plan, build
-
-
-def estimate_stage(name: str, kind: str, cfg: Any, cache: Cache, split: Split, ctx: Any, *, model: Any = None,
-                   optimizer: Any = None, start_epoch: int = 0, accumulate: int = 1, probe: bool = True,
-                   probe_steps: int = 1) -> StagePlan:
-    """Plan one stage and, with ``probe``, estimate its duration on ``ctx.device``.
+def estimate_stage(task: Any, ctx: Any, *, name: str, model: Any = None, optimizer: Any = None,
+                   start_epoch: int = 0, probe: bool = True, probe_steps: int = 1,
+                   precision: str = "fp32") -> StagePlan:
+    """Plan one stage of ``task`` (already :meth:`~kidneyssl.training.tasks.base.Task.setup`) and,
+    with ``probe``, estimate its duration on ``ctx.device``.
 
     Args:
-        name: shown name of the stage.
-        kind: ``"siamese"`` (pretraining) or ``"segmentation"``.
-        cfg: the stage's ExperimentConfig.
-        cache: the opened cache (:func:`kidneyssl.data.cache.open_cache`).
-        split: the :class:`~kidneyssl.training.runfolder.Split` the stage trains on.
+        task: the stage's task (segmentation or a pretraining method).
         ctx: the :class:`~kidneyssl.training.distributed.DistContext` (device, world size).
+        name: the stage's name as shown.
         model, optimizer: the run's own, copied for the probe; None builds a fresh model (and
             optimiser) inside the probe's RNG guard.
         start_epoch: epochs already done (a resumed run plans its remaining epochs).
-        accumulate: items per optimiser step (segmentation).
         probe: time ``probe_steps`` steps and one validation inference; False plans without
             timings (cheap).
-
-    Raises:
-        ValueError: an unknown ``kind``.
+        precision: the training precision (``fp32``, ``bf16``, ``fp16``).
     """
-    if kind == "siamese":
-        plan, build = _siamese_stage(name, cfg, cache, split, ctx, model, start_epoch)
-    elif kind == "segmentation":
-        plan, build = _segmentation_stage(name, cfg, cache, split, ctx, model, start_epoch, accumulate)
-    else:
-        raise ValueError(f"kind must be 'siamese' or 'segmentation', got {kind!r}")
+    settings = task.settings(task.cfg)
+    layout = task.batch(ctx.world_size)
+    facts = task.plan(ctx, layout)
+    plan = StagePlan(
+        name=name, kind=task.name, train_cases=facts.train_cases, val_cases=facts.val_cases,
+        epochs=settings.epochs, start_epoch=start_epoch, iterations_per_epoch=facts.iterations_per_epoch,
+        steps_per_epoch=facts.steps_per_epoch, batch=facts.batch, val_units=facts.val_units,
+        val_unit=facts.val_unit, device=device_name(ctx.device), precision=PRECISION_TEXT.get(precision, precision),
+        strategy=facts.strategy, epochs_key=settings.epochs_key, world_size=ctx.world_size)
     if not probe or plan.remaining_epochs == 0:
         return plan
     with preserved_rng():
-        net, item, data_s, compute, validate, amp = build()
+        net = model if model is not None else task.build_model().to(ctx.device)
+        (item, validate), data_s = _timed(lambda: task.probe(ctx, layout))
         if optimizer is None:
             from kidneyssl.training.loop import build_optimizer
 
-            section = cfg.pretrain if kind == "siamese" else cfg.train
-            optimizer = build_optimizer(net, section.lr, section.weight_decay)
-        step_s, val_s = probe_training(net, optimizer, compute, item, device=ctx.device, amp=amp,
-                                       steps=probe_steps, validate=validate)
+            optimizer = build_optimizer(net, settings.lr, settings.weight_decay)
+        step_s, val_s = probe_training(net, optimizer, task.probe_loss(start_epoch), item, device=ctx.device,
+                                       precision=precision, steps=probe_steps, validate=validate)
     return dataclasses.replace(plan, seconds_per_iteration=step_s, data_seconds_per_iteration=data_s,
                                seconds_per_val_unit=val_s)
 
@@ -404,27 +310,6 @@ def remaining_after(stages: Sequence[StagePlan], name: str) -> float:
 
 
 # -- showing it -----------------------------------------------------------------------------------
-def format_duration(seconds: float | None) -> str:
-    """``"45 s"``, ``"12 min"``, ``"3.4 h"``, ``"2 d 5 h"``; ``"unknown"`` for None."""
-    if seconds is None or not math.isfinite(seconds):
-        return "unknown"
-    if seconds < 90:
-        return f"{seconds:.0f} s" if seconds >= 10 else f"{seconds:.1f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.1f} h"
-    days, rest = divmod(seconds, 86400)
-    return f"{days:.0f} d {rest / 3600:.0f} h"
-
-
-def format_clock(seconds_from_now: float, now: datetime | None = None) -> str:
-    """Local clock time ``seconds_from_now`` ahead, with the date when it is not today."""
-    now = now or datetime.now().astimezone()
-    when = now + timedelta(seconds=float(seconds_from_now))
-    return when.strftime("%H:%M %Z" if when.date() == now.date() else "%Y-%m-%d %H:%M %Z").strip()
-
-
 def _stage_lines(s: StagePlan) -> list[str]:
     epochs = (f"epochs 1-{s.epochs}" if s.start_epoch == 0
               else f"epochs {s.start_epoch + 1}-{s.epochs} of {s.epochs} ({s.start_epoch} done)")

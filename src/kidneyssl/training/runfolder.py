@@ -21,7 +21,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from kidneyssl.errors import RunFolderError
 from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
@@ -92,7 +92,7 @@ class RunFolder:
 
     def is_finished(self, kind: str) -> bool:
         info = self.info()
-        return bool(info and info.get("kind") == kind and info.get("status") == "finished"
+        return bool(info and run_kind(info) == kind and info.get("status") == "finished"
                     and self.last.is_file())
 
     def claim(self, kind: str, *, resume: bool, force: bool) -> dict[str, Any] | None:
@@ -107,7 +107,7 @@ class RunFolder:
         if resume:
             if info is None or not self.last.is_file():
                 raise RunFolderError(f"{self.path}: nothing to resume (no run.json/last.pt); start a new run instead")
-            if info.get("kind") != kind:
+            if run_kind(info) != kind:
                 raise RunFolderError(f"{self.path}: holds a {info.get('kind')!r} run, not a {kind!r} run")
             return info
         if force or not self.path.exists():
@@ -126,7 +126,7 @@ class RunFolder:
         what it was started with (``cache``, ``init``, ``split`` file), so that ``--resume`` can
         start it again from the beginning; ``None`` for any other folder."""
         info = self.info()
-        if info is None or info.get("kind") != kind or self.last.is_file():
+        if info is None or run_kind(info) != kind or self.last.is_file():
             return None
         return {"cache": info.get("cache"), "init": info.get("init", "scratch"),
                 "split": str(self.split_path) if self.split_path.is_file() else None}
@@ -166,20 +166,32 @@ class RunFolder:
         return rows
 
 
-def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: bool, force: bool,
-              extend_epochs: int, is_main: bool) -> tuple[Any, dict[str, Any] | None]:
+def run_kind(info: dict[str, Any] | None) -> str | None:
+    """The kind of a ``run.json`` (``siamese`` runs of earlier versions are ``pretrain`` runs)."""
+    if not info:
+        return None
+    from kidneyssl.io.checkpoint import LEGACY_KINDS
+
+    kind = str(info.get("kind"))
+    return LEGACY_KINDS.get(kind, kind)
+
+
+def begin_run(folder: RunFolder, kind: str, cfg: Any, *, extend: Callable[[Any, int], Any],
+              epochs_of: Callable[[Any], int], resume: bool, force: bool, extend_epochs: int,
+              is_main: bool) -> tuple[Any, dict[str, Any] | None]:
     """Decide the config of a run about to start, resume or be extended.
 
     Args:
         folder: the run folder.
-        kind: ``"siamese"`` or ``"segmentation"``.
+        kind: ``"pretrain"`` or ``"segmentation"``.
         cfg: the ExperimentConfig resolved from the command line (used for a new run).
-        section: ``"pretrain"`` or ``"train"``: whose ``epochs`` ``extend_epochs`` adds to.
+        extend: ``(config, epochs) -> config`` with the method's epoch count set; epochs_of:
+            the method's epoch count of a config.
         resume: continue an interrupted run exactly, with the run's saved ``config.yaml``.
         force: start over in a folder that holds a run (its run files are removed).
         extend_epochs: continue a run with this many more epochs (the loss-weight schedule is
             stretched over the new total from the next epoch on); 0 for no extension.
-        is_main: rank 0 (only it removes files).
+        is_main: whether this process may remove files (rank 0, not a dry run).
 
     Returns:
         ``(config to use, run.json of the existing run or None for a new run)``.
@@ -190,8 +202,6 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
     Raises:
         RunFolderError: see :meth:`RunFolder.claim`; also ``extend_epochs`` on an unfinished run.
     """
-    import dataclasses
-
     from kidneyssl.config import load_config
 
     if resume and extend_epochs:
@@ -223,13 +233,12 @@ def begin_run(folder: RunFolder, kind: str, cfg: Any, *, section: str, resume: b
         if info.get("status") != "finished":
             raise RunFolderError(f"{folder.path}: the run has not finished; resume it first",
                                  remedy=("resume",))
-        sec = getattr(saved, section)
-        saved = dataclasses.replace(saved, **{section: dataclasses.replace(sec, epochs=sec.epochs + extend_epochs)})
+        saved = extend(saved, epochs_of(saved) + extend_epochs)
         log.info("extending %s by %d epochs to %d (loss schedule recomputed over the new total)",
-                 folder.path, extend_epochs, getattr(saved, section).epochs)
+                 folder.path, extend_epochs, epochs_of(saved))
     else:
         log.info("resuming %s with its saved config.yaml", folder.path)
     return saved, info
 
 
-__all__.append("begin_run")
+__all__ += ["begin_run", "run_kind"]

@@ -14,7 +14,8 @@ import numpy as np
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.io.atomic import atomic_write_json
 
-__all__ = ["Split", "make_split", "save_split", "load_split", "check_touched_cases"]
+__all__ = ["Split", "make_split", "save_split", "load_split", "check_touched_cases", "annotated_case_ids",
+           "resolve_split"]
 
 
 @dataclass(frozen=True)
@@ -153,3 +154,23 @@ def check_touched_cases(source: str | Path, touched: Sequence[str] | None, split
             f"validation/test ({', '.join(overlap[:5])}{', ...' if len(overlap) > 5 else ''}); train it "
             "on the training cases of this split, or accept the leak explicitly")
     return overlap
+
+
+def annotated_case_ids(cache: Any) -> list[str]:
+    """Case ids of a cache that have a label (only those can be trained or validated on)."""
+    return [cid for cid in cache.case_ids if cache.load(cid, mmap=True).label is not None]
+
+
+def resolve_split(cache: Any, cfg: Any, split_file: str | Path | None) -> Split:
+    """The split of a run: from ``split_file`` when given, else derived from (annotated case ids,
+    ``train.val_fraction``, ``train.seed``): the same split for every method of one seed.
+
+    Raises:
+        KidneySSLError: empty dataset, fewer than 2 validation cases, unknown case ids.
+    """
+    ids = annotated_case_ids(cache)
+    if not ids:
+        raise KidneySSLError(f"{getattr(cache, 'root', 'cache')}: no annotated cases: nothing to train on")
+    if split_file is not None:
+        return load_split(split_file, available=ids)
+    return make_split(ids, cfg.train.val_fraction, cfg.train.seed)

@@ -1,41 +1,41 @@
-"""The paper's experiment (section 3.3), run as a reviewer would want it: prepare, then for every
-seed pretrain the siamese network once per proxy variant, train MwS (one per variant) and MwoS with
-identical settings, seed and split, score every model with the one inference procedure on the
-validation and the held-out test cases, and write the report.
+"""The paper's experiment (section 3.3), widened to the question researchers ask: prepare, then for
+every seed pretrain each method (the side proxy on either input, MAE, Models Genesis), fine-tune one
+model per method and one from scratch (MwoS) with identical settings, seed and split, score every
+model with the one inference procedure on the validation and the held-out test cases, and report.
 
 Experiment folder::
 
-    RUN/experiment.json                stage status and timings
+    RUN/experiment.json                stage status, wall time and device-seconds per stage
     RUN/config.yaml                    resolved config
     RUN/split.json                     train / validation / test case ids (shared by every seed)
     RUN/cache/, RUN/test_cache/        prepared caches (test_cache only with a separate test dataset)
-    RUN/seed_S/pretrain_V/             siamese run of seed S, proxy variant V (region | masked)
-    RUN/seed_S/mws_V/, RUN/seed_S/mwos/   segmentation runs (MwS-V: encoder from pretrain_V/best.pt)
-    RUN/seed_S/pretrain_u/, mws_u/     with ``unlabeled``: siamese run on the training cases plus the
-                                       located unlabeled scans (pretrain_u/located/: the scans as
-                                       seed S's MwoS located them), and MwS+U from it
+    RUN/seed_S/pretrain_K/             pretraining run of seed S, method key K (region | masked for
+                                       the side proxy's inputs, mae, genesis)
+    RUN/seed_S/mws_K/, RUN/seed_S/mwos/   fine-tuned from pretrain_K/best.pt, and from scratch
+    RUN/seed_S/pretrain_u/, mws_u/     with ``unlabeled``: the side proxy on the training cases plus
+                                       the unlabeled scans as seed S's MwoS located them, and MwS+U
     RUN/eval/seed_S/<model>.json       per-case metrics on the original grid (validation and test)
     RUN/report/                        Table 1, paired differences, Fig. 4, Fig. 5, report.md/.html
 
-The procedure, and what it guarantees:
+The experiment is a list of :class:`Stage` values built once (:func:`build_stages`) and run by a
+short loop; a stage's identity is its fields, and ``experiment.json`` marks each one done by its
+key, so re-running the same command skips finished stages and resumes an interrupted one; adding
+seeds or methods continues the same experiment with the new stages.
+
+What it guarantees:
 
 * The split (``protocol.split_seed``) is made once. Training and pretraining read only its
   training cases; pretraining holds out a part of them for its own validation and ``best.pt``
-  choice (:func:`kidneyssl.training.pretrain.proxy_split`). MwS refuses a siamese checkpoint that
-  touched a validation or test case.
+  (:func:`kidneyssl.training.tasks.pretraining.proxy_split`). Fine-tuning refuses a pretrained
+  checkpoint that touched a validation or test case.
 * Every model is scored with its LAST checkpoint (the end of training, as in the paper's Table 1):
   nothing is selected on validation data, and test cases are scored once, at the end.
 * Scoring calls :func:`kidneyssl.inference.segment.segment_image` with the cached image and its
   preprocessing record only (no label, no label-derived plane): the same function, and so the
   same masks, as ``kidneyssl predict``. The label is read by the metric alone.
-
-* With scans without masks (``unlabeled``), a third model, **MwS+U**, is pretrained (first proxy
-  variant) on the training cases plus the unlabeled scans whose kidneys seed S's MwoS located
-  (trained on the training cases only, so the locator never saw a validation or test case); a
-  folder already located by ``kidneyssl locate`` is used as it is, after the same check.
-
-Re-running the same command skips finished stages and resumes an interrupted training run; adding
-seeds or proxy variants (``--seeds 0 1 2``) continues the same experiment with the new runs.
+* With scans without masks (``unlabeled``), **MwS+U** is the side proxy (first side input) pretrained
+  on the training cases plus the unlabeled scans whose kidneys seed S's MwoS located (trained on the
+  training cases only, so the locator never saw a validation or test case).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,26 +51,27 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from kidneyssl.config import ExperimentConfig, config_to_dict, save_config
+from kidneyssl.config import PROXY_INPUTS, ExperimentConfig, config_to_dict, save_config
 from kidneyssl.data.cache import Cache
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
-from kidneyssl.training.distributed import (
-    DistContext,
-    gather_objects,
-    init_distributed,
-    shard,
-)
-from kidneyssl.training.plan import PlanOptions, announce_plan, remaining_after
+from kidneyssl.training.distributed import DistContext, broadcast_object, gather_objects, init_distributed, shard
+from kidneyssl.training.plan import PlanOptions, StagePlan, announce_plan, estimate_stage, remaining_after
 from kidneyssl.training.split import Split
 
-__all__ = ["ExperimentResult", "run_experiment", "evaluate_model", "model_names", "seed_config"]
+__all__ = ["ExperimentResult", "Method", "Stage", "run_experiment", "evaluate_model", "model_names",
+           "seed_config", "experiment_methods", "build_stages", "run_demo", "SCRATCH_MODEL"]
 
 log = logging.getLogger(__name__)
 
 N_OVERLAY_CASES = 3
-#: Protocol keys that only add runs; an experiment may be continued with other values of these.
-_EXTENDABLE = ("seeds", "proxy_variants")
+#: Protocol keys that only add runs or change the report; an experiment may be continued with
+#: other values of these.
+_EXTENDABLE = ("seeds", "proxy_variants", "methods", "min_seeds_for_verdict", "min_cases_for_verdict")
+#: The model trained from scratch, and its run folder.
+SCRATCH_MODEL, SCRATCH_RUN = "MwoS", "mwos"
+#: The side proxy pretrained with located unlabeled scans: its model, pretraining key and folder.
+UNLABELED_MODEL, UNLABELED_KEY = "MwS+U", "u"
 
 
 @dataclass(frozen=True)
@@ -84,41 +86,139 @@ class ExperimentResult:
     differences: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-#: The model pretrained on annotated plus located unlabeled scans, its segmentation run's folder,
-#: and the key of its pretraining run (folder ``pretrain_u``, stage ``seed_S/pretrain_u``).
-UNLABELED_MODEL, UNLABELED_RUN, UNLABELED_KEY = "MwS+U", "mws_u", "u"
+@dataclass(frozen=True)
+class Method:
+    """A pretraining method as the experiment compares it.
+
+    Attributes:
+        name: as the protocol names it (``side-region``, ``mae``).
+        method: the registered pretraining method (``side``, ``mae``).
+        key: its pretraining stage and folder key (``region``, ``mae``).
+        model: the report's name of the model fine-tuned from it (``MwS-region``, ``MAE``).
+        proxy_input: the side proxy's input (``region``/``masked``), else None.
+    """
+
+    name: str
+    method: str
+    key: str
+    model: str
+    proxy_input: str | None = None
 
 
-def model_names(cfg: ExperimentConfig, unlabeled: bool = False) -> dict[str, str]:
-    """Model name -> run sub-folder name: ``MwS-<variant>`` per proxy variant, ``MwoS``, then
-    (with ``unlabeled``) ``MwS+U``, in the order they are trained."""
-    names = {f"MwS-{v}": f"mws_{v}" for v in cfg.protocol.proxy_variants}
-    names["MwoS"] = "mwos"
-    if unlabeled:
-        names[UNLABELED_MODEL] = UNLABELED_RUN
-    return names
+def experiment_methods(cfg: ExperimentConfig) -> list[Method]:
+    """The methods of ``cfg.protocol`` (``methods``, or ``side-<v>`` per proxy variant).
+
+    Raises:
+        KidneySSLError: an unknown method (the message lists the known ones).
+    """
+    from kidneyssl.training.tasks.registry import PRETRAINING_METHODS, pretraining_class
+
+    known: dict[str, Method] = {f"side-{v}": Method(f"side-{v}", "side", v, f"MwS-{v}", v) for v in PROXY_INPUTS}
+    for name in PRETRAINING_METHODS:
+        if name != "side":
+            known[name] = Method(name, name, name, str(getattr(pretraining_class(name), "display_name", name)))
+    names = cfg.protocol.methods or tuple(f"side-{v}" for v in cfg.protocol.proxy_variants)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise KidneySSLError(f"unknown method(s) {unknown}; known: {', '.join(known)}")
+    return [known[n] for n in names]
 
 
 def seed_config(cfg: ExperimentConfig, seed: int, proxy_input: str | None = None) -> ExperimentConfig:
-    """``cfg`` for one seed's runs (``pretrain.seed = train.seed = seed``) and proxy variant."""
+    """``cfg`` for one seed's runs (``pretrain.seed = train.seed = seed``) and proxy input."""
     pretrain = dataclasses.replace(cfg.pretrain, seed=int(seed),
                                    proxy_input=proxy_input or cfg.pretrain.proxy_input)
     return dataclasses.replace(cfg, pretrain=pretrain, train=dataclasses.replace(cfg.train, seed=int(seed)))
 
 
-def _state_path(run: Path) -> Path:
-    return run / "experiment.json"
+def model_names(cfg: ExperimentConfig, unlabeled: bool = False) -> dict[str, str]:
+    """Model name -> run sub-folder name, in the order they are trained: one per method, MwoS,
+    then (with ``unlabeled``) MwS+U."""
+    names = {m.model: f"mws_{m.key}" for m in experiment_methods(cfg)}
+    names[SCRATCH_MODEL] = SCRATCH_RUN
+    if unlabeled:
+        names[UNLABELED_MODEL] = f"mws_{UNLABELED_KEY}"
+    return names
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the experiment.
+
+    Attributes:
+        kind: ``pretrain`` (a pretraining run), ``train`` (a fine-tuned or scratch model), ``eval``
+            (scoring a model's last checkpoint).
+        seed: the seed.
+        name: the pretraining key (``region``, ``mae``, ``u``) or the model (``MwoS``, ``MAE``).
+        folder: the run folder (``eval``: the scored model's).
+        method: the pretraining method run (``pretrain``) or started from (``train``), None for
+            scratch.
+        init: ``train``: the pretraining run folder it starts from (its ``best.pt``).
+        unlabeled: the MwS+U branch (located unlabeled scans).
+    """
+
+    kind: str
+    seed: int
+    name: str
+    folder: Path
+    method: Method | None = None
+    init: Path | None = None
+    unlabeled: bool = False
+
+    @property
+    def key(self) -> str:
+        """The stage's key in ``experiment.json`` (and the name its plan and logs show)."""
+        return f"seed_{self.seed}/{self.kind}_{self.name}"
+
+    def config(self, cfg: ExperimentConfig) -> ExperimentConfig:
+        """The stage's config: the seed's, with the side proxy's input where it has one."""
+        return seed_config(cfg, self.seed, self.method.proxy_input if self.method else None)
+
+
+def build_stages(cfg: ExperimentConfig, run: Path, unlabeled: bool = False) -> list[Stage]:
+    """Every stage of the experiment, in the order they run: per seed, pretraining per method,
+    fine-tuning per method and from scratch, then (``unlabeled``) the side proxy with the scans
+    MwoS located and MwS+U, then scoring of every model."""
+    methods = experiment_methods(cfg)
+    stages: list[Stage] = []
+    for seed in cfg.protocol.seeds:
+        seed_dir = run / f"seed_{seed}"
+        pre = {m.key: Stage("pretrain", seed, m.key, seed_dir / f"pretrain_{m.key}", m) for m in methods}
+        trains = [Stage("train", seed, m.model, seed_dir / f"mws_{m.key}", m, pre[m.key].folder) for m in methods]
+        trains.append(Stage("train", seed, SCRATCH_MODEL, seed_dir / SCRATCH_RUN))
+        stages += list(pre.values()) + trains
+        if unlabeled:
+            side = next((m for m in methods if m.method == "side"), None)
+            if side is None:
+                raise KidneySSLError("unlabeled scans add MwS+U, the side proxy with located scans: include a "
+                                     "side-<input> method")
+            u = Stage("pretrain", seed, UNLABELED_KEY, seed_dir / f"pretrain_{UNLABELED_KEY}", side, unlabeled=True)
+            stages += [u, Stage("train", seed, UNLABELED_MODEL, seed_dir / f"mws_{UNLABELED_KEY}", side, u.folder,
+                                unlabeled=True)]
+        stages += [Stage("eval", seed, s.name, s.folder, s.method) for s in stages
+                   if s.kind == "train" and s.seed == seed]
+    return stages
+
+
+# -- the experiment's folder and state ------------------------------------------------------------
 def _comparable(cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    """The config of an experiment as far as continuing it must keep it: read back (so fields added
+    since it was saved take their defaults), without the keys that only add runs."""
+    from kidneyssl.config import ConfigError, config_from_dict
+
+    try:
+        cfg_dict = config_to_dict(config_from_dict(ExperimentConfig, cfg_dict))
+    except (ConfigError, TypeError):
+        pass  # an unreadable config stays as it is: it differs
     out = json.loads(json.dumps(cfg_dict))
     for key in _EXTENDABLE:
         out.get("protocol", {}).pop(key, None)
     return out
 
 
-def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
-    state_file = _state_path(run)
+def _read_state(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
+    """The experiment's saved state, after checking the folder may hold this experiment."""
+    state_file = run / "experiment.json"
     if force:
         return {}
     if state_file.is_file():
@@ -129,24 +229,35 @@ def _claim(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]:
         if _comparable(state.get("config", {})) != _comparable(config_to_dict(cfg)):
             raise RunFolderError(
                 f"{run}: holds an experiment with another config; re-run with the same options to "
-                "continue it (more seeds or proxy variants are fine), start over, or choose another "
-                "output folder", remedy=("force", "out"))
+                "continue it (more seeds or methods are fine), start over, or choose another output "
+                "folder", remedy=("force", "out"))
         return state
-    if run.is_dir() and any(run.iterdir()) and not force:
+    if run.is_dir() and any(run.iterdir()):
         raise RunFolderError(f"{run}: output folder is not empty and holds no experiment; replace its "
                              "contents or choose another output folder", remedy=("force", "out"))
     return {}
 
 
+def _claim(run: Path, cfg: ExperimentConfig, force: bool, ctx: DistContext) -> dict[str, Any]:
+    """Rank 0 reads and checks the folder; every rank gets its answer (or its error)."""
+    answer: Any = None
+    if ctx.is_main:
+        try:
+            answer = _read_state(run, cfg, force)
+        except KidneySSLError as err:
+            answer = err
+    answer = broadcast_object(answer, ctx)
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
 def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, Any]:
     """resume/force flags that continue a stage folder in whatever state it is."""
-    from kidneyssl.training.runfolder import RunFolder
+    from kidneyssl.training.runfolder import RunFolder, run_kind
 
     rf = RunFolder(folder)
-    info = rf.info()
-    if force_fresh:
-        return {"resume": False, "force": True}
-    if info and info.get("kind") == kind and rf.last.is_file():
+    if not force_fresh and run_kind(rf.info()) == kind and rf.last.is_file():
         return {"resume": True, "force": False}
     return {"resume": False, "force": True}
 
@@ -158,7 +269,8 @@ def evaluate_model(checkpoint: str | Path, cache: Cache, case_ids: Sequence[str]
     Each case: :func:`kidneyssl.inference.segment.segment_image` on the cached image with its
     preprocessing record -- exactly what ``kidneyssl predict`` does with the original file -- then
     :func:`kidneyssl.metrics.compute_case_metrics` against the original segmentation (kidney = the
-    cache's label policy, e.g. label > 0 for KiTS19) with the original spacing. The label is read here, after the prediction exists.
+    cache's label policy, e.g. label > 0 for KiTS19) with the original spacing. The label is read
+    here, after the prediction exists.
 
     Returns:
         ``(rows, masks)``: one metrics row per case (with ``case_id`` and ``strategy``), in
@@ -194,72 +306,130 @@ def evaluate_model(checkpoint: str | Path, cache: Cache, case_ids: Sequence[str]
     return [merged_rows[c] for c in case_ids], merged_masks
 
 
-def _pretrain_keys(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
-    """The pretraining runs of one seed: one per proxy variant (and ``u`` with unlabeled scans)."""
-    return list(cfg.protocol.proxy_variants) + ([UNLABELED_KEY] if UNLABELED_MODEL in names else [])
+@dataclass
+class _Inputs:
+    """What every stage reads: the caches, the split and the ground-truth files."""
+
+    cache_path: Path
+    cache: Cache
+    split: Split
+    split_file: Path | None
+    test_ids: list[str]
+    test_source: Cache
+    gt_paths: dict[str, Path]
+    test_gt: dict[str, Path]
 
 
-def _plan_experiment(cfg: ExperimentConfig, cache: Cache, split: Split, ctx: DistContext, done: dict[str, Any],
-                     names: dict[str, str], options: Any) -> list[Any]:
-    """The stages still to run, each seed and proxy variant, with time estimates from one probe of
-    a pretraining step and one of a segmentation step (they cost the same for every seed; locating
-    the unlabeled scans is not estimated)."""
-    from kidneyssl.training.plan import estimate_stage
+def _task(stage: Stage, inputs: _Inputs, cfg: ExperimentConfig, unlabeled_dir: Path | None) -> Any:
+    """The training task of a ``pretrain`` or ``train`` stage."""
+    from kidneyssl.training.runfolder import RunFolder
+    from kidneyssl.training.tasks.registry import pretraining_task
+    from kidneyssl.training.tasks.segmentation import SegmentationTask
+
+    split_file = inputs.split_file
+    if stage.kind == "pretrain":
+        assert stage.method is not None
+        extra: dict[str, Any] = {}
+        if stage.unlabeled:
+            extra = {"unlabeled": unlabeled_dir, "locator": RunFolder(stage.folder.parent / SCRATCH_RUN).last}
+        return pretraining_task(stage.method.method, inputs.cache_path, split_file, **extra)
+    parts = cfg.protocol.init_parts if stage.method is not None and stage.method.method != "side" else "encoder"
+    init = str(stage.init / "best.pt") if stage.init is not None else "scratch"
+    return SegmentationTask(inputs.cache_path, split_file, init=init, init_parts=parts)
+
+
+def _plan(stages: Sequence[Stage], inputs: _Inputs, cfg: ExperimentConfig, ctx: DistContext,
+          options: PlanOptions, unlabeled_dir: Path | None) -> list[StagePlan]:
+    """The training stages still to run, with time estimates from one probe per kind of stage (a
+    pretraining method's step, a segmentation step): they cost the same for every seed. Locating
+    the unlabeled scans is not estimated."""
+    from kidneyssl.training.trainer import training_precision
 
     probe = options.probe and options.announce and ctx.is_main
-    seed0 = cfg.protocol.seeds[0]
-    variants = _pretrain_keys(cfg, names)
-    pending = [(s, v) for s in cfg.protocol.seeds for v in variants
-               if done.get(f"seed_{s}/pretrain_{v}") != "done"]
-    pending_train = [(s, n) for s in cfg.protocol.seeds for n in names if done.get(f"seed_{s}/train_{n}") != "done"]
+    probed: dict[tuple[str, str], StagePlan] = {}
     out = []
-    if pending:
-        siamese = estimate_stage("pretrain", "siamese", seed_config(cfg, seed0), cache, split, ctx, probe=probe)
-        out += [dataclasses.replace(siamese, name=f"seed_{s}/pretrain_{v}") for s, v in pending]
-    if pending_train:
-        seg = estimate_stage("train", "segmentation", seed_config(cfg, seed0), cache, split, ctx, probe=probe)
-        out += [dataclasses.replace(seg, name=f"seed_{s}/train_{n}") for s, n in pending_train]
-    keys = [f"seed_{s}/{k}" for s in cfg.protocol.seeds for k in _stage_order(cfg, names)]
-    return sorted(out, key=lambda p: keys.index(p.name))
+    for stage in stages:
+        sig = (stage.kind, stage.method.method if stage.kind == "pretrain" and stage.method else "segmentation")
+        if sig not in probed:
+            scfg = stage.config(cfg)
+            task = _task(dataclasses.replace(stage, unlabeled=False), inputs, cfg, None)
+            scfg = task.effective_config(scfg)
+            task.setup(scfg, None, None, ctx)
+            probed[sig] = estimate_stage(task, ctx, name=stage.key, probe=probe,
+                                         precision=training_precision(scfg, ctx.device))
+        out.append(dataclasses.replace(probed[sig], name=stage.key))
+    return out
 
 
-def _stage_order(cfg: ExperimentConfig, names: dict[str, str]) -> list[str]:
-    """One seed's training stages in the order they run: pretraining per proxy variant, MwS per
-    variant and MwoS, then (unlabeled) pretraining with the scans MwoS located, and MwS+U."""
-    order = [f"pretrain_{v}" for v in cfg.protocol.proxy_variants]
-    order += [f"train_{n}" for n in names if n != UNLABELED_MODEL]
-    if UNLABELED_MODEL in names:
-        order += [f"pretrain_{UNLABELED_KEY}", f"train_{UNLABELED_MODEL}"]
-    return order
+def _prepare_inputs(run: Path, cfg: ExperimentConfig, ctx: DistContext, data_dir: str | Path,
+                    test_data: str | Path | None, cache_dir: str | Path | None, stages_done: dict[str, Any],
+                    mark: Any, workers: int | None, data_format: str | None,
+                    kidney_labels: tuple[int, ...] | None, dry_run: bool) -> _Inputs:
+    """Prepare the caches (rank 0; the others wait), make or read the split, find the ground truth.
+    A dry run writes nothing into ``run``: caches it would prepare go to a temporary folder."""
+    from kidneyssl.data.cache import open_cache
+    from kidneyssl.data.prepare import prepare_dataset
+    from kidneyssl.io.datasets import open_dataset
+    from kidneyssl.training.split import annotated_case_ids, load_split, make_split, save_split
 
-
-def _make_split(run: Path, cache: Cache, cfg: ExperimentConfig, test_cache: Cache | None, is_main: bool) -> Split:
-    """The experiment's split, made once and kept in ``RUN/split.json``."""
-    from kidneyssl.training.finetune import annotated_case_ids
-    from kidneyssl.training.split import load_split, make_split, save_split
-
-    path = run / "split.json"
-    if path.is_file():
-        return load_split(path)
-    ids = annotated_case_ids(cache)
-    test_fraction = 0.0 if test_cache is not None else cfg.protocol.test_fraction
-    split = make_split(ids, cfg.train.val_fraction, cfg.protocol.split_seed, test_fraction=test_fraction)
-    if is_main:
-        save_split(split, path)
-    return split
+    scratch = Path(tempfile.mkdtemp(prefix="kidneyssl-dry-run-")) if dry_run else None
+    cache_path = Path(cache_dir) if cache_dir else run / "cache"
+    test_cache_path = run / "test_cache" if test_data is not None else None
+    if scratch is not None:
+        if not (cache_path / "cache.json").is_file():
+            cache_path = scratch / "cache"
+        if test_cache_path is not None and not (test_cache_path / "cache.json").is_file():
+            test_cache_path = scratch / "test_cache"
+    for stage, src, dst in (("prepare", data_dir, cache_path), ("prepare_test", test_data, test_cache_path)):
+        if src is None or dst is None or (stages_done.get(stage) == "done" and (dst / "cache.json").is_file()):
+            continue
+        t0 = time.perf_counter()
+        if ctx.is_main:
+            log.info("== %s: %s -> %s", stage, src, dst)
+            prepare_dataset(src, dst, cfg.preprocess, workers=workers or 2, data_format=data_format,
+                            kidney_labels=kidney_labels)
+        gather_objects(None, ctx)
+        if not dry_run:
+            mark(stage, time.perf_counter() - t0)
+    cache = open_cache(cache_path, expected=cfg.preprocess)
+    test_cache = open_cache(test_cache_path, expected=cfg.preprocess) if test_cache_path is not None else None
+    split_path = run / "split.json"
+    if split_path.is_file():
+        split = load_split(split_path)
+    else:
+        test_fraction = 0.0 if test_cache is not None else cfg.protocol.test_fraction
+        split = make_split(annotated_case_ids(cache), cfg.train.val_fraction, cfg.protocol.split_seed,
+                           test_fraction=test_fraction)
+        if ctx.is_main and not dry_run:
+            save_split(split, split_path)
+    gather_objects(None, ctx)
+    gt_paths = {c.case_id: c.segmentation for c in open_dataset(data_dir, data_format, kidney_labels).cases
+                if c.segmentation is not None}
+    if test_cache is not None:
+        assert test_data is not None  # a test cache exists only for a test dataset
+        test_ids, test_source = annotated_case_ids(test_cache), test_cache
+        test_gt = {c.case_id: c.segmentation for c in open_dataset(test_data, data_format, kidney_labels).cases
+                   if c.segmentation is not None}
+    else:
+        test_ids, test_source, test_gt = list(split.test), cache, gt_paths
+    missing = [c for c in list(split.val) if c not in gt_paths] + [c for c in test_ids if c not in test_gt]
+    if missing:
+        raise KidneySSLError(f"no segmentation file for scored case(s) {missing[:5]}")
+    return _Inputs(cache_path, cache, split, None if dry_run else split_path, test_ids, test_source, gt_paths,
+                   test_gt)
 
 
 def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentConfig, *,
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
                    force: bool = False, device: str = "auto", workers: int | None = None,
                    data_format: str | None = None, kidney_labels: tuple[int, ...] | None = None,
-                   plan: Any = None, unlabeled: str | Path | None = None) -> ExperimentResult | None:
+                   plan: PlanOptions | None = None, unlabeled: str | Path | None = None) -> ExperimentResult | None:
     """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
 
     Args:
         data_dir: annotated dataset (KiTS19 layout) for training, validation and (by default) test.
         out_dir: experiment folder.
-        cfg: resolved config (``cfg.protocol``: seeds, split seed, test fraction, proxy variants).
+        cfg: resolved config (``cfg.protocol``: seeds, split seed, test fraction, methods).
         cache_dir: where to prepare ``data_dir`` (default ``out_dir/cache``).
         test_data: a separate annotated dataset used only as the test part (then no test cases
             are taken from ``data_dir``).
@@ -270,196 +440,115 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             default: detected) and the labels forming the kidney target (default: the format's);
             see :func:`kidneyssl.io.datasets.open_dataset`. ``test_data`` is read the same way.
         plan: :class:`kidneyssl.training.plan.PlanOptions`. Before the first training step the
-            whole remaining experiment is planned (every seed's stages, with a timed probe of one
-            pretraining and one segmentation step on the device) and printed; each stage's epoch
-            lines then carry the experiment's ETA. With ``dry_run`` the caches are prepared (the
-            probe needs them), the plan is printed and nothing else runs (returns ``None``).
+            whole remaining experiment is planned (every stage, with a timed probe of each kind of
+            step on the device) and printed; each stage's epoch lines then carry the experiment's
+            ETA. With ``dry_run`` nothing is written into ``out_dir`` (caches the probe needs are
+            prepared into a temporary folder), the plan is printed and ``None`` returned.
         unlabeled: scans without masks (any input ``kidneyssl locate`` reads, or a ``locate``
             output): adds MwS+U (see the module docstring). Kept in ``experiment.json``; a
             continued experiment uses the recorded folder.
     """
-    from kidneyssl.data.cache import open_cache
-    from kidneyssl.data.prepare import prepare_dataset
-    from kidneyssl.io.datasets import open_dataset
-    from kidneyssl.reporting.figures import OverlayCase, refresh_history_plot
-    from kidneyssl.reporting.report import write_experiment_report
-    from kidneyssl.training.finetune import train_segmentation
-    from kidneyssl.training.pretrain import pretrain_siamese
+    from kidneyssl.reporting.figures import refresh_history_plot
+    from kidneyssl.training.plan import device_name
     from kidneyssl.training.runfolder import RunFolder
+    from kidneyssl.training.trainer import fit
 
+    options = plan or PlanOptions()
     ctx = init_distributed(device)
     run = Path(out_dir)
-    state = _claim(run, cfg, force)
+    state = _claim(run, cfg, force, ctx)
     fresh = not state
-    stages: dict[str, Any] = dict(state.get("stages", {}))
-    if unlabeled is not None and state.get("unlabeled") and \
-            Path(unlabeled).resolve() != Path(state["unlabeled"]):
+    done: dict[str, Any] = dict(state.get("stages", {}))
+    if unlabeled is not None and state.get("unlabeled") and Path(unlabeled).resolve() != Path(state["unlabeled"]):
         raise RunFolderError(f"{run}: this experiment's unlabeled scans are {state['unlabeled']}, not "
                              f"{Path(unlabeled).resolve()}; start over or use another output folder",
                              remedy=("force", "out"))
     unlabeled_dir = Path(unlabeled).resolve() if unlabeled is not None else (
         Path(state["unlabeled"]) if state.get("unlabeled") else None)
     timings: dict[str, float] = dict(state.get("timings", {}))
-    cache_path = Path(cache_dir) if cache_dir else run / "cache"
-    test_cache_path = run / "test_cache" if test_data is not None else None
+    compute: dict[str, Any] = dict(state.get("compute", {}))
+    cache_path_box: list[Path] = []
 
     def mark(stage: str, seconds: float) -> None:
-        stages[stage] = "done"
+        done[stage] = "done"
         timings[stage] = round(timings.get(stage, 0.0) + seconds, 1)
+        compute[stage] = {"wall_seconds": timings[stage], "devices": ctx.world_size,
+                          "device_seconds": round(timings[stage] * ctx.world_size, 1),
+                          "device": device_name(ctx.device)}
         if ctx.is_main:
-            atomic_write_json(_state_path(run), {
+            atomic_write_json(run / "experiment.json", {
                 "config": config_to_dict(cfg), "data": str(Path(data_dir).resolve()),
                 "test_data": str(Path(test_data).resolve()) if test_data is not None else None,
-                "cache": str(cache_path.resolve()), "stages": stages, "timings": timings,
+                "cache": str(cache_path_box[0].resolve()) if cache_path_box else None, "stages": done,
+                "timings": timings, "compute": compute,
                 "unlabeled": str(unlabeled_dir) if unlabeled_dir is not None else None})
 
-    if ctx.is_main:
+    if ctx.is_main and not options.dry_run:
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
+    inputs = _prepare_inputs(run, cfg, ctx, data_dir, test_data, cache_dir, done, mark, workers, data_format,
+                             kidney_labels, options.dry_run)
+    cache_path_box.append(inputs.cache_path)
+    split = inputs.split
+    stages = build_stages(cfg, run, unlabeled=unlabeled_dir is not None)
+    log.info("experiment: %d training, %d validation, %d test cases%s; seeds %s; methods %s",
+             len(split.train), len(split.val), len(inputs.test_ids),
+             f" (test from {test_data})" if test_data is not None else "", list(cfg.protocol.seeds),
+             [m.name for m in experiment_methods(cfg)])
 
-    # 1. prepare (rank 0 writes the caches; the others wait and open them)
-    for stage, src, dst in (("prepare", data_dir, cache_path), ("prepare_test", test_data, test_cache_path)):
-        if src is None or dst is None or stages.get(stage) == "done":
-            continue
-        t0 = time.perf_counter()
-        if ctx.is_main:
-            log.info("== %s: %s -> %s", stage, src, dst)
-            prepare_dataset(src, dst, cfg.preprocess, workers=workers or 2, data_format=data_format,
-                            kidney_labels=kidney_labels)
-        gather_objects(None, ctx)
-        mark(stage, time.perf_counter() - t0)
-    cache = open_cache(cache_path, expected=cfg.preprocess)
-    test_cache = open_cache(test_cache_path, expected=cfg.preprocess) if test_cache_path is not None else None
-    split = _make_split(run, cache, cfg, test_cache, ctx.is_main)
-    gather_objects(None, ctx)
-    split_file = run / "split.json"
-    if test_cache is not None:
-        from kidneyssl.training.finetune import annotated_case_ids
-
-        test_ids, test_source = annotated_case_ids(test_cache), test_cache
-        assert test_data is not None  # a test cache exists only for a test dataset
-        test_gt = {c.case_id: c.segmentation for c in open_dataset(test_data, data_format, kidney_labels).cases
-                   if c.segmentation is not None}
-    else:
-        test_ids, test_source = list(split.test), cache
-        test_gt = {}
-    gt_paths = {c.case_id: c.segmentation for c in open_dataset(data_dir, data_format, kidney_labels).cases
-                if c.segmentation is not None}
-    test_gt = test_gt or gt_paths
-    missing = [c for c in list(split.val) if c not in gt_paths] + [c for c in test_ids if c not in test_gt]
-    if missing:
-        raise KidneySSLError(f"no segmentation file for scored case(s) {missing[:5]}")
-    log.info("experiment: %d training, %d validation, %d test cases%s; seeds %s; proxy variants %s",
-             len(split.train), len(split.val), len(test_ids),
-             f" (test from {test_data})" if test_data is not None else "",
-             list(cfg.protocol.seeds), list(cfg.protocol.proxy_variants))
-
-    names = model_names(cfg, unlabeled=unlabeled_dir is not None)
-    options = plan or PlanOptions()
-    stage_plans = _plan_experiment(cfg, cache, split, ctx, stages, names, options)
+    pending = [s for s in stages if s.kind != "eval" and done.get(s.key) != "done"]
+    stage_plans = _plan(pending, inputs, cfg, ctx, options, unlabeled_dir)
     if not announce_plan(stage_plans, options, ctx=ctx, cfg=cfg):
         return None
     quiet = dataclasses.replace(options, announce=False)
 
-    def stage_options(stage: str) -> Any:
-        later = remaining_after(stage_plans, stage) if any(p.name == stage for p in stage_plans) else 0.0
-        return dataclasses.replace(quiet, stage_name=stage, later_seconds=later)
-
     rows: list[dict[str, Any]] = []
+    names = model_names(cfg, unlabeled=unlabeled_dir is not None)
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
-    proxy_keys = {v: v for v in cfg.protocol.proxy_variants}
-    if unlabeled_dir is not None:
-        proxy_keys[UNLABELED_KEY] = f"{cfg.protocol.proxy_variants[0]}+U"
-    proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {k: {} for k in proxy_keys.values()}
+    proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {}
     unlabeled_reports: dict[int, dict[str, Any]] = {}
     overlay_masks: dict[str, dict[str, np.ndarray]] = {}
+    overlay_ids = list(inputs.test_ids or split.val)[:N_OVERLAY_CASES]
+    overlay_source = inputs.test_source if inputs.test_ids else inputs.cache
     first_seed = cfg.protocol.seeds[0]
-    overlay_ids = list(test_ids or split.val)[:N_OVERLAY_CASES]
-    overlay_source = test_source if test_ids else cache
-    for seed in cfg.protocol.seeds:
-        seed_dir = run / f"seed_{seed}"
 
-        def pretrain(key: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
-            """Stage ``pretrain_<key>``: a proxy variant, or ``u`` (first variant + unlabeled scans)."""
-            stage, folder = f"seed_{seed}/pretrain_{key}", seed_dir / f"pretrain_{key}"
-            variant = cfg.protocol.proxy_variants[0] if key == UNLABELED_KEY else key
-            if stages.get(stage) != "done":
-                t0 = time.perf_counter()
-                extra: dict[str, Any] = {}
-                if key == UNLABELED_KEY:
-                    assert unlabeled_dir is not None
-                    extra = {"unlabeled": unlabeled_dir, "locator": RunFolder(seed_dir / "mwos").last}
-                log.info("== %s (siamese left/right proxy task, %s crops%s): %s", stage, variant,
-                         " + unlabeled scans located by this seed's MwoS" if key == UNLABELED_KEY else "", folder)
-                pretrain_siamese(cache_path, folder, seed_config(cfg, seed, variant), split_file=split_file,
-                                 ctx=ctx, plan=stage_options(stage), on_epoch=refresh_history_plot,
-                                 **_stage_folder_args(folder, "siamese", fresh), **extra)
-                mark(stage, time.perf_counter() - t0)
-            proxy_histories[proxy_keys[key]][seed] = RunFolder(folder).read_history()
-            if key == UNLABELED_KEY:
-                unlabeled_reports[seed] = (RunFolder(folder).info() or {}).get("unlabeled", {})
-
-        def train(name: str, seed: int = seed, seed_dir: Path = seed_dir) -> None:
-            """Stage ``train_<name>``: MwS from its siamese run, or MwoS from scratch."""
-            stage, folder = f"seed_{seed}/train_{name}", seed_dir / names[name]
-            key = UNLABELED_KEY if name == UNLABELED_MODEL else (name.split("-", 1)[1] if name.startswith("MwS-") else None)
-            if stages.get(stage) != "done":
-                t0 = time.perf_counter()
-                init = str(seed_dir / f"pretrain_{key}" / "best.pt") if key else "scratch"
-                log.info("== %s (%s): %s", stage, f"encoder from the siamese network pretrain_{key}" if key
-                         else "from scratch", folder)
-                variant = cfg.protocol.proxy_variants[0] if key == UNLABELED_KEY else key
-                train_segmentation(cache_path, folder, seed_config(cfg, seed, variant), init=init,
-                                   split_file=split_file, ctx=ctx, plan=stage_options(stage),
-                                   on_epoch=refresh_history_plot,
-                                   **_stage_folder_args(folder, "segmentation", fresh))
-                mark(stage, time.perf_counter() - t0)
-            histories[name][seed] = RunFolder(folder).read_history()
-
-        # 2.-3. pretrain per proxy variant; MwS per variant and MwoS with the same config, seed and
-        # split; then (unlabeled) pretrain with the scans this seed's MwoS located, and MwS+U
-        for step in _stage_order(cfg, names):
-            kind, key = step.split("_", 1)
-            if kind == "pretrain":
-                pretrain(key)
-            else:
-                train(key)
-
-        # 4. score every model's last checkpoint on validation and test cases (original grid)
-        eval_dir = run / "eval" / f"seed_{seed}"
-        for name, sub in names.items():
-            stage = f"seed_{seed}/eval_{name}"
-            rows_file, masks_file = eval_dir / f"{name}.json", eval_dir / f"{name}_overlay_masks.npz"
-            if stages.get(stage) == "done" and rows_file.is_file() and masks_file.is_file():
-                model_rows = json.loads(rows_file.read_text())
-                with np.load(masks_file) as npz:
-                    masks = {k: npz[k] for k in npz.files}
-            else:
-                t0 = time.perf_counter()
-                log.info("== evaluate %s (seed %d) on %d validation and %d test cases", name, seed,
-                         len(split.val), len(test_ids))
-                ckpt = RunFolder(seed_dir / sub).last
-                val_rows, _ = evaluate_model(ckpt, cache, list(split.val), gt_paths, ctx)
-                test_rows, masks = evaluate_model(ckpt, test_source, test_ids, test_gt, ctx, overlay_ids)
-                model_rows = ([{"part": "val", **r} for r in val_rows] + [{"part": "test", **r} for r in test_rows])
-                model_rows = [{"seed": int(seed), "model": name, **r} for r in model_rows]
-                if ctx.is_main:
-                    from kidneyssl.io.atomic import atomic_save
-
-                    atomic_write_json(rows_file, model_rows)
-                    def save_masks(path: Path, m: dict[str, np.ndarray] = masks) -> None:
-                        np.savez_compressed(path, **m)  # type: ignore[arg-type]  # numpy's stub: **arrays
-
-                    atomic_save(masks_file, save_masks, suffix=".npz")
-                mark(stage, time.perf_counter() - t0)
+    for stage in stages:
+        if stage.kind == "eval":
+            model_rows, masks = _evaluate_stage(stage, inputs, run, ctx, done.get(stage.key) == "done",
+                                                overlay_ids, mark)
             rows.extend(model_rows)
-            if seed == first_seed:
-                overlay_masks[name] = masks
+            if stage.seed == first_seed:
+                overlay_masks[stage.name] = masks
+            continue
+        if done.get(stage.key) != "done":
+            t0 = time.perf_counter()
+            later = remaining_after(stage_plans, stage.key) if any(p.name == stage.key for p in stage_plans) else 0.0
+            what = (f"{stage.method.name} pretraining" if stage.kind == "pretrain" and stage.method
+                    else f"fine-tuned from {stage.init.name}" if stage.init else "from scratch")
+            log.info("== %s (%s%s): %s", stage.key, what,
+                     ", + unlabeled scans located by this seed's MwoS" if stage.unlabeled else "", stage.folder)
+            fit(_task(stage, inputs, cfg, unlabeled_dir), stage.folder, stage.config(cfg), ctx=ctx,
+                plan=dataclasses.replace(quiet, stage_name=stage.key, later_seconds=later),
+                on_epoch=refresh_history_plot,
+                **_stage_folder_args(stage.folder, "pretrain" if stage.kind == "pretrain" else "segmentation", fresh))
+            mark(stage.key, time.perf_counter() - t0)
+        history = RunFolder(stage.folder).read_history()
+        if stage.kind == "train":
+            histories[stage.name][stage.seed] = history
+        else:
+            assert stage.method is not None
+            label = f"{stage.method.name}+U" if stage.unlabeled else stage.method.name
+            proxy_histories.setdefault(label, {})[stage.seed] = history
+            if stage.unlabeled:
+                unlabeled_reports[stage.seed] = (RunFolder(stage.folder).info() or {}).get("unlabeled", {})
 
-    # 5. report
+    # the report (rank 0)
     report_path = run / "report" / "report.md"
     differences: dict[str, Any] = {}
     if ctx.is_main:
+        from kidneyssl.reporting.figures import OverlayCase
+        from kidneyssl.reporting.report import write_experiment_report
+
         t0 = time.perf_counter()
         overlays = []
         for cid in overlay_ids:
@@ -469,7 +558,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             overlays.append(OverlayCase(cid, np.asarray(case.image), np.asarray(case.label) > 0,
                                         {name: overlay_masks[name][cid] for name in names
                                          if cid in overlay_masks.get(name, {})}))
-        split_info = {"train": len(split.train), "val": len(split.val), "test": len(test_ids),
+        split_info = {"train": len(split.train), "val": len(split.val), "test": len(inputs.test_ids),
                       "test_source": str(test_data) if test_data is not None else "held out of the dataset"}
         report_path, differences = write_experiment_report(
             run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
@@ -480,8 +569,39 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
     summary = {f"{name}/{part}": summarize([r for r in rows if r["model"] == name and r["part"] == part])
                for name in names for part in ("val", "test")}
     final = {name: float(np.mean([h[-1]["val_dice"] for h in histories[name].values() if h]))
-             for name in names}
+             for name in names if histories[name]}
     return ExperimentResult(run, Path(report_path), final, summary, dict(timings), differences)
+
+
+def _evaluate_stage(stage: Stage, inputs: _Inputs, run: Path, ctx: DistContext, is_done: bool,
+                    overlay_ids: Sequence[str], mark: Any) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Score a model's last checkpoint on the validation and test cases (original grid), or read
+    the scores of an earlier run of this stage."""
+    from kidneyssl.io.atomic import atomic_save
+    from kidneyssl.training.runfolder import RunFolder
+
+    eval_dir = run / "eval" / f"seed_{stage.seed}"
+    rows_file, masks_file = eval_dir / f"{stage.name}.json", eval_dir / f"{stage.name}_overlay_masks.npz"
+    if is_done and rows_file.is_file() and masks_file.is_file():
+        with np.load(masks_file) as npz:
+            return json.loads(rows_file.read_text()), {k: npz[k] for k in npz.files}
+    t0 = time.perf_counter()
+    log.info("== evaluate %s (seed %d) on %d validation and %d test cases", stage.name, stage.seed,
+             len(inputs.split.val), len(inputs.test_ids))
+    ckpt = RunFolder(stage.folder).last
+    val_rows, _ = evaluate_model(ckpt, inputs.cache, list(inputs.split.val), inputs.gt_paths, ctx)
+    test_rows, masks = evaluate_model(ckpt, inputs.test_source, inputs.test_ids, inputs.test_gt, ctx, overlay_ids)
+    model_rows = [{"part": "val", **r} for r in val_rows] + [{"part": "test", **r} for r in test_rows]
+    model_rows = [{"seed": int(stage.seed), "model": stage.name, **r} for r in model_rows]
+    if ctx.is_main:
+        atomic_write_json(rows_file, model_rows)
+
+        def save_masks(path: Path, m: dict[str, np.ndarray] = masks) -> None:
+            np.savez_compressed(path, **m)  # type: ignore[arg-type]  # numpy's stub: **arrays
+
+        atomic_save(masks_file, save_masks, suffix=".npz")
+    mark(stage.key, time.perf_counter() - t0)
+    return model_rows, masks
 
 
 def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
@@ -503,6 +623,3 @@ def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
                   workers=max(1, min(4, os.cpu_count() or 1)), force=force)
     log.info("phantoms ready in %.1f s", time.perf_counter() - t0)
     return run_experiment(data, out / "run", cfg, force=force, device=device)
-
-
-__all__.append("run_demo")
