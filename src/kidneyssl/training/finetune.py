@@ -312,7 +312,8 @@ def train_segmentation(cache_dir: str | Path | None, out_dir: str | Path, cfg: E
         order = epoch_order(len(dataset), epoch, cfg.train.seed, ctx)
         result = train_one_epoch(
             net, build_loader(dataset, order, num_workers=cfg.train.num_workers,
-                              pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda"),
+                              pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda",
+                              announce=epoch == start_epoch),
             _segmentation_loss(cfg, epoch, ctx.device, pos_weight),
             optimizer, ctx, accumulate=accumulate, scaler=scaler, amp=cfg.train.amp, total=len(order),
             desc=f"epoch {epoch + 1}/{epochs}", on_step=logger.on_step(epoch))
