@@ -167,3 +167,10 @@ def test_lower_is_better_metrics_and_comparison_pairs():
         ("MwS-region", "MwoS"), ("MwS-masked", "MwoS"), ("MAE", "MwoS"), ("MwS-masked", "MwS-region"),
         ("MAE", "MwS-region")]
     assert comparison_pairs(["A", "B"], ["MwoS"]) == []
+
+
+def test_one_case_gives_no_interval_and_no_verdict():
+    rows = _pairs({"A": [0.1]})
+    (d,) = compare_methods(rows, [("A", "R")], metrics=("dice",), min_seeds=1, min_cases=1)
+    assert math.isnan(d["ci_low"]) and d["p_value"] == 1.0 and d["verdict"] == "no difference detectable"
+    assert d["conclusion"] == "no difference detectable between A and R (no interval from 1 case)"

@@ -78,7 +78,8 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
                   f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({interval}, {d['n_cases']} cases x "
                   f"{d['n_seeds']} seed(s)): {d['conclusion']}")
     if result.differences.get("rule"):
-        print(result.differences["rule"])
+        made = ", ".join(f"{n} on {part}" for part, n in result.differences.get("n_comparisons", {}).items())
+        print(f"{result.differences['rule']} Comparisons made (Holm-corrected per part): {made or 'none'}.")
 
 
 def run(args: argparse.Namespace) -> int:

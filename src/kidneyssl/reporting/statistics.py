@@ -271,8 +271,9 @@ def conclusion(d: Mapping[str, Any]) -> str:
     holm = f"Holm-adjusted {format_p(d, adjusted=True)} over {_plural(d['n_comparisons'], 'comparison')}"
     if verdict in ("better", "worse"):
         return f"{model} is {verdict} than {ref} (the 95 % interval excludes 0; {holm})"
-    excludes = d["ci_low"] > 0 or d["ci_high"] < 0
-    if excludes:
+    if not (math.isfinite(d["ci_low"]) and math.isfinite(d["ci_high"])):
+        return f"no difference detectable between {model} and {ref} (no interval from {_plural(d['n_cases'], 'case')})"
+    if d["ci_low"] > 0 or d["ci_high"] < 0:
         return (f"no difference detectable between {model} and {ref} (the 95 % interval excludes 0, but not "
                 f"after the correction for several comparisons: {holm}, not below {d['alpha']:g})")
     return f"no difference detectable between {model} and {ref} (the 95 % interval includes 0; {holm})"
