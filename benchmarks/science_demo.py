@@ -155,27 +155,32 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     if len(splits) != 1:
         raise SystemExit("the runs do not share one split: they cannot be combined")
     cfg = load_config(runs[0] / "config.yaml")
-    unlabeled = json.loads((runs[0] / "experiment.json").read_text()).get("unlabeled")
-    names = model_names(cfg, unlabeled=bool(unlabeled))
+    # Models, proxy inputs and seeds come from each run's own config, so the report lists all of them.
     rows, timings, seeds = [], {}, []
-    histories: dict = {n: {} for n in names}
-    proxy_dirs = {v: f"pretrain_{v}" for v in cfg.protocol.proxy_variants}
-    if unlabeled:
-        proxy_dirs[f"{cfg.protocol.proxy_variants[0]}+U"] = "pretrain_u"
-    proxy: dict = {v: {} for v in proxy_dirs}
+    histories: dict = {}
+    proxy: dict = {}
     unlabeled_reports: dict = {}
     work_seeds: list[tuple[Path, int]] = []
+    any_unlabeled = False
     for run in runs:
         state = json.loads((run / "experiment.json").read_text())
         run_cfg = load_config(run / "config.yaml")
+        unlabeled = bool(state.get("unlabeled"))
+        any_unlabeled |= unlabeled
+        names = model_names(run_cfg, unlabeled=unlabeled)
+        proxy_dirs = {v: f"pretrain_{v}" for v in run_cfg.protocol.proxy_variants}
+        if unlabeled:
+            proxy_dirs[f"{run_cfg.protocol.proxy_variants[0]}+U"] = "pretrain_u"
         for seed in run_cfg.protocol.seeds:
+            if int(seed) in seeds:
+                raise SystemExit(f"seed {seed} is in more than one of the runs: they cannot be combined")
             seeds.append(int(seed))
             work_seeds.append((run.parent, int(seed)))
             for model, sub in names.items():
                 rows += json.loads((run / "eval" / f"seed_{seed}" / f"{model}.json").read_text())
-                histories[model][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
+                histories.setdefault(model, {})[seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
             for v, sub in proxy_dirs.items():
-                proxy[v][seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
+                proxy.setdefault(v, {})[seed] = RunFolder(run / f"seed_{seed}" / sub).read_history()
             if unlabeled:
                 unlabeled_reports[int(seed)] = (RunFolder(run / f"seed_{seed}" / "pretrain_u").info() or {})[
                     "unlabeled"]
@@ -189,19 +194,21 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     from kidneyssl.metrics import summarize
 
     summary = {f"{n}/{p}": summarize([r for r in rows if r["model"] == n and r["part"] == p])
-               for n in names for p in ("val", "test")}
+               for n in histories for p in ("val", "test")}
     out = {
         "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part "
                 "(seeds run as separate one-thread processes, combined)",
-        "seeds": sorted(seeds), "config": _plain_cfg(cfg), "split": split,
-        "paired_differences": differences["paired"], "epochs_to_reach": differences["epochs_to_reach"],
+        "seeds": sorted(seeds), "models": list(histories), "proxy_inputs": list(proxy),
+        "config_of_first_run": _plain_cfg(cfg), "split": split,
+        "paired_differences": differences["paired"], "n_comparisons": differences["n_comparisons"],
+        "verdict_rule": differences["rule"], "epochs_to_reach": differences["epochs_to_reach"],
         "summary": {k: {m: v[m] for m in ("dice", "hd95_mm")} | {"n_cases": v["n_cases"]}
                     for k, v in summary.items()},
         "proxy_final_val_accuracy": {v: {s: (h[-1]["val_accuracy"] if h else None) for s, h in by.items()}
                                      for v, by in proxy.items()},
         "unlabeled": unlabeled_reports,
         "locator_dice_on_unlabeled_scans": (_locator_dice(work_seeds, phantom_seed)
-                                            if unlabeled and phantom_seed is not None else None),
+                                            if any_unlabeled and phantom_seed is not None else None),
         "timings_s": timings, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
@@ -219,8 +226,9 @@ def _write_results(out: dict, report_dir: Path, name: str = "science_demo") -> N
             text = text.replace(f"]({fig})", f"]({name}_{fig})")
     (RESULTS / f"{name}_report.md").write_text(text)
     for d in out["paired_differences"]:
-        print(f"{d['model']} - MwoS  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
-              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}]  ({d['n_cases']} cases x {d['n_seeds']} seeds)")
+        print(f"{d['model']} - {d['reference']}  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
+              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({d['interval']}, {d['n_cases']} cases x "
+              f"{d['n_seeds']} seeds): {d['conclusion']}")
 
 
 def _plain_cfg(cfg: object) -> dict:

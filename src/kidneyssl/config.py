@@ -306,6 +306,10 @@ class ProtocolConfig:
         init_parts: what a pretrained network gives its fine-tuned model: ``encoder`` (the
             paper's MwS) or ``encoder+decoder`` (for methods that pretrain a decoder; the side
             proxy gives its encoder either way).
+        min_seeds_for_verdict, min_cases_for_verdict: the report states a direction ("better",
+            "worse") for a comparison only with at least this many seeds and paired cases (and
+            an interval that excludes 0 after the Holm correction); below, it prints the numbers
+            and says they are too few (:func:`kidneyssl.reporting.statistics.compare_methods`).
     """
 
     seeds: tuple[int, ...] = (0,)
@@ -314,10 +318,15 @@ class ProtocolConfig:
     proxy_variants: tuple[str, ...] = PROXY_INPUTS
     methods: tuple[str, ...] = ()
     init_parts: str = "encoder"
+    min_seeds_for_verdict: int = 2
+    min_cases_for_verdict: int = 10
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"protocol.seeds must be distinct and non-empty, got {self.seeds!r}")
+        for name in ("min_seeds_for_verdict", "min_cases_for_verdict"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"protocol.{name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise ConfigError(f"protocol.test_fraction must be in [0, 1), got {self.test_fraction}")
         bad = [v for v in self.proxy_variants if v not in PROXY_INPUTS]

@@ -89,7 +89,8 @@ def test_experiment_writes_the_report(experiment) -> None:
         for k in ("dice", "hd_mm", "hd95_mm", "bl_pct", "nhd")}
     assert all(r["n_cases"] == "4" for r in rows)  # 2 cases x 2 seeds per part
     text = (report / "report.md").read_text()
-    for needle in ("seed 0", "seed 1", "Table 1: test", "Table 1: validation", "95 % bootstrap",
+    for needle in ("seed 0", "seed 1", "Table 1: test", "Table 1: validation", "t-interval over the case means",
+                   "too few seeds/cases for a conclusion (n = 2 cases x 2 seeds",
                    "MwS-region − MwoS", "MwS-masked − MwoS", "epochs to 90 %", "proxy validation",
                    "cannot be reproduced"):
         assert needle in text, needle
@@ -98,7 +99,8 @@ def test_experiment_writes_the_report(experiment) -> None:
     assert {d["model"] for d in dice_test} == {"MwS-region", "MwS-masked"}
     for d in dice_test:
         assert d["n_pairs"] == 4 and d["n_seeds"] == 2 and d["ci_low"] <= d["mean"] <= d["ci_high"]
-    assert "Dice (original grid)" in out and "95% bootstrap CI" in out
+    assert "Dice (original grid)" in out and "95% t-interval over case means, 2 cases x 2 seed(s)" in out
+    assert "too few seeds/cases for a conclusion" in out and "better than" not in out
     assert (run / "config.yaml").is_file()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -133,7 +134,11 @@ def test_write_experiment_report_files_and_contents(tmp_path, per_case):
     assert dice_test["model"] == "MwS-region" and dice_test["n_pairs"] == 4
     assert dice_test["mean"] == pytest.approx(0.1) and dice_test["per_seed"] == {0: pytest.approx(0.075),
                                                                                  1: pytest.approx(0.125)}
-    assert 0.05 - 1e-9 <= dice_test["ci_low"] < 0.1 < dice_test["ci_high"] <= 0.15 + 1e-9
+    # 2 cases: too few for a bootstrap; a t-interval over the case means 0.125 and 0.075 (1 df)
+    assert dice_test["interval"] == "t" and dice_test["test"] == "sign-flip exact"
+    half = 12.706204736 * 0.025  # t(0.975, 1) x sd (0.0353553) / sqrt(2)
+    assert (dice_test["ci_low"], dice_test["ci_high"]) == (pytest.approx(0.1 - half), pytest.approx(0.1 + half))
+    assert dice_test["p_value"] == pytest.approx(0.5) and dice_test["verdict"] == "too few"
     # MwoS's final Dice is 0.75 (seeds 0, 1): 90 % = 0.675, reached by MwS at epoch 2 (0.65 + ...)
     reach = differences["epochs_to_reach"]["MwS-region"]["90pct"]
     assert reach == {0: 3, 1: 3} and differences["epochs_to_reach"]["MwoS"]["90pct"] == {0: 5, 1: 5}
@@ -141,7 +146,9 @@ def test_write_experiment_report_files_and_contents(tmp_path, per_case):
     md = report.read_text()
     assert "](fig4_overlays.png)" in md and "](fig5_dice_curves.png)" in md and "](proxy_accuracy.png)" in md
     assert "**MwS-region − MwoS, test Dice: 0.100 [" in md
-    assert "MwS-region is better than MwoS (the 95 % interval excludes 0)" in md
+    assert ("too few seeds/cases for a conclusion (n = 2 cases x 2 seeds; at least 2 seeds and 10 cases are "
+            "needed)") in md
+    assert "better than" not in md and "worse than" not in md
     assert "seed 0: val / test Dice" in md and "Table 1: test" in md and "Table 1: validation" in md
     assert "| MwoS (test) | 6 | 2 | 0 | case_00003, case_00003 |" in md  # missed case counted and named
     assert "| pretrain | 61.0 s (0:01:01) |" in md
@@ -171,3 +178,92 @@ def test_report_single_epoch_nan_metrics_no_overlays(tmp_path):
     assert len(re.findall("data:image/png;base64,", (tmp_path / "report.html").read_text())) == 1
     one = next(d for d in differences["paired"] if d["metric"] == "dice")
     assert one["mean"] == pytest.approx(0.5) and one["n_pairs"] == 1
+
+
+# ------------------------------------------------------------- what the report may conclude
+def _design(n_seeds, n_cases, shift=0.05, noise=0.01):
+    """Rows of MwS-region and MwoS on ``n_cases`` test cases x ``n_seeds`` seeds: MwS-region's Dice
+    ``shift`` higher (plus noise) and its HD95 ``20 * shift`` mm lower; histories of one epoch."""
+    rng = np.random.default_rng(n_seeds * 100 + n_cases)
+    rows = []
+    for seed in range(n_seeds):
+        for i in range(n_cases):
+            base = rng.uniform(0.7, 0.9)
+            for model, s in (("MwoS", 0.0), ("MwS-region", shift)):
+                rows.append({"seed": seed, "model": model, "part": "test", **_row(
+                    f"case_{i:05d}", base + s + rng.normal(0, noise), 10.0, 10.0 - 20 * s + rng.normal(0, 0.2),
+                    10.0, 0.1)})
+    histories = {m: {s: [{"epoch": 0, "val_dice": 0.5}] for s in range(n_seeds)} for m in ("MwS-region", "MwoS")}
+    return rows, histories
+
+
+@pytest.mark.parametrize("n_seeds, n_cases, interval", [(1, 3, "t"), (3, 6, "t"), (3, 20, "bootstrap")])
+def test_a_direction_is_stated_only_with_enough_seeds_and_cases(tmp_path, n_seeds, n_cases, interval):
+    rows, histories = _design(n_seeds, n_cases)
+    report, differences = write_experiment_report(tmp_path, rows, histories, {}, [], {})
+    md = report.read_text()
+    paired = differences["paired"]
+    assert {(d["model"], d["reference"], d["metric"]) for d in paired} == {
+        ("MwS-region", "MwoS", "dice"), ("MwS-region", "MwoS", "hd95_mm")}
+    assert differences["n_comparisons"] == {"test": 2} and "2 on the test cases" in md
+    assert all(d["interval"] == interval and d["n_seeds"] == n_seeds and d["n_cases"] == n_cases for d in paired)
+    saved = json.loads((tmp_path / "differences.json").read_text())
+    assert [d["verdict"] for d in saved["paired"]] == [d["verdict"] for d in paired]
+    if n_seeds < 2 or n_cases < 10:
+        # every pair favours MwS-region and, with 3 cases, a percentile bootstrap would exclude 0;
+        # the report gives the numbers and says they are too few
+        assert all(d["wins" if d["metric"] == "dice" else "losses"] == n_seeds * n_cases for d in paired)
+        words = (f"too few seeds/cases for a conclusion (n = {n_cases} cases x {n_seeds} seed"
+                 f"{'s' if n_seeds > 1 else ''}; at least 2 seeds and 10 cases are needed)")
+        assert all(d["verdict"] == "too few" and d["conclusion"] == words for d in paired)
+        assert words in md and "better than" not in md and "worse than" not in md
+        assert "t-interval over the case means" in md and "sign-flip exact p = " in md
+    else:
+        assert all(d["verdict"] == "better" and (d["ci_low"] > 0 or d["ci_high"] < 0) for d in paired)
+        assert "MwS-region is better than MwoS (the 95 % interval excludes 0; Holm-adjusted p < 0.0002 over " \
+               "2 comparisons)" in md
+        assert "95 % bootstrap interval (seeds and cases resampled), 20 cases x 3 seed(s)" in md
+        # no effect: the interval includes 0 and nothing is concluded either way
+        rows, histories = _design(n_seeds, n_cases, shift=0.0, noise=0.05)
+        _, flat = write_experiment_report(tmp_path / "flat", rows, histories, {}, [], {})
+        dice = next(d for d in flat["paired"] if d["metric"] == "dice")
+        assert dice["ci_low"] < 0 < dice["ci_high"] and dice["verdict"] == "no difference detectable"
+
+
+def test_the_thresholds_come_from_the_protocol_config(tmp_path):
+    rows, histories = _design(1, 6, shift=0.1)
+    config = {"protocol": {"min_seeds_for_verdict": 1, "min_cases_for_verdict": 6}}
+    _, differences = write_experiment_report(tmp_path, rows, histories, {}, [], config)
+    dice = next(d for d in differences["paired"] if d["metric"] == "dice")
+    # 6 positive case differences: exact sign-flip p = 2/64, Holm over 2 comparisons 0.0625: no verdict
+    assert (dice["min_seeds"], dice["min_cases"], dice["p_value"]) == (1, 6, pytest.approx(2 / 64))
+    assert dice["p_holm"] == pytest.approx(0.0625) and dice["verdict"] == "no difference detectable"
+    from kidneyssl.config import ConfigError, ProtocolConfig
+
+    assert (ProtocolConfig().min_seeds_for_verdict, ProtocolConfig().min_cases_for_verdict) == (2, 10)
+    with pytest.raises(ConfigError, match="min_cases_for_verdict"):
+        ProtocolConfig(min_cases_for_verdict=0)
+
+
+def test_a_combined_report_lists_every_seed_model_and_proxy_input(tmp_path):
+    """Rows of three seeds and three models, with the config of one run (seed 0, region only), as
+    ``benchmarks/science_demo.py --combine`` gives it: "What was run" says what the rows hold."""
+    rows, histories = _design(3, 4)
+    rows += [{**r, "model": "MwS-masked"} for r in rows if r["model"] == "MwS-region"]
+    histories["MwS-masked"] = histories["MwS-region"]
+    proxy = {v: {s: [{"epoch": 0, "val_accuracy": 0.7}] for s in range(3)} for v in ("region", "masked")}
+    config = {"name": "demo", "protocol": {"seeds": [0], "proxy_variants": ["region"]}}
+    report, differences = write_experiment_report(tmp_path, rows, histories, proxy, [], config)
+    md = report.read_text()
+    run = md.split("## What was run", 1)[1].split("##", 1)[0]
+    assert "seeds in these results: `0, 1, 2`" in run
+    assert "models compared: `MwS-region, MwoS, MwS-masked`" in run
+    assert "proxy inputs pretrained: `region, masked`" in run
+    assert "the configuration below is one run's (seeds `0`; proxy inputs `region`)" in run
+    # each method against scratch and against the paper's MwS (the whole region)
+    assert {(d["model"], d["reference"]) for d in differences["paired"]} == {
+        ("MwS-region", "MwoS"), ("MwS-masked", "MwoS"), ("MwS-masked", "MwS-region")}
+    assert differences["n_comparisons"] == {"test": 6}
+    single = write_experiment_report(tmp_path / "one", rows, histories, proxy, [],
+                                     {"protocol": {"seeds": [0, 1, 2], "proxy_variants": ["region", "masked"]}})
+    assert "one run's" not in single[0].read_text()

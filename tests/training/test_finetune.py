@@ -131,3 +131,31 @@ def test_init_refuses_a_checkpoint_that_touched_held_out_cases(pretrain_run: Pat
     assert check_touched_cases("x.pt", touched, split) == []
     with pytest.raises(CheckpointError, match="does not record"):
         check_touched_cases("x.pt", None, split)
+
+
+def test_a_config_asking_for_more_workers_than_cpus_runs_with_the_cpus_and_says_so(
+        tiny_cache: Path, tiny_cfg, tmp_path: Path, monkeypatch, caplog) -> None:
+    """train.num_workers=4 on a 2-CPU affinity mask: 2 reader processes each epoch, one log line."""
+    import logging
+    import os
+
+    import torch.utils.data
+
+    from kidneyssl.config import apply_overrides
+    from kidneyssl.training.finetune import train_segmentation
+
+    asked: list[int] = []
+
+    class Loader(torch.utils.data.DataLoader):  # records the count, reads in-process (no processes here)
+        def __init__(self, *args, num_workers=0, prefetch_factor=None, **kwargs):
+            asked.append(num_workers)
+            super().__init__(*args, num_workers=0, **kwargs)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Loader)
+    cfg = apply_overrides(tiny_cfg, ["train.num_workers=4"])
+    with caplog.at_level(logging.INFO, logger="kidneyssl"):
+        train_segmentation(tiny_cache, tmp_path / "run", cfg, device="cpu")
+    assert asked == [2] * cfg.train.epochs
+    said = [r.getMessage() for r in caplog.records if "reader processes" in r.getMessage()]
+    assert said == ["data loader: 2 reader processes instead of the 4 asked for (2 CPUs available to this process)"]

@@ -87,8 +87,13 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
               f"+- {dice.get('sd', float('nan')):.4f} over {stats.get('n_cases', 0)} case x seed pairs")
     for d in result.differences.get("paired", []):
         if d["metric"] == "dice":
-            print(f"{d['model']} - MwoS ({d['part']}) Dice: {d['mean']:+.4f} "
-                  f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] (95% bootstrap CI, {d['n_pairs']} pairs)")
+            interval = "95% bootstrap CI" if d.get("interval") == "bootstrap" else "95% t-interval over case means"
+            print(f"{d['model']} - {d['reference']} ({d['part']}) Dice: {d['mean']:+.4f} "
+                  f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({interval}, {d['n_cases']} cases x "
+                  f"{d['n_seeds']} seed(s)): {d['conclusion']}")
+    if result.differences.get("rule"):
+        made = ", ".join(f"{n} on {part}" for part, n in result.differences.get("n_comparisons", {}).items())
+        print(f"{result.differences['rule']} Comparisons made (Holm-corrected per part): {made or 'none'}.")
 
 
 def run(args: argparse.Namespace) -> int:

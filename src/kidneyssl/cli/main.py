@@ -98,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     configure_logging(args.quiet, args.verbose)
+    from kidneyssl.cli._common import silence_known_warnings
+
+    silence_known_warnings()
     module = importlib.import_module(f"kidneyssl.cli.{args.command}")
     try:
         return int(module.run(args) or 0)

@@ -9,9 +9,22 @@ The training loop decides the order of the items (seeded shuffling, sharding acr
 
 from __future__ import annotations
 
+import logging
+import os
 from typing import Any, Iterable, Sequence
 
-__all__ = ["build_loader"]
+__all__ = ["build_loader", "available_cpus"]
+
+log = logging.getLogger(__name__)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (``taskset``, a batch scheduler's
+    allocation), else ``os.cpu_count()``; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _as_is(item: Any) -> Any:
@@ -19,7 +32,7 @@ def _as_is(item: Any) -> Any:
 
 
 def build_loader(dataset: Any, order: Sequence[int], *, num_workers: int = 0, pin_memory: bool = False,
-                 prefetch_factor: int = 2) -> Iterable[Any]:
+                 prefetch_factor: int = 2, announce: bool = True) -> Iterable[Any]:
     """``dataset[i] for i in order``, read ahead by ``num_workers`` processes.
 
     Args:
@@ -28,9 +41,12 @@ def build_loader(dataset: Any, order: Sequence[int], *, num_workers: int = 0, pi
             returned as they are (no batch dimension added).
         order: dataset indices in the order to serve them (one epoch).
         num_workers: reader processes; 0 reads in the calling process, when the item is asked for.
+            At most :func:`available_cpus` are started (more only compete for the same cores).
         pin_memory: copy tensors into pinned memory (faster, asynchronous ``.to("cuda",
             non_blocking=True)``); ignored without CUDA.
         prefetch_factor: items read ahead per worker.
+        announce: log one line when ``num_workers`` was lowered to the CPUs available (a loop
+            that builds a loader per epoch passes ``True`` for its first epoch only).
 
     Returns:
         A ``torch.utils.data.DataLoader`` (iterable once per call of ``iter``).
@@ -47,6 +63,12 @@ def build_loader(dataset: Any, order: Sequence[int], *, num_workers: int = 0, pi
     bad = [i for i in order if not 0 <= i < len(dataset)]
     if bad:
         raise ValueError(f"indices {bad[:5]} outside the dataset of {len(dataset)} items")
+    cpus = available_cpus()
+    if num_workers > cpus:
+        if announce:
+            log.info("data loader: %d reader processes instead of the %d asked for (%d CPUs available to this "
+                     "process)", cpus, num_workers, cpus)
+        num_workers = cpus
     return DataLoader(
         dataset,
         batch_size=None,

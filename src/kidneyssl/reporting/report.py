@@ -26,8 +26,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from kidneyssl.config import PROXY_INPUTS, ProtocolConfig
 from kidneyssl.io.atomic import atomic_write_text
 from kidneyssl.reporting.figures import OverlayCase, plot_overlays
+from kidneyssl.reporting.statistics import BOOTSTRAP_MIN_CASES, format_p
 from kidneyssl.reporting.tables import DIGITS, METRIC_LABELS, format_value, metric_cell
 
 __all__ = [
@@ -38,6 +40,10 @@ __all__ = [
     "write_table1_csv",
     "table1_markdown",
     "write_experiment_report",
+    "verdict_rule",
+    "DEFAULT_BASELINES",
+    "COMPARED_METRICS",
+    "INTERVAL_WORDS",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,6 +67,10 @@ def _paper_name(model: str) -> str:
     """The paper's model a name of ours corresponds to (``MwS-region`` -> ``MwS``)."""
     return model.split("-", 1)[0]
 FIG4_NAME = "fig4_overlays.png"
+#: References of the default comparisons: scratch (MwoS), then the paper's MwS (whole region).
+DEFAULT_BASELINES: tuple[str, ...] = ("MwoS", "MwS-region")
+#: Metrics of the paired comparisons.
+COMPARED_METRICS: tuple[str, ...] = ("dice", "hd95_mm")
 FIG5_NAME = "fig5_dice_curves.png"
 
 
@@ -218,8 +228,7 @@ def _config_summary(config: Mapping[str, Any]) -> list[str]:
         ("name", "preset"), ("preprocess.spacing_mm", "voxel spacing (mm, z y x)"),
         ("preprocess.window_hu", "HU window"), ("pretrain.crop_size", "kidney crop (voxels)"),
         ("pretrain.val_fraction", "proxy validation fraction (of the training cases)"),
-        ("protocol.proxy_variants", "proxy inputs"), ("protocol.test_fraction", "test fraction"),
-        ("protocol.seeds", "seeds"), ("protocol.split_seed", "split seed"),
+        ("protocol.test_fraction", "test fraction"), ("protocol.split_seed", "split seed"),
         ("train.pos_weight", "BCE positive weight"),
         ("model.init_features", "initial features"), ("model.growth_rate", "growth rate"),
         ("model.block_layers", "dense block layers"), ("model.reconstruction", "reconstruction branch"),
@@ -277,20 +286,78 @@ NHD_NOTE = (
 )
 
 
+def _fmt_diff(x: float, digits: int) -> str:
+    """A difference: fixed decimals (no scientific notation beside its interval), ``–`` if undefined."""
+    return f"{x:.{digits}f}" if math.isfinite(x) else "–"
+
+
 def _fmt_ci(stats: Mapping[str, Any], digits: int) -> str:
-    return (f"{_fmt(stats['mean'], digits)} [{_fmt(stats['ci_low'], digits)}, {_fmt(stats['ci_high'], digits)}]")
+    return (f"{_fmt_diff(stats['mean'], digits)} [{_fmt_diff(stats['ci_low'], digits)}, "
+            f"{_fmt_diff(stats['ci_high'], digits)}]")
 
 
-def _verdict(d: Mapping[str, Any], higher_is_better: bool) -> str:
-    """One sentence saying which way a paired difference falls, and whether its interval excludes 0."""
-    low, high = d["ci_low"], d["ci_high"]
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return "no paired values"
-    if low > 0 or high < 0:
-        better = (low > 0) == higher_is_better
-        return (f"{d['model']} is {'better' if better else 'worse'} than {d['reference']} "
-                "(the 95 % interval excludes 0)")
-    return f"no difference detectable between {d['model']} and {d['reference']} (the 95 % interval includes 0)"
+#: What each interval / test of :func:`kidneyssl.reporting.statistics.paired_differences` is, in words.
+INTERVAL_WORDS = {"bootstrap": "95 % bootstrap interval (seeds and cases resampled)",
+                  "t": "95 % t-interval over the case means (too few cases for a bootstrap)"}
+
+
+def _test_words(d: Mapping[str, Any]) -> str:
+    """``bootstrap p = 0.01`` / ``sign-flip exact p = 0.125 over 4 case means``."""
+    if d.get("test") == "bootstrap":
+        return f"bootstrap {format_p(d)}"
+    return f"{d.get('test', 'sign-flip')} {format_p(d)} over {d['n_cases']} case means"
+
+
+def _digits(metric: str) -> int:
+    return DIGITS.get(metric, 3)
+
+
+def _favour(d: Mapping[str, Any]) -> str:
+    """``better for model / better for reference`` pair counts (higher Dice, lower distances)."""
+    return f"{d['wins']} / {d['losses']}" if d.get("higher_is_better", True) else f"{d['losses']} / {d['wins']}"
+
+
+def verdict_rule(min_seeds: int, min_cases: int) -> str:
+    """The rule for stating a direction, in words (report and ``differences.json``)."""
+    return (f"A direction (better/worse) is stated only with at least {min_seeds} seeds and {min_cases} paired "
+            "cases, when the 95 % interval excludes 0 and the p-value, Holm-corrected for the number of "
+            "comparisons made, is below 0.05; below those numbers the differences are shown without a conclusion "
+            "(protocol.min_seeds_for_verdict, protocol.min_cases_for_verdict).")
+
+
+def _family_words(family: Mapping[str, int]) -> str:
+    parts = [f"{n} on the {'test' if p == 'test' else 'validation'} cases" for p, n in family.items() if n]
+    if not parts:
+        return ""
+    return ("Comparisons made (each model pair x metric; each part corrected on its own, Holm): "
+            + ", ".join(parts) + ".")
+
+
+def _protocol(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    section = config.get("protocol")
+    return section if isinstance(section, Mapping) else {}
+
+
+def _run_contents(rows: Sequence[Mapping[str, Any]], models: Sequence[str], seeds: Sequence[int],
+                  proxy_histories: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
+    """What the report's numbers come from, derived from its rows (every seed and model they hold,
+    every proxy input pretrained), not from one run's config: a combined report names them all."""
+    protocol = _protocol(config)
+    items = [f"seeds in these results: `{', '.join(str(s) for s in seeds) or 'none'}`",
+             f"models compared: `{', '.join(models) or 'none'}`"]
+    proxies = list(proxy_histories) or list(protocol.get("proxy_variants") or [])
+    if proxies:
+        items.append(f"proxy inputs pretrained: `{', '.join(str(p) for p in proxies)}`")
+    shown: dict[str, list[Any]] = {"seeds": [int(s) for s in protocol.get("seeds") or []],
+             "proxy inputs": [str(p) for p in protocol.get("proxy_variants") or []]}
+    # (a proxy history such as "region+U", pretrained with extra scans, is no protocol variant)
+    found: dict[str, list[Any]] = {"seeds": list(seeds), "proxy inputs": [str(p) for p in proxies if p in PROXY_INPUTS]}
+    differ = [f"{k} `{', '.join(str(v) for v in shown[k])}`" for k in shown
+              if shown[k] and sorted(shown[k]) != sorted(found[k])]
+    if differ:
+        items.append("the configuration below is one run's (" + "; ".join(differ) + "); these results combine "
+                     "several runs")
+    return items
 
 
 def _seed_table(rows: Sequence[Mapping[str, Any]], models: Sequence[str],
@@ -359,6 +426,9 @@ def write_experiment_report(
     split: Mapping[str, Any] | None = None,
     title: str = "kidneyssl experiment report",
     unlabeled: Mapping[int, Mapping[str, Any]] | None = None,
+    comparisons: Sequence[tuple[str, str]] | None = None,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    metrics: Sequence[str] = COMPARED_METRICS,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the experiment's report folder.
 
@@ -375,10 +445,21 @@ def write_experiment_report(
         split: ``{"train", "val", "test"}`` case counts (and ``test_source``).
         unlabeled: seed -> the ``unlabeled`` record of that seed's MwS+U pretraining run (scans,
             used, kidneys found, minimum confidence), when the experiment had unlabeled scans.
+        comparisons: ``(model, reference)`` pairs to compare, any model names; default: every
+            model against each of ``baselines`` present in the rows
+            (:func:`kidneyssl.reporting.statistics.comparison_pairs`).
+        baselines: the references of the default comparisons (scratch, then the paper's MwS).
+        metrics: metric row keys compared (each comparison x metric x part is one test).
+
+    The thresholds for stating a direction are ``config["protocol"]["min_seeds_for_verdict"]``
+    and ``["min_cases_for_verdict"]`` (defaults of :class:`kidneyssl.config.ProtocolConfig`);
+    see :func:`kidneyssl.reporting.statistics.compare_methods` for the rule.
 
     Returns:
-        ``(out_dir / "report.md", differences)``: ``differences`` holds the paired differences
-        (``reporting.statistics.paired_differences``) and the convergence numbers, also written as
+        ``(out_dir / "report.md", differences)``: ``differences`` holds ``paired`` (one
+        :func:`~kidneyssl.reporting.statistics.compare_methods` dict per part x comparison x
+        metric, with its ``verdict`` and ``conclusion``), ``n_comparisons`` (the Holm family size
+        per part), ``rule`` (the rule in words) and the convergence numbers, also written as
         ``differences.json``. ``report.html``, ``table1.csv``, ``table1.md`` and the figures are
         beside the report. Every file is written atomically.
     """
@@ -386,7 +467,7 @@ def write_experiment_report(
 
     from kidneyssl.io.atomic import atomic_write_json
     from kidneyssl.reporting.figures import plot_seed_curves
-    from kidneyssl.reporting.statistics import paired_differences
+    from kidneyssl.reporting.statistics import compare_methods, comparison_pairs
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -403,11 +484,16 @@ def write_experiment_report(
     write_table1_csv(csv_rows, out / "table1.csv")
     _write_text(out / "table1.md", "".join(f"## {part}\n\n{table1_markdown(t)}\n" for part, t in tables.items()))
 
-    mws = [m for m in models if m != "MwoS"]
-    diffs = [paired_differences(rows, m, "MwoS", metric, part)
-             for part in parts for m in mws for metric in ("dice", "hd95_mm")]
+    protocol = _protocol(config)
+    defaults = ProtocolConfig()
+    min_seeds = int(protocol.get("min_seeds_for_verdict", defaults.min_seeds_for_verdict))
+    min_cases = int(protocol.get("min_cases_for_verdict", defaults.min_cases_for_verdict))
+    pairs = list(comparisons) if comparisons is not None else comparison_pairs(models, baselines)
+    diffs = compare_methods(rows, pairs, metrics, parts, min_seeds=min_seeds, min_cases=min_cases)
+    family = {part: next((d["n_comparisons"] for d in diffs if d["part"] == part), 0) for part in parts}
+    rule = verdict_rule(min_seeds, min_cases)
     conv_header, conv_body, conv_data = _convergence(histories)
-    differences = {"paired": diffs, "epochs_to_reach": conv_data}
+    differences = {"paired": diffs, "n_comparisons": family, "rule": rule, "epochs_to_reach": conv_data}
     atomic_write_json(out / "differences.json", differences)
 
     images: dict[str, bytes] = {}
@@ -432,9 +518,9 @@ def write_experiment_report(
     for d in diffs:
         if d["metric"] == "dice":
             headline.append(
-                f"**{d['model']} − MwoS, {d['part']} Dice: {_fmt_ci(d, 3)}** (mean paired difference, 95 % "
-                f"bootstrap interval over {d['n_cases']} cases x {d['n_seeds']} seed(s); {d['wins']} pairs "
-                f"favour {d['model']}, {d['losses']} favour MwoS): {_verdict(d, True)}.")
+                f"**{d['model']} − {d['reference']}, {d['part']} Dice: {_fmt_ci(d, 3)}** (mean paired difference, "
+                f"{INTERVAL_WORDS[d['interval']]}, {d['n_cases']} cases x {d['n_seeds']} seed(s); {_test_words(d)}; "
+                f"{d['wins']} pairs favour {d['model']}, {d['losses']} favour {d['reference']}): {d['conclusion']}.")
     blocks: list[Block] = [
         ("h1", title),
         ("p", f"Generated {now} by kidneyssl {__version__}. Reproduces the comparison of Dhere & Sivaswamy, "
@@ -445,7 +531,8 @@ def write_experiment_report(
               "**MwS-region** (the whole fixed-size region around each kidney, as the paper's text says) and "
               "**MwS-masked** (only the kidney, everything else zeroed, as the authors' code does)."),
         ("h2", "Result"),
-        ("ul", headline or ["(no MwS model to compare)"]),
+        ("ul", headline or ["(no two models to compare)"]),
+        ("p", rule + " " + _family_words(family)),
         ("p", f"Seeds: {', '.join(str(s) for s in seeds)}. Cases: {split.get('train', '?')} training, "
               f"{split.get('val', '?')} validation, {split.get('test', '?')} test ({split.get('test_source', '')}). "
               "Training and pretraining read only the training cases (pretraining validates on a held-out part of "
@@ -457,7 +544,7 @@ def write_experiment_report(
         blocks.append(("p", _unlabeled_text(unlabeled)))
     blocks += [
         ("h2", "What was run"),
-        ("ul", _config_summary(config) or ["(no configuration given)"]),
+        ("ul", _run_contents(rows, models, seeds, proxy_histories, config) + _config_summary(config)),
         ("h2", "Per seed"),
         ("table", _seed_table(rows, models, seeds)),
     ]
@@ -472,17 +559,21 @@ def write_experiment_report(
             ("table", _table1_cells(tables[part])),
         ]
     blocks += [
-        ("h2", "Paired differences MwS − MwoS"),
-        ("p", "Per (seed, case) pair, MwS minus MwoS of the same seed on the same case; 95 % percentile bootstrap "
-              "interval resampling seeds and cases independently (10 000 resamples). Dice: higher is better; "
-              "HD95: lower is better."),
-        ("table", (["Comparison", "part", "metric", "mean [95 % CI]", "pairs (cases x seeds)", "favour MwS / MwoS",
-                    "per seed"],
-                   [[f"{d['model']} − MwoS", d["part"], d["metric"], _fmt_ci(d, 3 if d["metric"] == "dice" else 1),
-                     f"{d['n_pairs']} ({d['n_cases']} x {d['n_seeds']})",
-                     # pairs where MwS is better / worse: higher Dice, lower distances
-                     (f"{d['wins']} / {d['losses']}" if d["metric"] == "dice" else f"{d['losses']} / {d['wins']}"),
-                     ", ".join(f"{s}: {_fmt(v, 3)}" for s, v in d["per_seed"].items())] for d in diffs])),
+        ("h2", "Paired differences"),
+        ("p", "Per (seed, case) pair, a model minus its reference of the same seed on the same case. With at least "
+              f"{BOOTSTRAP_MIN_CASES} cases: the mean over the pairs with a 95 % percentile bootstrap interval "
+              "resampling seeds and cases independently (10 000 resamples) and the bootstrap p-value dual to it. "
+              f"With fewer cases a percentile bootstrap is not a valid interval: each case's differences are "
+              "averaged over the seeds first (the unit is the case), and the table shows a 95 % t-interval over "
+              "those case means and a two-sided sign-flip (permutation) p-value, exact over all sign patterns. "
+              "Dice: higher is better; HD95: lower is better. " + _family_words(family)),
+        ("table", (["Comparison", "part", "metric", "mean [95 % interval]", "interval", "p", "Holm-adjusted p",
+                    "pairs (cases x seeds)", "pairs better for model / reference", "per seed", "conclusion"],
+                   [[f"{d['model']} − {d['reference']}", d["part"], d["metric"], _fmt_ci(d, _digits(d["metric"])),
+                     d["interval"], _test_words(d), format_p(d, adjusted=True),
+                     f"{d['n_pairs']} ({d['n_cases']} x {d['n_seeds']})", _favour(d),
+                     ", ".join(f"{s}: {_fmt_diff(v, _digits(d['metric']))}" for s, v in d["per_seed"].items()),
+                     d["conclusion"]] for d in diffs])),
         ("h2", "Convergence (the paper's faster-convergence claim)"),
         ("p", "First epoch at which each model's validation Dice reaches 90 % / 95 % of MwoS's final validation "
               "Dice of the same seed; mean over the seeds that reached it, per seed in brackets."),

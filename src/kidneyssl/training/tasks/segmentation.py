@@ -130,6 +130,7 @@ class SegmentationTask(Task):
         self.train_cases = None if train_cases is None else sorted(str(c) for c in train_cases)
         self.pos_weight: float | None = None
         self.init_touched: list[str] = []
+        self._loader_announced = False
         self.dataset: Any = None
 
     # -- configuration ----------------------------------------------------------------------
@@ -245,7 +246,9 @@ class SegmentationTask(Task):
         cfg = self._cfg
         order = epoch_order(len(self.dataset), epoch, cfg.train.seed, ctx)
         loader = build_loader(self.dataset, order, num_workers=cfg.train.num_workers,
-                              pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda")
+                              pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda",
+                              announce=not self._loader_announced)
+        self._loader_announced = True  # the worker cap is said once per run
         return loader, len(order)
 
     def loss(self, model: Any, item: Any, epoch: int) -> tuple[Any, dict[str, float], int]:
