@@ -65,11 +65,21 @@ def test_module_keeps_float32_on_pytorchs_path_and_bf16_in_bf16() -> None:
     plain.load_state_dict(ours.state_dict())
     x = torch.randn(1, 8, 4, 4, 4, generator=gen)
     assert torch.equal(ours(x), plain(x))
-    assert ours(x.bfloat16()).dtype == torch.bfloat16
+    # CPU default: PyTorch's path (its CPU GroupNorm keeps bfloat16 already); True: ours
+    assert torch.equal(ours(x.bfloat16()), plain(x.bfloat16()))
+    ours.low_precision = True
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert ours(x.bfloat16()).dtype == torch.bfloat16
+        y = ours(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and y.grad_fn is not None and "GroupNormLowPrecision" in y.grad_fn.name()
     ours.low_precision = False
     assert torch.equal(ours(x.bfloat16()), plain(x.bfloat16()))
+
+
+def test_the_function_saves_only_its_input_and_group_statistics() -> None:
+    x, w, b = _inputs(torch.bfloat16)
+    saved, out = _saved_during(lambda: group_norm_low_precision(x, 4, w.float(), b.float()))
+    assert out.dtype == torch.bfloat16
+    assert saved == [(torch.bfloat16, x.numel()), (torch.float32, 8), (torch.float32, 8), (torch.float32, 8)]
 
 
 class _AsUnderCudaAutocast(nn.GroupNorm):
@@ -99,6 +109,7 @@ def test_gn_relu_conv_stores_bfloat16_activations_under_autocast() -> None:
     and it stores fewer bytes than PyTorch's GroupNorm under autocast (and than float32)."""
     torch.manual_seed(0)
     layer = NormActConv(16, 8, 3, 1, norm_groups=4)
+    layer[0].low_precision = True  # the path CUDA takes by default
     x = torch.randn(1, 16, 8, 8, 8).bfloat16().requires_grad_()
     size = x.numel()
 
@@ -137,7 +148,8 @@ def test_state_dict_keys_unchanged_and_old_checkpoints_load(monkeypatch) -> None
         new.load_state_dict(old.state_dict(), strict=True)
 
 
-def test_bfloat16_autocast_training_step_of_the_network() -> None:
+@pytest.mark.parametrize("low_precision", [True, None])
+def test_bfloat16_autocast_training_step_of_the_network(low_precision) -> None:
     """One CPU bfloat16-autocast step: bfloat16 logits, finite loss, a gradient on every parameter.
 
     32^3, not 16^3: PyTorch's CPU bfloat16 conv3d backward now and then gave a NaN weight gradient
@@ -148,6 +160,9 @@ def test_bfloat16_autocast_training_step_of_the_network() -> None:
 
     torch.manual_seed(0)
     model = build_segmentation_model(TINY)
+    for m in model.modules():
+        if isinstance(m, GroupNorm):
+            m.low_precision = low_precision
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(x)

@@ -10,8 +10,9 @@ Under bfloat16 (or float16) autocast, PyTorch runs ``group_norm`` in float32: it
 copy of its input for backward and returns float32, so the ReLU stores float32 and the conv a
 further low-precision copy (more bytes per value than a float32 run). :class:`GroupNorm` instead
 normalises a low-precision input with float32 statistics and returns the input's dtype, storing
-only that input and per-group mean/rstd (:func:`group_norm_low_precision`); float32 inputs take
-PyTorch's own path, and the parameters and state dict are ``nn.GroupNorm``'s.
+only that input and per-group mean/rstd (:func:`group_norm_low_precision`); float32 inputs (and
+CPU inputs, which PyTorch already keeps in bfloat16) take PyTorch's own path, and the parameters
+and state dict are ``nn.GroupNorm``'s.
 
 MONAI has a 3-D DenseNet (``monai.networks.nets.DenseNet``) but its blocks use BatchNorm, a
 bottleneck 1x1x1 conv and pooling transitions, and it cannot return the per-resolution skips a
@@ -26,7 +27,6 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 __all__ = [
     "group_count",
@@ -69,7 +69,8 @@ class _GroupNormLowPrecision(torch.autograd.Function):
 
     Memory beyond the output: per-channel vectors in forward (``sum`` and ``vector_norm`` with a
     float32 ``dtype`` reduce a bfloat16 CUDA tensor without a float32 copy); one tensor of the
-    input's dtype and size in backward, which becomes the input gradient.
+    input's dtype and size in backward, which becomes the input gradient. The backward pass is
+    not itself differentiable (no double backward; ``torch.compile`` traces it as is).
     """
 
     @staticmethod
@@ -102,7 +103,6 @@ class _GroupNormLowPrecision(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, weight, mean, rstd = ctx.saved_tensors
         groups, count = ctx.groups, ctx.count
@@ -160,17 +160,21 @@ class GroupNorm(nn.GroupNorm):
     that keeps a bfloat16/float16 input in its dtype (:func:`group_norm_low_precision`).
 
     Attributes:
-        low_precision: use the low-precision path for bfloat16/float16 inputs (default True;
-            False gives ``nn.GroupNorm``'s behaviour under autocast, for comparisons).
+        low_precision: None (default): the low-precision path for bfloat16/float16 inputs on
+            devices other than the CPU (PyTorch's CPU GroupNorm already takes a bfloat16 input
+            in one fused pass with float32 statistics and returns bfloat16, and CPU autocast
+            leaves it so); True: for such inputs on every device; False: PyTorch's path always
+            (float32 under CUDA autocast, for comparisons).
     """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device: Any = None, dtype: Any = None) -> None:
         super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
-        self.low_precision = True
+        self.low_precision: bool | None = None
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.low_precision and x.dtype in _LOW_PRECISION:
+        use = self.low_precision if self.low_precision is not None else x.device.type != "cpu"
+        if use and x.dtype in _LOW_PRECISION:
             return group_norm_low_precision(x, self.num_groups, self.weight, self.bias, self.eps)
         return super().forward(x)
 
