@@ -240,6 +240,8 @@ def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
     monkeypatch.setenv("SLURM_LOCALID", "2")  # a third process on a node with 2 GPUs
     with pytest.raises(KidneySSLError, match="local rank 2"):
         init_distributed("auto")
+    _fake_gpus(monkeypatch, 1)  # srun --gpus-per-task 1: each process sees its own GPU only
+    assert init_distributed("cuda").device == torch.device("cuda", 0)
 
 
 def test_two_srun_tasks_form_a_group_of_two(tmp_path: Path) -> None:

@@ -15,9 +15,10 @@ Launchers (:func:`launch_environment`):
 :func:`init_distributed` then initialises the process group (NCCL on CUDA, gloo on CPU) with a
 collective timeout that fits rank-0-only work (:data:`DEFAULT_TIMEOUT_MINUTES`, or
 ``KIDNEYSSL_DIST_TIMEOUT_MIN``, or its ``timeout_minutes`` argument). Each process computes on
-the GPU of its local rank (``device`` ``cuda``/``auto``); a device that names one GPU
-(``cuda:1``) is refused when several processes run, since all of them would land on it. Only rank 0
-writes files (``ctx.is_main``).
+the GPU of its local rank (``device`` ``cuda``/``auto``), or the only GPU it sees when the launcher
+gave each process its own (``srun --gpus-per-task 1``); a device that names one GPU (``cuda:1``) is
+refused when several processes run, since all of them would land on it. Only rank 0 writes files
+(``ctx.is_main``).
 
 Validation is sharded by case index (``i % world == rank``) and gathered with
 :func:`gather_objects`, one collective per call, never inside a loop whose length differs per rank.
@@ -89,10 +90,19 @@ def _pick_device(preference: str | None, local_rank: int) -> Any:
             raise KidneySSLError("device 'cuda' requested but no CUDA device is available; run on the CPU",
                                  remedy=("device=cpu",))
         if pref == "cuda":
-            torch.cuda.set_device(local_rank)
-            return torch.device("cuda", local_rank)
+            index = _local_gpu_index(local_rank)
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
         return torch.device(pref)
     return torch.device(pref)
+
+
+def _local_gpu_index(local_rank: int) -> int:
+    """The GPU of the process with ``local_rank``: GPU ``local_rank``, or the only visible GPU when
+    the launcher gave each process its own (``srun --gpus-per-task 1`` leaves one visible)."""
+    import torch
+
+    return 0 if torch.cuda.device_count() == 1 else local_rank
 
 
 @dataclass(frozen=True)
@@ -289,7 +299,8 @@ def _check_launch_device(preference: str | None, launch: LaunchEnvironment) -> N
             "the GPU of its local rank) and choose the GPUs with CUDA_VISIBLE_DEVICES",
             remedy=("device=cuda",))
     wants_cuda = pref == "cuda" or (pref == "auto" and torch.cuda.is_available())
-    if wants_cuda and torch.cuda.is_available() and launch.local_rank >= torch.cuda.device_count():
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wants_cuda and count > 1 and launch.local_rank >= count:
         raise KidneySSLError(
             f"the process of local rank {launch.local_rank} needs GPU {launch.local_rank}, but "
             f"{torch.cuda.device_count()} GPU(s) are visible on this node; start at most one process per GPU")
