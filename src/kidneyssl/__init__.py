@@ -4,7 +4,34 @@ Reference implementation of Dhere & Sivaswamy, "Self-supervised learning for seg
 Heavy modules (torch, SimpleITK, matplotlib) are imported by the submodules that need them.
 """
 
+import importlib.metadata as _metadata
 import os as _os
+import re as _re
+
+#: The oldest torch this package runs on: checkpoints are read with
+#: ``torch.serialization.safe_globals``, which torch 2.5 introduced (``pyproject.toml`` says the same).
+TORCH_MIN_VERSION = (2, 5)
+
+
+def _check_torch_version() -> None:
+    """Raise ImportError when the installed torch is older than :data:`TORCH_MIN_VERSION`.
+
+    Reads the installed distribution's version without importing torch (which takes seconds and
+    would fail in less clear ways); a torch that pip does not know of (a source tree on the path)
+    is left to its first import.
+    """
+    try:
+        installed = _metadata.version("torch")
+    except _metadata.PackageNotFoundError:
+        return
+    match = _re.match(r"(\d+)\.(\d+)", installed)
+    if match and (int(match.group(1)), int(match.group(2))) < TORCH_MIN_VERSION:
+        needed = ".".join(map(str, TORCH_MIN_VERSION))
+        raise ImportError(f"kidneyssl needs torch >= {needed}, but torch {installed} is installed; "
+                          f"install torch {needed} or newer (the CPU or CUDA build you want)")
+
+
+_check_torch_version()
 
 # Back PyTorch's large CPU tensors with transparent huge pages (read by torch at its first
 # allocation, so set before any submodule imports torch; a user's own value wins). Every fresh
@@ -31,6 +58,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
+    "TORCH_MIN_VERSION",
     "CANONICAL_AXCODES",
     "CheckpointError",
     "DataError",

@@ -8,6 +8,7 @@ ranks where 1 process averages over 2 accumulated items); only float summation o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -19,12 +20,22 @@ import pytest
 import torch
 
 from kidneyssl.config import ModelConfig, SegTrainConfig
+from kidneyssl.errors import KidneySSLError
 from kidneyssl.losses import segmentation_loss
 from kidneyssl.models import build_segmentation_model
-from kidneyssl.training.distributed import DistContext, gather_objects, shard
+from kidneyssl.training.distributed import (
+    DEFAULT_TIMEOUT_MINUTES,
+    TIMEOUT_ENV,
+    DistContext,
+    collective_timeout_minutes,
+    gather_objects,
+    init_distributed,
+    shard,
+)
 from kidneyssl.training.loop import epoch_order
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+SLURM_WORKER = Path(__file__).with_name("slurm_worker.py")
 EPOCHS = 3
 
 
@@ -85,3 +96,115 @@ def test_every_parameter_gets_a_gradient(recon_weight: float) -> None:
     loss = segmentation_loss(model(x), x, (x > 0.5).float(), 0, 2, cfg.train)["total"]
     loss.backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+# --- launchers, devices and the collective timeout (issue 19, items 3 and 5) ----------------------
+
+_LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", TIMEOUT_ENV)
+
+
+def _slurm_env(rank: int, tasks: int = 2, **extra: str) -> dict[str, str]:
+    env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": str(tasks), "SLURM_STEP_NUM_TASKS": str(tasks),
+           "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_STEP_ID": "0",
+           "SLURM_JOB_NODELIST": "gpu[01-04,07],cpu3"}
+    env.update(extra)
+    return env
+
+
+def test_collective_timeout_default_env_and_argument() -> None:
+    assert collective_timeout_minutes(None, {}) == DEFAULT_TIMEOUT_MINUTES == 60
+    assert collective_timeout_minutes(None, {TIMEOUT_ENV: "90"}) == 90
+    assert collective_timeout_minutes(5, {TIMEOUT_ENV: "90"}) == 5
+    for bad in ("soon", "0", "-3", "inf"):
+        with pytest.raises(KidneySSLError, match=TIMEOUT_ENV):
+            collective_timeout_minutes(None, {TIMEOUT_ENV: bad})
+
+
+class _FakeGroup:
+    """``torch.distributed`` init as far as :func:`init_distributed` goes; records its arguments."""
+
+    def __init__(self, monkeypatch) -> None:
+        import torch.distributed as dist
+
+        self.kwargs: dict = {}
+        monkeypatch.setattr(dist, "is_initialized", lambda: bool(self.kwargs))
+        monkeypatch.setattr(dist, "init_process_group", lambda **kw: self.kwargs.update(kw))
+
+
+def _clean_launch_env(monkeypatch) -> None:
+    for name in (*_LAUNCH_VARS, *_slurm_env(0), "SLURM_STEPID", "SLURM_NODELIST", "SLURM_STEP_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_init_distributed_sets_the_timeout_and_logs_it_once_on_rank_0(monkeypatch, caplog, rank: int) -> None:
+    from datetime import timedelta
+
+    _clean_launch_env(monkeypatch)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", str(rank))
+    group = _FakeGroup(monkeypatch)
+    with caplog.at_level(logging.INFO, logger="kidneyssl.training.distributed"):
+        ctx = init_distributed("cpu")
+    assert group.kwargs["timeout"] == timedelta(minutes=60) and group.kwargs["backend"] == "gloo"
+    assert ctx.rank == rank and ctx.launcher == "torchrun"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == (1 if rank == 0 else 0)
+    assert rank or "60 min" in lines[0]
+    monkeypatch.setenv(TIMEOUT_ENV, "7.5")
+    group.kwargs.clear()
+    init_distributed("cpu")
+    assert group.kwargs["timeout"] == timedelta(minutes=7.5)
+
+
+def _fake_gpus(monkeypatch, count: int) -> list[int]:
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "slurm"])
+def test_one_named_gpu_for_several_processes_is_refused(monkeypatch, launcher: str) -> None:
+    _clean_launch_env(monkeypatch)
+    env = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"} if launcher == "torchrun" else _slurm_env(1)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _fake_gpus(monkeypatch, 2)
+    group = _FakeGroup(monkeypatch)
+    with pytest.raises(KidneySSLError, match="'cuda:1' names one GPU") as err:
+        init_distributed("cuda:1")
+    assert err.value.remedy == ("device=cuda",) and not group.kwargs
+
+
+def test_each_process_takes_the_gpu_of_its_local_rank(monkeypatch) -> None:
+    _clean_launch_env(monkeypatch)
+    for key, value in _slurm_env(1, SLURM_LOCALID="1", MASTER_PORT="29999").items():
+        monkeypatch.setenv(key, value)
+    chosen = _fake_gpus(monkeypatch, 2)
+    group = _FakeGroup(monkeypatch)
+    ctx = init_distributed("cuda")
+    assert chosen == [1] and ctx.device == torch.device("cuda", 1) and ctx.launcher == "slurm"
+    assert group.kwargs["backend"] == "nccl" and group.kwargs["init_method"] == "tcp://gpu01:29999"
+    assert (group.kwargs["rank"], group.kwargs["world_size"]) == (1, 2)
+    monkeypatch.setenv("SLURM_LOCALID", "2")  # a third process on a node with 2 GPUs
+    with pytest.raises(KidneySSLError, match="local rank 2"):
+        init_distributed("auto")
+    _fake_gpus(monkeypatch, 1)  # srun --gpus-per-task 1: each process sees its own GPU only
+    assert init_distributed("cuda").device == torch.device("cuda", 0)
+
+
+def test_two_srun_tasks_form_a_group_of_two(tmp_path: Path) -> None:
+    """Two processes started as ``srun -n 2`` would start them (no torchrun) meet on 127.0.0.1."""
+    port = _free_port()
+    base = {k: v for k, v in _env().items() if k not in _LAUNCH_VARS and not k.startswith("SLURM")}
+    procs = [subprocess.Popen([sys.executable, str(SLURM_WORKER), str(tmp_path)],
+                              env={**base, **_slurm_env(rank, SLURM_JOB_NODELIST="127.0.0.1",
+                                                        MASTER_PORT=str(port))})
+             for rank in (0, 1)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    found = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [(f["rank"], f["world"], f["local_rank"], f["launcher"]) for f in found] == \
+        [(0, 2, 0, "slurm"), (1, 2, 1, "slurm")]
+    assert [f["sum"] for f in found] == [3.0, 3.0]

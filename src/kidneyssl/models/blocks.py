@@ -6,12 +6,22 @@ a Group norm layer"), in pre-activation order GN -> ReLU -> conv as in DenseNet.
 (B, C, Z, Y, X); all blocks accept the default (contiguous) or ``torch.channels_last_3d`` layout
 and keep it.
 
+Under bfloat16 (or float16) autocast, PyTorch runs ``group_norm`` in float32: it stores a float32
+copy of its input for backward and returns float32, so the ReLU stores float32 and the conv a
+further low-precision copy (more bytes per value than a float32 run). :class:`GroupNorm` instead
+normalises a low-precision input with float32 statistics and returns the input's dtype, storing
+only that input and per-group mean/rstd (:func:`group_norm_low_precision`); float32 inputs (and
+CPU inputs, which PyTorch already keeps in bfloat16) take PyTorch's own path, and the parameters
+and state dict are ``nn.GroupNorm``'s.
+
 MONAI has a 3-D DenseNet (``monai.networks.nets.DenseNet``) but its blocks use BatchNorm, a
 bottleneck 1x1x1 conv and pooling transitions, and it cannot return the per-resolution skips a
 U-Net needs; these few lines are simpler than bending it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +30,8 @@ from torch import Tensor, nn
 
 __all__ = [
     "group_count",
+    "GroupNorm",
+    "group_norm_low_precision",
     "Conv3d",
     "NormActConv",
     "DenseLayer",
@@ -40,6 +52,131 @@ def group_count(channels: int, max_groups: int) -> int:
         if channels % groups == 0:
             return groups
     return 1
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def _per_channel(values: Tensor, x: Tensor) -> Tensor:
+    """(N, C) values shaped to broadcast against the (N, C, ...) tensor ``x``."""
+    return values.reshape(*values.shape, *([1] * (x.dim() - 2)))
+
+
+class _GroupNormLowPrecision(torch.autograd.Function):
+    """GroupNorm that saves its (low-precision) input and the per-group mean and rstd, and
+    recomputes the normalised values in backward. Statistics, scale and shift are computed in
+    float32 (float64 for float64 inputs); the output and the input gradient have the input's dtype.
+
+    Memory beyond the output: per-channel vectors in forward (``sum`` and ``vector_norm`` with a
+    float32 ``dtype`` reduce a bfloat16 CUDA tensor without a float32 copy); one tensor of the
+    input's dtype and size in backward, which becomes the input gradient. The backward pass is
+    not itself differentiable (no double backward; ``torch.compile`` traces it as is).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int,
+                eps: float) -> Tensor:
+        acc = torch.promote_types(x.dtype, torch.float32)
+        n, c = x.shape[:2]
+        per_group = c // groups
+        dims = tuple(range(2, x.dim()))
+        count = per_group * (x.numel() // max(n * c, 1))
+        with torch.autocast(x.device.type, enabled=False):
+            total = torch.sum(x, dims, dtype=acc).view(n, groups, per_group).sum(-1)
+            squares = torch.linalg.vector_norm(x, 2, dims, dtype=acc).square().view(n, groups, per_group).sum(-1)
+            mean = total / count
+            # E[x^2] - E[x]^2 in float32 over bfloat16 values (as PyTorch's CPU GroupNorm does)
+            var = (squares / count - mean * mean).clamp_min(0.0)
+            rstd = torch.rsqrt(var + eps)
+            scale = rstd.repeat_interleave(per_group, dim=1)
+            shift = -mean.repeat_interleave(per_group, dim=1) * scale
+            if weight is not None:
+                scale = scale * weight.to(acc)
+                shift = shift * weight.to(acc)
+            if bias is not None:
+                shift = shift + bias.to(acc)
+            out = torch.empty_like(x)
+            torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x), out=out)
+        ctx.groups, ctx.count = groups, count
+        ctx.has_weight, ctx.has_bias = weight is not None, bias is not None
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        x, weight, mean, rstd = ctx.saved_tensors
+        groups, count = ctx.groups, ctx.count
+        acc = mean.dtype
+        n, c = x.shape[:2]
+        per_group = c // groups
+        dims = tuple(range(2, x.dim()))
+        with torch.autocast(x.device.type, enabled=False):
+            mean_c = mean.repeat_interleave(per_group, dim=1)
+            rstd_c = rstd.repeat_interleave(per_group, dim=1)
+            # x_hat = (x - mean) * rstd, then grad * x_hat, in one buffer of the input's dtype
+            buffer = torch.empty_like(x)
+            torch.addcmul(_per_channel(-mean_c * rstd_c, x), x, _per_channel(rstd_c, x), out=buffer)
+            buffer.mul_(grad)
+            grad_xhat = torch.sum(buffer, dims, dtype=acc)  # (N, C): sum of grad * x_hat
+            grad_sum = torch.sum(grad, dims, dtype=acc)  # (N, C): sum of grad
+            w = weight.to(acc).expand(n, c) if weight is not None else torch.ones_like(grad_sum)
+            # dx = rstd * (w*g - mean_group(w*g) - x_hat * mean_group(w*g*x_hat))
+            a = (w * grad_sum).view(n, groups, per_group).sum(-1) / count
+            b = (w * grad_xhat).view(n, groups, per_group).sum(-1) / count
+            a_c, b_c = a.repeat_interleave(per_group, dim=1), b.repeat_interleave(per_group, dim=1)
+            alpha = rstd_c * w
+            beta = -rstd_c * rstd_c * b_c
+            gamma = rstd_c * (rstd_c * b_c * mean_c - a_c)
+            torch.addcmul(_per_channel(gamma, x), x, _per_channel(beta, x), out=buffer)
+            buffer.addcmul_(grad, _per_channel(alpha, x))
+        grad_weight = grad_xhat.sum(0).to(weight.dtype) if ctx.has_weight and ctx.needs_input_grad[1] else None
+        grad_bias = grad_sum.sum(0).to(weight.dtype if weight is not None else grad.dtype) \
+            if ctx.has_bias and ctx.needs_input_grad[2] else None
+        return buffer if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, None, None
+
+
+def group_norm_low_precision(x: Tensor, num_groups: int, weight: Tensor | None = None,
+                             bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """``F.group_norm`` for a bfloat16/float16 input that stays in the input's dtype.
+
+    Statistics, scale and shift in float32 (float64 for float64 inputs); for backward only ``x``
+    itself and the (N, groups) mean and rstd are kept. Any memory layout (``channels_last_3d``
+    stays channels-last).
+
+    Args:
+        x: (N, C, ...) input, C divisible by ``num_groups``.
+        weight, bias: (C,) affine parameters (any float dtype), or None.
+
+    Returns:
+        The normalised (N, C, ...) tensor, dtype and layout of ``x``.
+    """
+    if x.dim() < 3 or x.shape[1] % num_groups:
+        raise ValueError(f"expected (N, C, ...) with C divisible by {num_groups} groups, got {tuple(x.shape)}")
+    return _GroupNormLowPrecision.apply(x, weight, bias, int(num_groups), float(eps))
+
+
+class GroupNorm(nn.GroupNorm):
+    """``nn.GroupNorm`` (same parameters and state dict; float32 inputs take its path unchanged)
+    that keeps a bfloat16/float16 input in its dtype (:func:`group_norm_low_precision`).
+
+    Attributes:
+        low_precision: None (default): the low-precision path for bfloat16/float16 inputs on
+            devices other than the CPU (PyTorch's CPU GroupNorm already takes a bfloat16 input
+            in one fused pass with float32 statistics and returns bfloat16, and CPU autocast
+            leaves it so); True: for such inputs on every device; False: PyTorch's path always
+            (float32 under CUDA autocast, for comparisons).
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Any = None, dtype: Any = None) -> None:
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine, device=device, dtype=dtype)
+        self.low_precision: bool | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        use = self.low_precision if self.low_precision is not None else x.device.type != "cpu"
+        if use and x.dtype in _LOW_PRECISION:
+            return group_norm_low_precision(x, self.num_groups, self.weight, self.bias, self.eps)
+        return super().forward(x)
 
 
 def _use_onednn(x: Tensor) -> bool:
@@ -107,7 +244,7 @@ class NormActConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                  norm_groups: int = 8, activation: bool = True) -> None:
-        layers: list[nn.Module] = [nn.GroupNorm(group_count(in_channels, norm_groups), in_channels)]
+        layers: list[nn.Module] = [GroupNorm(group_count(in_channels, norm_groups), in_channels)]
         if activation:
             layers.append(nn.ReLU(inplace=True))
         layers.append(Conv3d(in_channels, out_channels, kernel_size, stride=stride,
@@ -248,7 +385,7 @@ class UpBlock(nn.Module):
     def __init__(self, in_channels: int, skip_channels: int, out_channels: int, norm_groups: int) -> None:
         super().__init__()
         self.skip_channels = skip_channels
-        self.norm = nn.GroupNorm(group_count(in_channels, norm_groups), in_channels)
+        self.norm = GroupNorm(group_count(in_channels, norm_groups), in_channels)
         self.up = Upsample2x(in_channels, out_channels)
         self.block = PlainBlock(out_channels + skip_channels, out_channels, norm_groups)
 

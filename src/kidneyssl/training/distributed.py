@@ -1,9 +1,14 @@
-"""DistributedDataParallel plumbing: one code path for 1 process and for ``torchrun``.
+"""DistributedDataParallel plumbing: one code path for 1 process, ``torchrun`` and SLURM's ``srun``.
 
-Under ``torchrun --nproc_per_node N`` (or multi-node) the environment carries ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR/PORT``; :func:`init_distributed` reads them and
-initialises the process group (NCCL on CUDA, gloo on CPU). Without them it returns a 1-process
-context and nothing is initialised. Only rank 0 writes files (``ctx.is_main``).
+Where the launcher put this process (rank, world size, local rank, how the processes meet) is read
+by :func:`kidneyssl.training.launch.launch_environment`: ``torchrun``'s variables, else those of an
+``srun`` job step, else one process. :func:`init_distributed` then initialises the process group
+(NCCL on CUDA, gloo on CPU) with a collective timeout that fits rank-0-only work
+(:data:`DEFAULT_TIMEOUT_MINUTES`, or ``KIDNEYSSL_DIST_TIMEOUT_MIN``, or its ``timeout_minutes``
+argument). Each process computes on the GPU of its local rank (``device`` ``cuda``/``auto``), or
+the only GPU it sees when the launcher gave each process its own (``srun --gpus-per-task 1``); a
+device that names one GPU (``cuda:1``) is refused when several processes run, since all of them
+would land on it. Only rank 0 writes files (``ctx.is_main``).
 
 Validation is sharded by case index (``i % world == rank``) and gathered with
 :func:`gather_objects`, one collective per call, never inside a loop whose length differs per rank.
@@ -11,14 +16,28 @@ Validation is sharded by case index (``i % world == rank``) and gathered with
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from dataclasses import dataclass
-from typing import Any, Sequence, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
+
+from kidneyssl.training.launch import LaunchEnvironment, launch_environment
 
 __all__ = ["DistContext", "init_distributed", "shutdown_distributed", "gather_objects",
-           "broadcast_object", "all_reduce_sum", "barrier", "shard", "unwrap"]
+           "broadcast_object", "all_reduce_sum", "barrier", "shard", "unwrap", "collective_timeout_minutes",
+           "DEFAULT_TIMEOUT_MINUTES", "TIMEOUT_ENV"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+#: Collective timeout (minutes) of the process group. PyTorch's default (10 min for NCCL) is shorter
+#: than the work rank 0 may do alone while the others wait in a collective (preparing a cache,
+#: locating unlabeled scans, scoring); a genuinely hung job still fails, an hour later.
+DEFAULT_TIMEOUT_MINUTES = 60.0
+#: Environment variable that sets the timeout in minutes (the ``timeout_minutes`` argument wins).
+TIMEOUT_ENV = "KIDNEYSSL_DIST_TIMEOUT_MIN"
 
 
 @dataclass(frozen=True)
@@ -29,6 +48,7 @@ class DistContext:
         rank, world_size, local_rank: from the launcher's environment (0, 1, 0 without one).
         device: ``torch.device`` this process computes on.
         initialized: True when a process group was created by :func:`init_distributed`.
+        launcher: ``none``, ``torchrun`` or ``slurm`` (see :func:`launch_environment`).
     """
 
     rank: int
@@ -36,6 +56,7 @@ class DistContext:
     local_rank: int
     device: Any
     initialized: bool = False
+    launcher: str = "none"
 
     @property
     def is_main(self) -> bool:
@@ -60,31 +81,105 @@ def _pick_device(preference: str | None, local_rank: int) -> Any:
             raise KidneySSLError("device 'cuda' requested but no CUDA device is available; run on the CPU",
                                  remedy=("device=cpu",))
         if pref == "cuda":
-            torch.cuda.set_device(local_rank)
-            return torch.device("cuda", local_rank)
+            index = _local_gpu_index(local_rank)
+            torch.cuda.set_device(index)
+            return torch.device("cuda", index)
         return torch.device(pref)
     return torch.device(pref)
 
 
-def init_distributed(device: str | None = None) -> DistContext:
-    """Initialise the process group from the environment when ``WORLD_SIZE > 1``.
+def _local_gpu_index(local_rank: int) -> int:
+    """The GPU of the process with ``local_rank``: GPU ``local_rank``, or the only visible GPU when
+    the launcher gave each process its own (``srun --gpus-per-task 1`` leaves one visible)."""
+    import torch
+
+    return 0 if torch.cuda.device_count() == 1 else local_rank
+
+
+def collective_timeout_minutes(timeout_minutes: float | None = None,
+                               environ: Mapping[str, str] | None = None) -> float:
+    """The process group's collective timeout in minutes: ``timeout_minutes`` when given, else
+    ``KIDNEYSSL_DIST_TIMEOUT_MIN`` when set, else :data:`DEFAULT_TIMEOUT_MINUTES`.
+
+    Raises:
+        KidneySSLError: the value is not a positive number.
+    """
+    from kidneyssl.errors import KidneySSLError
+
+    env = os.environ if environ is None else environ
+    raw: Any = timeout_minutes
+    source = "timeout_minutes"
+    if raw is None and env.get(TIMEOUT_ENV, "").strip():
+        raw, source = env[TIMEOUT_ENV].strip(), TIMEOUT_ENV
+    if raw is None:
+        return DEFAULT_TIMEOUT_MINUTES
+    try:
+        minutes = float(raw)
+    except (TypeError, ValueError):
+        minutes = float("nan")
+    if not minutes > 0 or minutes == float("inf"):
+        raise KidneySSLError(f"{source} must be a positive number of minutes, got {raw!r}")
+    return minutes
+
+
+def _check_launch_device(preference: str | None, launch: LaunchEnvironment) -> None:
+    """Refuse a device that would put several processes of this job on one GPU, or a local rank
+    without a GPU of its own."""
+    if launch.world_size <= 1:
+        return
+    import torch
+
+    from kidneyssl.errors import KidneySSLError
+
+    pref = (preference or "auto").strip().lower()
+    if re.fullmatch(r"cuda:\d+", pref):
+        raise KidneySSLError(
+            f"device '{pref}' names one GPU, but this job runs {launch.world_size} processes "
+            f"({launch.launcher}) that would all compute on it; use device 'cuda' (each process takes "
+            "the GPU of its local rank) and choose the GPUs with CUDA_VISIBLE_DEVICES",
+            remedy=("device=cuda",))
+    wants_cuda = pref == "cuda" or (pref == "auto" and torch.cuda.is_available())
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if wants_cuda and count > 1 and launch.local_rank >= count:
+        raise KidneySSLError(
+            f"the process of local rank {launch.local_rank} needs GPU {launch.local_rank}, but "
+            f"{torch.cuda.device_count()} GPU(s) are visible on this node; start at most one process per GPU")
+
+
+def init_distributed(device: str | None = None, timeout_minutes: float | None = None) -> DistContext:
+    """Initialise the process group when a launcher started several processes (module docstring).
 
     Args:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
-            Under torchrun, ``cuda`` means ``cuda:LOCAL_RANK``.
+            Under a launcher, ``cuda`` means ``cuda:LOCAL_RANK``, and ``cuda:N`` is refused.
+        timeout_minutes: collective timeout; default ``KIDNEYSSL_DIST_TIMEOUT_MIN`` or
+            :data:`DEFAULT_TIMEOUT_MINUTES` (:func:`collective_timeout_minutes`). Logged once, on
+            rank 0.
+
+    Raises:
+        KidneySSLError: see :func:`launch_environment`, :func:`collective_timeout_minutes`; a
+            ``cuda:N`` device or too few GPUs for the local ranks under a launcher; CUDA asked
+            for but absent.
     """
+    from datetime import timedelta
+
     import torch.distributed as dist
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = _pick_device(device, local_rank)
-    if world <= 1:
+    launch = launch_environment()
+    _check_launch_device(device, launch)
+    minutes = collective_timeout_minutes(timeout_minutes) if launch.world_size > 1 else None
+    dev = _pick_device(device, launch.local_rank)
+    if launch.world_size <= 1:
         return DistContext(0, 1, 0, dev, initialized=False)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank)
-    return DistContext(rank, world, local_rank, dev, initialized=True)
+        dist.init_process_group(backend=backend, init_method=launch.init_method, world_size=launch.world_size,
+                                rank=launch.rank, timeout=timedelta(minutes=float(minutes or 0)))
+    if launch.rank == 0:
+        log.info("distributed: %d processes (%s), %s, collective timeout %g min (%s to change)",
+                 launch.world_size, launch.launcher, backend, minutes, TIMEOUT_ENV)
+    return DistContext(launch.rank, launch.world_size, launch.local_rank, dev, initialized=True,
+                       launcher=launch.launcher)
 
 
 def shutdown_distributed(ctx: DistContext) -> None:
