@@ -198,6 +198,11 @@ class SegTrainConfig:
     over-segmentation bias that the full ratio, ~50-100 for kidneys, gives a thresholded sigmoid).
     The value used is recorded in the run (``run.json``, checkpoints). A number sets it directly.
 
+    ``precision`` is the training precision of every method (``fp32``, ``bf16``, ``fp16``, ``auto``:
+    :mod:`kidneyssl.training.precision`); unset, ``amp: true`` (the earlier switch) means ``auto``
+    and ``amp: false`` float32. ``cudnn_benchmark`` lets cuDNN time its convolution algorithms on
+    CUDA (off in deterministic mode).
+
     ``num_workers`` reader processes read the memory-mapped half volumes ahead of the training step
     (pinned memory on CUDA); 0 reads them in the training process (enough on a CPU, where reading
     is ~6 % of a step; the paper preset uses 4 for GPUs).
@@ -216,11 +221,15 @@ class SegTrainConfig:
     val_fraction: float = 0.2
     seed: int = 0
     amp: bool = False
+    precision: str | None = None
+    cudnn_benchmark: bool = True
     num_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
+        if self.precision is not None and self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ConfigError(f"train.precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
         start = self.bce_weight_start + self.dice_weight_start
         end = self.bce_weight_end + self.dice_weight_end
         if abs(start - end) > 1e-9:

@@ -19,7 +19,7 @@ def test_amp_segmentation_training_on_cuda(tmp_path: Path, tiny_cache: Path, tin
     from kidneyssl.io.checkpoint import load_checkpoint
     from kidneyssl.training.finetune import train_segmentation
 
-    cfg = apply_overrides(tiny_cfg, ["train.amp=true"])
+    cfg = apply_overrides(tiny_cfg, ["train.precision=fp16"])  # the precision with a grad scaler
     result = train_segmentation(tiny_cache, tmp_path / "run", cfg, device="cuda")
     rows = [json.loads(line) for line in (result.run_dir / "history.jsonl").read_text().splitlines()]
     assert len(rows) == cfg.train.epochs

@@ -21,9 +21,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 from kidneyssl.progress import progress
 from kidneyssl.training.distributed import DistContext, all_reduce_sum
+from kidneyssl.training.precision import autocast_context, build_grad_scaler
 
 __all__ = ["EpochResult", "StepStats", "epoch_order", "train_one_epoch", "build_optimizer", "build_grad_scaler",
-           "autocast_context"]
+           "autocast_context", "backward", "optimizer_step"]
 
 log = logging.getLogger(__name__)
 
@@ -91,27 +92,6 @@ def build_optimizer(model: Any, lr: float, weight_decay: float) -> Any:
     import torch
 
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-
-
-def build_grad_scaler(precision: str, device: Any) -> Any | None:
-    """A CUDA ``GradScaler`` for float16 mixed precision on CUDA, else None (bfloat16 has float32's
-    range and needs none)."""
-    if precision != "fp16" or getattr(device, "type", str(device)) != "cuda":
-        return None
-    import torch
-
-    return torch.amp.GradScaler("cuda")
-
-
-def autocast_context(precision: str, device: Any) -> Any:
-    """Autocast to ``precision`` (``bf16``, ``fp16``) on CUDA, bfloat16 on the CPU for ``bf16``;
-    a no-op for ``fp32``."""
-    kind = getattr(device, "type", str(device))
-    if precision == "fp32" or (precision == "fp16" and kind != "cuda"):
-        return contextlib.nullcontext()
-    import torch
-
-    return torch.autocast(kind, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def backward(loss: Any, scaler: Any | None = None) -> None:

@@ -202,7 +202,8 @@ def probe_training(model: Any, optimizer: Any, compute_loss: Callable[[Any, Any]
     import torch
 
     from kidneyssl.training.distributed import unwrap
-    from kidneyssl.training.loop import autocast_context, backward, build_grad_scaler, optimizer_step
+    from kidneyssl.training.loop import backward, optimizer_step
+    from kidneyssl.training.precision import autocast_context, build_grad_scaler
 
     net, opt = copy.deepcopy((unwrap(model), optimizer))  # copies: the real run is never touched
     if opt is None:

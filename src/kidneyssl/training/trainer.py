@@ -61,8 +61,11 @@ class FitResult:
 
 
 def training_precision(cfg: ExperimentConfig, device: Any) -> str:
-    """The training precision: float16 mixed precision on CUDA with ``train.amp``, else float32."""
-    return "fp16" if cfg.train.amp and getattr(device, "type", str(device)) == "cuda" else "fp32"
+    """The training precision on ``device`` (``fp32``, ``bf16`` or ``fp16``) from ``train.precision``
+    (or the earlier ``train.amp``); see :mod:`kidneyssl.training.precision`."""
+    from kidneyssl.training.precision import precision_setting, resolve_training_precision
+
+    return resolve_training_precision(precision_setting(cfg.train.precision, cfg.train.amp), device)
 
 
 def claim_run(folder: RunFolder, task: Task, cfg: ExperimentConfig, ctx: DistContext, *, resume: bool, force: bool,
@@ -99,9 +102,9 @@ def _resume_state(folder: RunFolder, task: Task, model: Any, optimizer: Any, sca
             "continue anyway", remedy=("allow_world_size_change",))
     unwrap(model).load_state_dict(state["model_state"])
     optimizer.load_state_dict(state["optimizer"])  # moves each state tensor to its parameter's device
-    if scaler is not None and state.get("scaler"):
+    if scaler is not None and state.get("scaler"):  # a run resumed in another precision starts a fresh one
         scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    restore_rng_state(state["rng"], ctx.device)
     best = dict(state["best"])
     if "score" not in best:  # written before the trainer: {"val_dice"|"val_loss": value, "epoch": e}
         best["score"] = best.get(task.score_key)
@@ -142,6 +145,14 @@ def fit(task: Task, out_dir: str | Path, cfg: ExperimentConfig, *, resume: bool 
     settings = task.settings(cfg)
     layout = task.batch(ctx.world_size)
     precision = training_precision(cfg, ctx.device)
+    if ctx.is_main and precision != "fp32":
+        from kidneyssl.training.precision import describe_training_precision, precision_setting
+
+        log.info("%s", describe_training_precision(precision_setting(cfg.train.precision, cfg.train.amp),
+                                                   precision, ctx.device))
+    from kidneyssl.training.precision import configure_cuda
+
+    configure_cuda(ctx.device, cudnn_benchmark=cfg.train.cudnn_benchmark)
     if not plan.dry_run:
         task.prepare(ctx)
 
@@ -216,7 +227,7 @@ def fit(task: Task, out_dir: str | Path, cfg: ExperimentConfig, *, resume: bool 
                 save_checkpoint(folder.last, kind=task.kind, config=cfg_dict, model_state=state,
                                 touched_cases=task.touched_cases(best=False), optimizer=optimizer.state_dict(),
                                 scaler=scaler.state_dict() if scaler is not None else None,
-                                rng=capture_rng_state(), **meta)
+                                rng=capture_rng_state(ctx.device), **meta)
                 folder.write_history(history)
                 if on_epoch is not None:
                     on_epoch(folder.path, history)
