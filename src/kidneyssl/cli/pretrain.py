@@ -58,7 +58,11 @@ def run(args: argparse.Namespace) -> int:
         log.error("kidneyssl pretrain: --locator needs --unlabeled DIR (the scans to locate)")
         return 2
     args.overrides = list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
+    from kidneyssl.io.outputs import check_outputs
+
     cache, split = args.cache, args.split
+    check_outputs([args.out], [cache, split, args.unlabeled, args.locator], what="--out",
+                  inputs_name="--cache, --split, --unlabeled and --locator")
     unstarted = RunFolder(args.out).unstarted_inputs("siamese") if args.resume else None
     if unstarted:  # stopped before its first checkpoint: start again with what it was given
         cache, split = cache or unstarted["cache"], unstarted["split"]
