@@ -11,7 +11,6 @@ import argparse
 import importlib
 import logging
 import sys
-from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -107,8 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kidneyssl {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. a full disk or a file that vanished: one line, file named
-        where = f"{Path(err.filename).absolute()}: " if getattr(err, "filename", None) else ""
-        print(f"kidneyssl {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        from kidneyssl.io.paths import describe_os_error
+
+        print(f"kidneyssl {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         logging.getLogger("kidneyssl").debug("traceback", exc_info=True)
         return 2
     except KeyboardInterrupt:

@@ -62,8 +62,13 @@ def _pick_device(preference: str | None, local_rank: int) -> Any:
         if pref == "cuda":
             torch.cuda.set_device(local_rank)
             return torch.device("cuda", local_rank)
+    try:
         return torch.device(pref)
-    return torch.device(pref)
+    except (RuntimeError, ValueError):
+        from kidneyssl.errors import KidneySSLError
+
+        raise KidneySSLError(f"{preference!r} is not a device; use auto, cpu, cuda or cuda:N",
+                             remedy=("device=cpu",)) from None
 
 
 def init_distributed(device: str | None = None) -> DistContext:
