@@ -42,5 +42,9 @@ def run(args: argparse.Namespace) -> int:
             bad += 1
             print(" | ".join(describe_error(e) for e in errors), flush=True)
     skipped = f", {len(dataset.skipped)} skipped" if dataset.skipped else ""
+    unlabeled = [c.case_id for c in cases if c.segmentation is None and c.imaging is not None]
+    if unlabeled and not args.masks_only:
+        shown = ", ".join(unlabeled[:5]) + (", ..." if len(unlabeled) > 5 else "")
+        skipped += f", {len(unlabeled)} without a label ({shown}: no label file, so not used to train or score)"
     print(f"checked {len(cases)} case(s) in {args.data}: {len(cases) - bad} ok, {bad} bad{skipped}")
     return 1 if bad else 0

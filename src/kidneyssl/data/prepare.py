@@ -182,6 +182,10 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     for line in dataset.skipped:
         log.warning("%s", line)
     cases = dataset.cases
+    unlabeled = [c.case_id for c in cases if c.segmentation is None and c.imaging is not None]
+    if unlabeled:
+        log.info("%d case(s) without a label file, prepared as unannotated (not used to train or score): %s",
+                 len(unlabeled), ", ".join(unlabeled[:5]) + (", ..." if len(unlabeled) > 5 else ""))
     labels_dict = dataset.policy.to_dict()
     if case_ids is not None:
         wanted = set(case_ids)

@@ -65,7 +65,10 @@ def _stem(path: Path) -> str:
 
 
 def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(_NIFTI) and not path.name.startswith(".")
+    """A NIfTI file, or a broken symbolic link named like one (listed, so that reading it fails
+    and says so: a scan is never skipped silently)."""
+    present = path.is_file() or (path.is_symlink() and not path.exists())
+    return present and path.name.endswith(_NIFTI) and not path.name.startswith(".")
 
 
 @contextlib.contextmanager
