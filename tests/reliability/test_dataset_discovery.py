@@ -154,7 +154,8 @@ def test_check_counts_scans_without_a_label(tmp_path, kidneyssl):
     (root / "labels" / "p3.nii.gz").unlink()
     proc = kidneyssl("check", "--data", root)
     assert proc.returncode == 0
-    assert "4 ok, 0 bad, 2 without a label (p1, p3: no label file" in proc.stdout
+    assert "2 case(s) without a label (p1, p3): no label file, so not used to train or score" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].endswith("4 ok, 0 bad")
 
 
 def test_broken_links_are_reported_not_skipped(tmp_path, seg_checkpoint, kidneyssl):

@@ -142,7 +142,7 @@ def test_truncated_nifti2_gzip_is_refused(tmp_path):
     path = tmp_path / "two.nii.gz"
     nib.save(nib.Nifti2Image(arr, AFFINE), str(path))
     path.write_bytes(path.read_bytes()[:-2000])
-    with pytest.raises(DataError, match=str(path)):
+    with pytest.raises(DataError, match=f"{path}: (size|gzip|data): "):  # not "unreadable header"
         read_volume(path)
 
 
