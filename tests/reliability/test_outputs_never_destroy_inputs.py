@@ -172,3 +172,30 @@ def test_check_outputs_relations(tmp_path):
         check_outputs([tmp_path / "notes.csv"], [], is_own=lambda p: False)
     check_outputs([tmp_path / "notes.csv"], [], is_own=lambda p: False, force=True)
     check_outputs([tmp_path / "notes.csv"], [], is_own=lambda p: True)
+
+
+def test_locate_killed_midway_is_rerun_without_force(tmp_path, seg_checkpoint, kidneyssl, monkeypatch):
+    """Its files are recorded in locate.json before they are written, so a rerun knows them as its
+    own; a locate.json that says running is not taken as a finished locate."""
+    import kidneyssl.unlabeled.locate as locate
+    from kidneyssl.unlabeled.located import read_locate_json
+
+    ds = _pairs_dataset(tmp_path / "DS")
+    out = tmp_path / "located"
+    real, calls = locate._link_image, []
+
+    def link_then_die(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while writing the second scan
+        return real(*args)
+
+    monkeypatch.setattr(locate, "_link_image", link_then_die)
+    assert kidneyssl("locate", "--model", seg_checkpoint, "--input", ds / "images", "--out", out).returncode == 130
+    assert (out / "labels" / "scan_1.nii.gz").is_file()  # written just before the kill
+    with pytest.raises(DataError, match="one that is running or was interrupted"):
+        read_locate_json(out)
+    monkeypatch.setattr(locate, "_link_image", real)
+    proc = kidneyssl("locate", "--model", seg_checkpoint, "--input", ds / "images", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(read_locate_json(out)["cases"]) == ["scan_0", "scan_1"]

@@ -5,7 +5,8 @@ dataset that ``kidneyssl prepare``/``check`` read, see :mod:`kidneyssl.io.datase
 
     OUT/images/<id>.nii.gz   the scan: a symbolic link to the input (a NIfTI copy for DICOM)
     OUT/labels/<id>.nii.gz   the located kidney mask (uint8 0/1) on the scan's own grid
-    OUT/locate.json          per case: files, kidney voxels and mL, connected components,
+    OUT/locate.json          status ("running" while it runs, "finished"), and
+                             per case: files, kidney voxels and mL, connected components,
                              confidence = mean kidney probability inside the mask (0 if empty);
                              and the locator: its checkpoint and ``touched_cases`` (the annotated
                              cases whose labels shaped it, checked against a split when the
@@ -99,22 +100,29 @@ def _link_image(source: Path, target: Path, volume: Volume, kind: str) -> None:
         shutil.copyfile(source, target)
 
 
-def _own_outputs(out: Path) -> Callable[[Path], bool]:
-    """Which existing files under ``out`` an earlier ``locate`` wrote: those its ``locate.json``
-    records, and that file itself."""
+def _recorded_outputs(out: Path) -> tuple[bool, set[str]]:
+    """Whether ``out`` holds a ``locate.json``, and the files it records as written by ``locate``:
+    every case's image and label, and (while running, or after a kill) the files being written."""
     try:
         info = json.loads((out / LOCATE_JSON).read_text())
-        cases = info["cases"] if isinstance(info, dict) and isinstance(info.get("cases"), dict) else None
     except (OSError, ValueError):
-        cases = None
-    recorded: set[str] = set()
-    for record in (cases or {}).values():
+        return False, set()
+    if not isinstance(info, dict) or not isinstance(info.get("cases"), dict):
+        return False, set()
+    recorded = {str(p) for p in info.get("writing") or [] if isinstance(p, str)}
+    for record in info["cases"].values():
         if isinstance(record, dict):
-            recorded |= {str(Path(record[k]).absolute()) for k in ("image", "label") if k in record}
+            recorded |= {str(Path(record[k]).absolute()) for k in ("image", "label") if isinstance(record.get(k), str)}
+    return True, recorded
+
+
+def _own_outputs(out: Path) -> Callable[[Path], bool]:
+    """Which existing files under ``out`` an earlier ``locate`` wrote (see :func:`_recorded_outputs`)."""
+    has_json, recorded = _recorded_outputs(out)
 
     def is_own(path: Path) -> bool:
         if path.name == LOCATE_JSON and path.parent == out:
-            return cases is not None
+            return has_json
         return str(path.absolute()) in recorded
 
     return is_own
@@ -166,11 +174,28 @@ def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Pa
     items = find_inputs(input_path)
     _check_outputs(items, Path(input_path), out, force)
     summary = LocateSummary(out)
+    writing = _recorded_outputs(out)[1]  # an earlier (perhaps killed) run's, still ours
+
+    def save(status: str) -> None:
+        atomic_write_json(out / LOCATE_JSON, {
+            "status": status,
+            "model": None if model_path is None else str(Path(model_path).absolute()),
+            "touched_cases": touched_cases,
+            "input": str(Path(input_path).absolute()),
+            "threshold": float(cfg.inference.threshold),
+            "found": summary.found,
+            "cases": summary.cases,
+            "failed": summary.failed,
+            **({"writing": sorted(writing)} if status == "running" else {}),
+        })
+
     for item in progress(items, desc="locate", unit="case"):
         case_id = _case_id(item.name, item.output_id)
         start = time.perf_counter()
         label_path = out / "labels" / f"{case_id}.nii.gz"
         image_path = out / "images" / f"{case_id}.nii.gz"
+        writing |= {str(label_path), str(image_path)}
+        save("running")  # recorded before written: a rerun after a kill knows them as its own
         try:
             volume = read_dicom_series(item.path) if item.kind == "dicom" else read_volume(item.path)
             result = predict_volume(model, volume, cfg, device=device, keep_probabilities=True)
@@ -188,15 +213,7 @@ def locate_scans(model: Any, cfg: Any, input_path: str | Path, out_dir: str | Pa
             for path in (label_path, image_path):  # a failed case leaves no final file
                 if path.is_symlink() or path.exists():
                     path.unlink()
-    atomic_write_json(out / LOCATE_JSON, {
-        "model": None if model_path is None else str(Path(model_path).absolute()),
-        "touched_cases": touched_cases,
-        "input": str(Path(input_path).absolute()),
-        "threshold": float(cfg.inference.threshold),
-        "found": summary.found,
-        "cases": summary.cases,
-        "failed": summary.failed,
-    })
+    save("finished")
     return summary
 
 
