@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -389,7 +390,8 @@ _TYPE_NAMES = {bool: "true/false", int: "an integer", float: "a number", str: "a
 def _convert(value: Any, tp: Any, where: str) -> Any:
     """``value`` converted to the annotated type ``tp`` (from the dataclass's type hints).
 
-    Handles the types configs use: bool, int, float, str, ``X | Y`` unions, fixed-length
+    Handles the types configs use: bool, int, float (finite only: NaN and infinities are
+    refused), str, ``X | Y`` unions, fixed-length
     ``tuple[A, B, C]`` and variable ``tuple[A, ...]``, ``dict[...]`` and nested config dataclasses.
     """
     origin = typing.get_origin(tp)
@@ -427,6 +429,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # YAML .nan/.inf, JSON NaN/Infinity
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
     elif tp is str:
         ok = isinstance(value, str)
     else:  # pragma: no cover - a config field of a type this function does not know

@@ -69,7 +69,8 @@ def test_kits23_cyst_with_format_and_kidney_labels(tmp_path):
     lab[4, 8:10, 16:18] = 3  # a cyst inside the left kidney
     write_mask(lab, gt / "case_00000" / "segmentation.nii.gz", like=GEOM)
     write_mask((lab > 0).astype(np.uint8), pred / "prediction_00000.nii.gz", like=GEOM)
-    as_kits19 = evaluate_folders(pred, gt)
+    assert ground_truth_policy(gt) == KITS23_POLICY  # label 3 found: detected as KiTS23 (issue 20, item 9)
+    as_kits19 = evaluate_folders(pred, gt, policy=ground_truth_policy(gt, "kits19"))
     assert "read it as KiTS23" in as_kits19.failed["case_00000"]
     assert as_kits19.remedy == ("data_format=kits23",)  # the CLI says: --format kits23
     policy = ground_truth_policy(gt, "kits23")

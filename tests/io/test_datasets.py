@@ -64,9 +64,9 @@ def test_kits23_cyst_is_kidney_but_not_in_kits19(tmp_path):
     root = write_tiny(tmp_path / "k23", "kits23", n=1)
     label = load_case(open_dataset(root).cases[0], policy=open_dataset(root).policy)[1].array
     assert (label == 3).any()
-    (root / "kits23.json").unlink()  # without the marker the case folders read as KiTS19
-    ds = open_dataset(root)
-    assert ds.format == "kits19"
+    (root / "kits23.json").unlink()  # without the marker the labels decide: label 3 -> KiTS23 (issue 20, item 9)
+    assert open_dataset(root).format == "kits23"
+    ds = open_dataset(root, "kits19")
     err = check_case(ds.cases[0], policy=ds.policy)
     assert len(err) == 1 and "read it as KiTS23" in str(err[0]) and err[0].remedy == ("data_format=kits23",)
     assert check_case(ds.cases[0], policy=open_dataset(root, "kits23").policy) == []

@@ -103,7 +103,7 @@ def test_non_finite_weights_are_refused_naming_file_and_key(tmp_path, seg_checkp
 def test_rng_state_round_trips_exactly_through_weights_only(tmp_path):
     seed_everything(5)
     random.random(), np.random.rand(3), np.random.randn(1), torch.rand(2)  # noqa: B018
-    save_checkpoint(tmp_path / "c.pt", kind="siamese", config={}, model_state={},
+    save_checkpoint(tmp_path / "c.pt", kind="pretrain", config={}, model_state={},
                     rng=capture_rng_state(), best={"val": np.float64(0.5)}, epoch=np.int64(3))
     ckpt = load_checkpoint(tmp_path / "c.pt")  # weights_only=True inside
     assert ckpt["epoch"] == 3 and ckpt["best"]["val"] == 0.5

@@ -105,7 +105,7 @@ def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when a CUDA device is available, else ``cpu``; others as given.
 
     Raises:
-        KidneySSLError: a CUDA device is asked for but none is available.
+        KidneySSLError: not a device name (``bogus``), or a CUDA device that is not there.
     """
     import torch
 
@@ -114,7 +114,12 @@ def resolve_device(name: str) -> str:
     name = (name or "auto").strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise KidneySSLError(f"{name!r} is not a device; use auto, cpu, cuda or cuda:N",
+                             remedy=("device=cpu",)) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise KidneySSLError(f"device {name!r} requested but no CUDA device is available; run on the CPU",
                              remedy=("device=cpu",))
     return name

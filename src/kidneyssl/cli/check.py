@@ -2,7 +2,7 @@
 
 Prints one line per bad case, ``file: field: expected X, found Y`` (further problems of the same
 case follow on that line after `` | ``), one line per folder or file that was skipped and why,
-then a summary line. Exit status 1 if any case is bad, 0 otherwise (2 when the folder itself is
+a line counting the cases without a label (if any), then a summary line. Exit status 1 if any case is bad, 0 otherwise (2 when the folder itself is
 unusable).
 """
 
@@ -42,5 +42,10 @@ def run(args: argparse.Namespace) -> int:
             bad += 1
             print(" | ".join(describe_error(e) for e in errors), flush=True)
     skipped = f", {len(dataset.skipped)} skipped" if dataset.skipped else ""
+    unlabeled = [c.case_id for c in cases if c.segmentation is None and c.imaging is not None]
+    if unlabeled and not args.masks_only:
+        shown = ", ".join(unlabeled[:5]) + (", ..." if len(unlabeled) > 5 else "")
+        print(f"{len(unlabeled)} case(s) without a label ({shown}): no label file, so not used to train or score",
+              flush=True)
     print(f"checked {len(cases)} case(s) in {args.data}: {len(cases) - bad} ok, {bad} bad{skipped}")
     return 1 if bad else 0

@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(labelsTr/), pairs (labels/) or a folder of NIfTI masks with matching stems")
     parser.add_argument("--out", default=None, help="per-case CSV (default: <pred>/evaluation.csv); "
                                                     "the Markdown summary goes beside it (.md)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace an existing --out file that is not an earlier evaluation's (never a mask "
+                             "it reads)")
     parser.add_argument("--tumor", action="store_true", help="also score the tumour Dice (prediction label 2); "
                         "a binary prediction then scores 0 wherever the ground truth has tumour")
     parser.add_argument("--labels", action="append", default=None, metavar="kidney=L,..[;tumor=L]",
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
         raise KidneySSLError(f"--labels: {err}") from None
     policy = ground_truth_policy(args.gt, labels=explicit, **dataset_options(args))
     result = evaluate_folders(args.pred, args.gt, args.out, tumor=args.tumor, bl_mode=args.bl_mode,
-                              missing_hd=args.missing_hd, affine_tol=args.affine_tol, policy=policy)
+                              missing_hd=args.missing_hd, affine_tol=args.affine_tol, policy=policy,
+                              force=args.force)
     print(result.markdown, end="")
     log.info("wrote %s and %s", result.csv_path, result.md_path)
     if result.failed:

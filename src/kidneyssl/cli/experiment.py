@@ -97,8 +97,11 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
 
 
 def run(args: argparse.Namespace) -> int:
+    from kidneyssl.io.outputs import check_outputs
     from kidneyssl.workflows.experiment import run_experiment
 
+    check_outputs([args.out] + ([args.cache] if args.cache else []), [args.data, args.test_data, args.unlabeled],
+                  what="--out/--cache", inputs_name="--data, --test-data and --unlabeled")
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
                             test_data=args.test_data, force=args.force, device=args.device,

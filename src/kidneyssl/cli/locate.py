@@ -20,17 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True,
                         help="a NIfTI file, a KiTS-layout folder, a folder of NIfTI files or DICOM series")
     parser.add_argument("--out", required=True, help="output folder (images/, labels/, locate.json)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--force", action="store_true",
+                        help="replace files in --out images/ or labels/ that an earlier locate did not write "
+                             "(never an input)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from kidneyssl.cli._common import resolve_device
     from kidneyssl.unlabeled import locate_path
 
     if args.threads is not None and args.threads < 1:
         log.error("kidneyssl locate: --threads must be >= 1")
         return 2
-    summary = locate_path(args.model, args.input, args.out, device=args.device, threads=args.threads)
+    summary = locate_path(args.model, args.input, args.out, device=resolve_device(args.device),
+                          threads=args.threads, force=args.force)
     print(f"locate: {summary}")
     for case_id, message in summary.failed.items():
         log.error("  %s: %s", case_id, message)

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
-from pathlib import Path
+import threading
 from typing import Any, Sequence
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -80,8 +81,65 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     root.setLevel(level)
 
 
+class _Interrupted:
+    """SIGTERM (what schedulers and ``kill`` send) handled as SIGINT: a KeyboardInterrupt in the
+    main thread, so that the same clean-up runs; the previous handler comes back afterwards."""
+
+    def __init__(self) -> None:
+        self.signal_name = ""
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.signal_name = signal.Signals(signum).name
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> "_Interrupted":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted command, in words and flags."""
+    if hasattr(args, "resume") and getattr(args, "out", None):
+        return f"continue it with: kidneyssl {args.command} --out {args.out} --resume"
+    if args.command in ("experiment", "demo"):
+        return "re-run the same command to continue it (finished stages are kept)"
+    if args.command in ("prepare", "synth"):
+        return "re-run the same command to finish (finished cases are kept)"
+    return "re-run the same command"
+
+
+def _mark_run_interrupted(args: argparse.Namespace, hint: str) -> None:
+    """A training run's ``run.json`` says ``interrupted`` (not ``running``) and how to resume."""
+    if not (hasattr(args, "resume") and getattr(args, "out", None)):
+        return
+    try:
+        from kidneyssl.training.logs import is_main_process
+        from kidneyssl.training.runfolder import RunFolder
+
+        if is_main_process():
+            RunFolder(args.out).mark_interrupted(hint)
+    except Exception:  # noqa: BLE001 - never hide the interrupt behind a bookkeeping error
+        logging.getLogger("kidneyssl").debug("could not mark the run interrupted", exc_info=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``kidneyssl`` console script. Returns the process exit status."""
+    """Entry point of the ``kidneyssl`` console script. Returns the process exit status (130
+    when interrupted by SIGINT or SIGTERM)."""
+    with _Interrupted() as interrupted:
+        try:
+            return _main(argv, interrupted)
+        except KeyboardInterrupt:  # before the command started (parsing, imports)
+            print("kidneyssl: interrupted", file=sys.stderr)
+            return 130
+
+
+def _main(argv: Sequence[str] | None, interrupted: _Interrupted) -> int:
     from kidneyssl.config import ConfigError
     from kidneyssl.errors import KidneySSLError
 
@@ -110,12 +168,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"kidneyssl {args.command}: error: {describe_error(err)}", file=sys.stderr)
         return 2
     except OSError as err:  # e.g. a full disk or a file that vanished: one line, file named
-        where = f"{Path(err.filename).absolute()}: " if getattr(err, "filename", None) else ""
-        print(f"kidneyssl {args.command}: error: {where}{err.strerror or err}", file=sys.stderr)
+        from kidneyssl.io.paths import describe_os_error
+
+        print(f"kidneyssl {args.command}: error: {describe_os_error(err)}", file=sys.stderr)
         logging.getLogger("kidneyssl").debug("traceback", exc_info=True)
         return 2
     except KeyboardInterrupt:
-        print(f"kidneyssl {args.command}: interrupted", file=sys.stderr)
+        hint = _resume_hint(args)
+        _mark_run_interrupted(args, hint)
+        how = f" ({interrupted.signal_name})" if interrupted.signal_name else ""
+        print(f"kidneyssl {args.command}: interrupted{how}; {hint}", file=sys.stderr)
         return 130
 
 

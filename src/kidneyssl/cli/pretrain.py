@@ -71,7 +71,11 @@ def run(args: argparse.Namespace) -> int:
     args.overrides = list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
     if args.proxy_input:
         args.overrides.append(f"pretrain.proxy_input={args.proxy_input}")
+    from kidneyssl.io.outputs import check_outputs
+
     cache, split, method = args.cache, args.split, args.method
+    check_outputs([args.out], [cache, split, args.unlabeled, args.locator], what="--out",
+                  inputs_name="--cache, --split, --unlabeled and --locator")
     info = RunFolder(args.out).info() if args.resume or args.extend_epochs else None
     if info:  # a resumed or extended run keeps its own method
         method = str(info.get("method", "side"))

@@ -45,9 +45,14 @@ def run(args: argparse.Namespace) -> int:
     from kidneyssl.training.runfolder import RunFolder
 
     t0 = time.perf_counter()
+    from kidneyssl.io.outputs import check_outputs
     from kidneyssl.reporting.figures import refresh_history_plot
 
     cache, init, split = args.cache, args.init, args.split
+    # --force empties the run files of --out: never where the inputs live (the --init checkpoint
+    # and --split of a pretraining run are its best.pt and split.json)
+    check_outputs([args.out], [cache, None if init == "scratch" else init, split], what="--out",
+                  inputs_name="--cache, --init and --split")
     unstarted = RunFolder(args.out).unstarted_inputs("segmentation") if args.resume else None
     if unstarted:  # stopped before its first checkpoint: start again with what it was given
         cache, init, split = cache or unstarted["cache"], unstarted["init"], unstarted["split"]

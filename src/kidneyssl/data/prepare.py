@@ -18,11 +18,12 @@ import numpy as np
 
 from kidneyssl.config import PreprocessConfig, config_from_dict, config_to_dict
 from kidneyssl.data.cache import CACHE_JSON, FORMAT_VERSION, IMAGE_NPY, LABEL_NPY, META_JSON, config_diff, labels_of
-from kidneyssl.errors import DataError, KidneySSLError
+from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.atomic import atomic_path, atomic_write_json
 from kidneyssl.io.datasets import open_dataset
 from kidneyssl.io.kits19 import Case, load_case
 from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
+from kidneyssl.io.outputs import check_outputs
 from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 from kidneyssl.progress import progress
 
@@ -143,16 +144,6 @@ def prepare_case(case: Case, cache_dir: str | Path, cfg_dict: dict[str, Any],
     return case.case_id, "ok", [], []
 
 
-def _check_paths(data_dir: Path, cache_dir: Path) -> None:
-    data_r, cache_r = data_dir.resolve(), cache_dir.resolve()
-    if cache_r == data_r or data_r in cache_r.parents:
-        raise DataError(cache_dir, "output", "a folder outside the dataset folder",
-                        f"a folder inside {data_dir}", hint="nothing is written into the input data")
-    if cache_r in data_r.parents:
-        raise DataError(cache_dir, "output", "a folder that does not contain the dataset",
-                        f"a parent of {data_dir}")
-
-
 def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: PreprocessConfig,
                     workers: int = 2, force: bool = False,
                     case_ids: list[str] | None = None, *, data_format: str | None = None,
@@ -182,12 +173,19 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
         KidneySSLError: ``cache_dir`` holds a cache prepared with another config (without force).
     """
     data_dir, cache_dir = Path(data_dir), Path(cache_dir)
-    _check_paths(data_dir, cache_dir)
+    check_outputs([cache_dir], [data_dir], what="output folder", inputs_name="the dataset")  # before any read
     check_output_folder(cache_dir)
     dataset = open_dataset(data_dir, data_format, kidney_labels)
+    # ... nor into or around a case file that a link brings in from elsewhere
+    check_outputs([cache_dir], [p for c in dataset.cases for p in (c.imaging, c.segmentation)],
+                  what="output folder", inputs_name="the dataset")
     for line in dataset.skipped:
         log.warning("%s", line)
     cases = dataset.cases
+    unlabeled = [c.case_id for c in cases if c.segmentation is None and c.imaging is not None]
+    if unlabeled:
+        log.info("%d case(s) without a label file, prepared as unannotated (not used to train or score): %s",
+                 len(unlabeled), ", ".join(unlabeled[:5]) + (", ..." if len(unlabeled) > 5 else ""))
     labels_dict = dataset.policy.to_dict()
     if case_ids is not None:
         wanted = set(case_ids)

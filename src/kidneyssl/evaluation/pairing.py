@@ -66,12 +66,17 @@ def index_masks(folder: str | Path, role: str) -> dict[str, Path]:
     for entry in sorted(_masks_folder(folder).iterdir()):
         if entry.is_dir() and _CASE_DIR.match(entry.name):
             for name in _SEGMENTATIONS:
-                if (entry / name).is_file():
+                if _present(entry / name):
                     add(entry.name, entry / name)
                     break
-        elif entry.is_file() and entry.name.endswith(_NIFTI) and not entry.name.startswith((".", "probability_")):
+        elif _present(entry) and entry.name.endswith(_NIFTI) and not entry.name.startswith((".", "probability_")):
             add(case_id_of(_stem(entry)), entry)
     return found
+
+
+def _present(path: Path) -> bool:
+    """A file, or a broken symbolic link (paired, so that reading it fails and says so)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def pair_cases(pred_dir: str | Path, gt_dir: str | Path) -> tuple[list[tuple[str, Path | None, Path]], list[Path]]:

@@ -113,9 +113,19 @@ def score_case(case_id: str, pred_path: Path | None, gt_path: Path, policy: Labe
     return row
 
 
+def _is_own_output(path: Path) -> bool:
+    """An earlier evaluation's CSV (its header starts with ``case_id``) or Markdown summary."""
+    from kidneyssl.io.outputs import first_line_starts_with
+
+    if path.suffix == ".md":
+        return first_line_starts_with(path, "## Evaluation of ")
+    return first_line_starts_with(path, "case_id")
+
+
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Path | None = None,
                      tumor: bool = False, bl_mode: str = "surface", missing_hd: str = "nan",
-                     affine_tol: float = 1e-3, policy: LabelPolicy | None = None) -> EvaluationResult:
+                     affine_tol: float = 1e-3, policy: LabelPolicy | None = None,
+                     force: bool = False) -> EvaluationResult:
     """Score every ground-truth case, write the per-case CSV and the Markdown summary beside it.
 
     Args:
@@ -124,9 +134,15 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
             it as ``.md``.
         tumor: also score the tumour Dice (prediction label 2 vs the policy's tumour label).
         policy: ground-truth label policy (default: :func:`ground_truth_policy` of ``gt_dir``).
+        force: replace an existing file at ``out_csv`` (or its ``.md``) that is not an earlier
+            evaluation's output. A mask this evaluation reads is never replaced.
+
+    Cases without a prediction are scored as empty, counted in the summary and logged.
 
     Raises:
-        DataError: folders missing or holding no ground truth.
+        DataError: folders missing or holding no ground truth; no prediction matches any
+            ground-truth case; or the outputs would replace an input (or, without ``force``, a
+            file evaluate did not write). Nothing is written then.
         KidneySSLError: ``tumor`` with a policy that has no tumour label.
     """
     from kidneyssl.io.atomic import atomic_write_text
@@ -138,9 +154,27 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
     if tumor and policy.tumor is None:
         raise KidneySSLError(f"{gt_dir}: no tumour label in the ground-truth labels "
                              f"(kidney = {list(policy.kidney)}); name it, e.g. tumor=2, or drop the tumour Dice")
+    from kidneyssl.io.outputs import check_outputs
+
     pairs, unmatched = pair_cases(pred_dir, gt_dir)
-    for path in unmatched:
-        log.warning("no ground truth for %s: not scored", path)
+    csv_path = Path(out_csv) if out_csv else Path(pred_dir) / "evaluation.csv"
+    md_path = csv_path.with_suffix(".md")
+    read = [p for _, pred, gt in pairs for p in (pred, gt) if p is not None] + list(unmatched)
+    check_outputs([csv_path, md_path], read, is_own=_is_own_output, force=force, inputs_name="the masks")
+    n_missing = sum(pred is None for _, pred, _ in pairs)
+    if n_missing == len(pairs):
+        from kidneyssl.io.paths import describe_folder
+
+        raise DataError(pred_dir, "predictions", f"masks named after the {len(pairs)} ground-truth case(s) "
+                        f"(e.g. prediction_{pairs[0][0].removeprefix('case_')}.nii.gz or {pairs[0][0]}.nii.gz)",
+                        f"none of them ({len(unmatched)} mask(s) without ground truth)" if unmatched else "none",
+                        hint=describe_folder(pred_dir))
+    if n_missing:
+        log.warning("%d of %d ground-truth case(s) have no prediction in %s: scored as empty predictions",
+                    n_missing, len(pairs), Path(pred_dir).absolute())
+    if unmatched:
+        log.warning("%d prediction(s) without ground truth, not scored: %s", len(unmatched),
+                    ", ".join(p.name for p in unmatched[:5]) + (", ..." if len(unmatched) > 5 else ""))
     rows: list[dict[str, Any]] = []
     failed: dict[str, str] = {}
     remedy: set[str] = set()
@@ -159,8 +193,6 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, out_csv: str | Pa
     summary["n_missing_prediction"] = sum(r["missing_prediction"] for r in rows)
     summary["n_failed"] = len(failed)
 
-    csv_path = Path(out_csv) if out_csv else Path(pred_dir) / "evaluation.csv"
-    md_path = csv_path.with_suffix(".md")
     write_case_table(rows, csv_path)
     lines = [summary_markdown(summary, title=f"Evaluation of {pred_dir} against {gt_dir}").rstrip("\n"), ""]
     kidney = ", ".join(map(str, policy.kidney))

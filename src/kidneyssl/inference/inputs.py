@@ -24,7 +24,8 @@ from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.volumes import affine_from_sitk
 
-__all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series"]
+__all__ = ["PredictionInput", "find_inputs", "read_input", "read_dicom_series", "check_slice_positions",
+           "SLICE_STEP_TOLERANCE"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,10 @@ def _stem(path: Path) -> str:
 
 
 def _is_nifti(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(_NIFTI) and not path.name.startswith(".")
+    """A NIfTI file, or a broken symbolic link named like one (listed, so that reading it fails
+    and says so: a scan is never skipped silently)."""
+    present = path.is_file() or (path.is_symlink() and not path.exists())
+    return present and path.name.endswith(_NIFTI) and not path.name.startswith(".")
 
 
 @contextlib.contextmanager
@@ -173,12 +177,97 @@ def find_inputs(input_path: str | Path) -> list[PredictionInput]:
     return items
 
 
-def read_dicom_series(folder: str | Path) -> Volume:
-    """The first DICOM series in ``folder`` as a :class:`Volume` (nibabel array order and RAS+
-    affine, as :func:`kidneyssl.io.volumes.read_volume` gives for NIfTI).
+#: Slice spacing tolerance of a DICOM series: every step between neighbouring slice positions
+#: (ImagePositionPatient along the slice normal) must be within this fraction of the median step.
+#: A missing slice (a step of 2x), a duplicated one (0x) or a shifted one is refused; positions
+#: rounded to 0.01 mm at 0.5 mm slices (2 %) pass.
+SLICE_STEP_TOLERANCE = 0.05
+_SHOWN_STEPS = 3
+
+
+def _numbers(text: str, n: int) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in text.strip().split("\\")], dtype=np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (n,) and np.isfinite(values).all() else None
+
+
+def check_slice_positions(folder: Path, series_id: str, files: list[str]) -> None:
+    """Refuse a DICOM series whose slices are not evenly spaced along their normal.
+
+    The position of each slice is its ImagePositionPatient (0020,0032) projected on the normal of
+    its ImageOrientationPatient (0020,0037); the sorted positions must step by the median step
+    to within :data:`SLICE_STEP_TOLERANCE` of it, and every slice must have the same orientation.
+    (SimpleITK would otherwise build an evenly spaced grid over a missing, duplicated or shifted
+    slice, with only a warning.)
 
     Raises:
-        DataError: no readable 3-D series in the folder.
+        DataError: naming the folder, the series and the positions that do not fit.
+    """
+    import SimpleITK as sitk
+
+    where = f"series {series_id}"
+    if len(files) < 2:
+        return
+    reader = sitk.ImageFileReader()
+    positions: list[float] = []
+    normal: np.ndarray | None = None
+    first_orientation: np.ndarray | None = None
+    with _keep_locale():
+        for name in files:
+            reader.SetFileName(name)
+            try:
+                reader.ReadImageInformation()
+                ipp = _numbers(reader.GetMetaData("0020|0032"), 3) if reader.HasMetaDataKey("0020|0032") else None
+                iop = _numbers(reader.GetMetaData("0020|0037"), 6) if reader.HasMetaDataKey("0020|0037") else None
+            except RuntimeError:
+                ipp = iop = None
+            if ipp is None or iop is None:
+                raise DataError(folder, "dicom", f"{where}: an ImagePositionPatient and ImageOrientationPatient "
+                                "in every slice (the slice positions)", f"none readable in {Path(name).name}",
+                                hint="the slice spacing would be a guess")
+            if first_orientation is None:
+                first_orientation = iop
+                normal = np.cross(iop[:3], iop[3:])
+                if not np.linalg.norm(normal) > 0.5:
+                    raise DataError(folder, "dicom", f"{where}: an ImageOrientationPatient of two unit vectors",
+                                    f"{iop.tolist()} in {Path(name).name}")
+                normal = normal / np.linalg.norm(normal)
+            elif np.abs(iop - first_orientation).max() > 1e-3:
+                raise DataError(folder, "dicom", f"{where}: one orientation for every slice",
+                                f"{iop.tolist()} in {Path(name).name}, {first_orientation.tolist()} in "
+                                f"{Path(files[0]).name}")
+            assert normal is not None
+            positions.append(float(np.dot(ipp, normal)))
+    order = np.argsort(positions, kind="stable")
+    pos = np.asarray(positions)[order]
+    steps = np.diff(pos)
+    median = float(np.median(steps))
+    tol = SLICE_STEP_TOLERANCE * median
+    bad = np.flatnonzero(np.abs(steps - median) > tol) if median > 0 else np.arange(len(steps))
+    if bad.size == 0:
+        return
+    duplicates = [i for i in bad if steps[i] <= tol]
+    shown = "; ".join(
+        (f"two slices at {pos[i]:.3f} mm ({Path(files[order[i]]).name}, {Path(files[order[i + 1]]).name})"
+         if i in duplicates else f"a step of {steps[i]:.3f} mm from {pos[i]:.3f} to {pos[i + 1]:.3f} mm")
+        for i in bad[:_SHOWN_STEPS]) + (f"; ... ({bad.size} irregular steps)" if bad.size > _SHOWN_STEPS else "")
+    raise DataError(folder, "dicom", f"{where}: {len(files)} slices evenly spaced along the slice normal (the "
+                    f"median step {median:.3f} mm, to {SLICE_STEP_TOLERANCE:.0%})", shown,
+                    hint="a missing, duplicated or shifted slice; its grid would be a guess")
+
+
+def read_dicom_series(folder: str | Path) -> Volume:
+    """The DICOM series in ``folder`` as a :class:`Volume` (nibabel array order and RAS+
+    affine, as :func:`kidneyssl.io.volumes.read_volume` gives for NIfTI).
+
+    A folder must hold one series, and its slices must be evenly spaced
+    (:func:`check_slice_positions`): no geometry is guessed.
+
+    Raises:
+        DataError: no readable 3-D series in the folder, several series (their UIDs are named),
+            or slice positions that are not evenly spaced.
     """
     import SimpleITK as sitk
 
@@ -186,10 +275,16 @@ def read_dicom_series(folder: str | Path) -> Volume:
     ids = _dicom_series_ids(folder) if folder.is_dir() else []
     if not ids:
         raise DataError(folder, "dicom", "a folder holding a DICOM series", "no series")
+    if len(ids) > 1:
+        raise DataError(folder, "dicom", "one DICOM series per folder", f"{len(ids)} series: {', '.join(ids)}",
+                        hint="move each series into a folder of its own; each is then read on its own")
     reader = sitk.ImageSeriesReader()
     try:
         with _keep_locale():
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+        check_slice_positions(folder, ids[0], files)
+        with _keep_locale():
+            reader.SetFileNames(files)
             image = reader.Execute()
     except RuntimeError as err:
         lines = str(err).strip().splitlines()

@@ -32,9 +32,10 @@ from typing import Any, Literal
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig
-from kidneyssl.errors import DataError, KidneySSLError
+from kidneyssl.errors import KidneySSLError
 from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.io.paths import describe_os_error
 from kidneyssl.models.transfer import load_model  # re-exported: kidneyssl.inference.load_model
 
 __all__ = [
@@ -48,6 +49,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ProbabilityFormat = Literal["float32", "uint8"]
+#: The run's summary, beside the masks.
+SUMMARY_JSON = "predict_summary.json"
 
 
 @dataclass
@@ -126,6 +129,13 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
                             split_x=seg.split_x)
 
 
+def _output_paths(item: PredictionInput, out_dir: Path, probabilities: bool) -> list[Path]:
+    """The files predict writes for ``item``: its mask, and its probability map when asked."""
+    names = [f"prediction_{item.output_id}.nii.gz"] + ([f"probability_{item.output_id}.nii.gz"]
+                                                       if probabilities else [])
+    return [out_dir / name for name in names]
+
+
 def _write_outputs(result: PredictionResult, item: PredictionInput, out_dir: Path,
                    probability_format: ProbabilityFormat | None) -> Path:
     from kidneyssl.io.volumes import write_mask, write_volume
@@ -138,6 +148,15 @@ def _write_outputs(result: PredictionResult, item: PredictionInput, out_dir: Pat
             prob = np.rint(np.clip(prob, 0.0, 1.0) * 255.0).astype(np.uint8)
         write_volume(prob, result.geometry, out_dir / f"probability_{item.output_id}.nii.gz")
     return out
+
+
+def _remove_outputs(paths: list[Path]) -> None:
+    """A failed case leaves no file under a final name (not even one of an earlier run)."""
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as err:  # pragma: no cover - a folder we just wrote into
+            log.warning("%s: could not remove the output of a failed case (%s)", path.absolute(), err.strerror)
 
 
 def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | Path, *,
@@ -165,7 +184,8 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
 
     Raises:
         CheckpointError: the checkpoint cannot be used (nothing is predicted).
-        DataError: ``input_path`` holds no scans.
+        DataError: ``input_path`` holds no scans, or an output would be written over, into or
+            around one of them (nothing is predicted).
     """
     import torch
 
@@ -175,7 +195,13 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     if threads is not None:
         torch.set_num_threads(int(threads))
     from kidneyssl.inference.sliding_window import resolve_memory_budget_mb, resolve_precision
+    from kidneyssl.io.outputs import check_outputs
 
+    items = find_inputs(input_path)
+    out_dir = Path(out_dir)
+    # Nothing is written over, into or around a scan it reads (its own names are never inputs).
+    check_outputs([p for it in items for p in _output_paths(it, out_dir, save_probabilities)]
+                  + [out_dir / SUMMARY_JSON], [p for it in items for p in it.paths], inputs_name="the scans")
     model, cfg = load_model(model_path, sw_device or device)
     overrides = {k: v for k, v in (("tta_flip", tta), ("largest_component", largest_component),
                                    ("memory_budget_mb", memory_budget_mb)) if v is not None}
@@ -186,17 +212,10 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
              "(halves when they fit, else sliding windows)", torch.get_num_threads(), device,
              f" (windows on {sw_device})" if sw_device else "", precision,
              resolve_memory_budget_mb(cfg.inference, sw_device or device))
-    items = find_inputs(input_path)
-    out_dir = Path(out_dir)
-    inputs = {p.resolve() for it in items for p in it.paths}
     summary = PredictSummary()
     for item in progress(items, desc="predict", unit="case"):
         t_case = time.perf_counter()
         try:
-            target = (out_dir / f"prediction_{item.output_id}.nii.gz").resolve()
-            if target in inputs:
-                raise DataError(target, "output", "an output path that is not an input",
-                                "the input itself", hint="choose another output folder", remedy=("out",))
             t0 = time.perf_counter()
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
@@ -216,11 +235,17 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
         except KidneySSLError as err:
             summary.failed[item.name] = str(err)
             log.error("%s: %s", item.name, err)
-        except (OSError, ValueError, RuntimeError, MemoryError) as err:
+        except OSError as err:  # a full disk, a vanished file: the message names the file
+            summary.failed[item.name] = describe_os_error(err)
+            log.error("%s: %s", item.name, summary.failed[item.name])
+            log.debug("traceback", exc_info=True)
+        except (ValueError, RuntimeError, MemoryError) as err:
             summary.failed[item.name] = f"{type(err).__name__}: {err}"
             log.error("%s: unexpected %s: %s", item.name, type(err).__name__, err)
             log.debug("traceback", exc_info=True)
-    atomic_write_json(out_dir / "predict_summary.json", {
+        if item.name in summary.failed:
+            _remove_outputs(_output_paths(item, out_dir, probabilities=True))
+    atomic_write_json(out_dir / SUMMARY_JSON, {
         "model": str(model_path), "input": str(input_path),
         "written": {k: str(v) for k, v in summary.written.items()},
         "failed": summary.failed, "strategy": summary.strategies, "inference_plan": summary.plans,

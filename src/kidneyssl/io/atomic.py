@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NoReturn
 
 __all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "atomic_save"]
 
@@ -35,17 +35,33 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     from kidneyssl.io.paths import TEMP_MARKER
 
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_MARKER, dir=target.parent))
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=TEMP_MARKER, dir=target.parent))
+    except OSError as err:
+        _reraise_about(err, target)
     name = target.name if not suffix or target.name.endswith(suffix) else target.name + suffix
     tmp_path = tmp_dir / name
-    # Create the file with the usual permissions (0666 less the umask), as open() would.
-    tmp_path.touch()
     try:
+        # Create the file with the usual permissions (0666 less the umask), as open() would.
+        tmp_path.touch()
         yield tmp_path
         os.replace(tmp_path, target)
+    except OSError as err:
+        _reraise_about(err, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _reraise_about(err: OSError, target: Path) -> NoReturn:
+    """Raise ``err`` naming ``target`` (a write error such as a full disk often names no file, or
+    our hidden temporary one): the message then says which file, and so which folder."""
+    from kidneyssl.io.paths import TEMP_MARKER
+
+    name = os.fsdecode(err.filename) if getattr(err, "filename", None) else ""
+    if name and TEMP_MARKER not in name:
+        raise err
+    raise OSError(err.errno, err.strerror or str(err) or type(err).__name__, str(target.absolute())) from err
 
 
 def atomic_write_text(target: str | Path, text: str) -> None:

@@ -21,7 +21,9 @@ Formats (``--format``; ``auto`` detects them in this order):
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,11 +34,14 @@ from kidneyssl.io.labels import (
     KITS19_POLICY,
     KITS23_POLICY,
     LabelPolicy,
+    check_nnunet_labels,
     policy_from_nnunet_labels,
 )
 from kidneyssl.io.paths import describe_folder
 
-__all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy"]
+__all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy", "check_disjoint_cases"]
+
+log = logging.getLogger(__name__)
 
 #: Dataset formats, in the order ``auto`` tries them.
 FORMATS = ("nnunet", "kits23", "kits19", "pairs")
@@ -76,11 +81,16 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _present(path: Path) -> bool:
+    """A file, or a broken symbolic link (kept, so that reading it says so, never skipped)."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
+
+
 def _niftis(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.name.endswith(_NIFTI) and not p.name.startswith("."))
+                  if _present(p) and p.name.endswith(_NIFTI) and not p.name.startswith("."))
 
 
 def _case_dirs(root: Path) -> list[Path]:
@@ -90,9 +100,48 @@ def _case_dirs(root: Path) -> list[Path]:
 def _file(folder: Path, *names: str) -> Path | None:
     for name in names:
         for candidate in (folder / name, folder / name[: -len(".gz")]):
-            if name.endswith(".gz") and candidate.is_file():
+            if name.endswith(".gz") and _present(candidate):
                 return candidate
     return None
+
+
+def _one_per_name(files: list[tuple[str, Path]], folder: Path, what: str) -> dict[str, Path]:
+    """``{name: file}``, refusing two files for one name (``x.nii`` and ``x.nii.gz``, ``a_seg`` and
+    ``a_mask``): which one is meant would be a guess."""
+    found: dict[str, Path] = {}
+    for name, path in files:
+        if name in found:
+            raise DataError(folder, what, f"one {what[:-1]} file per case",
+                            f"{found[name].name} and {path.name} for {name}", hint="remove or rename one")
+        found[name] = path
+    return found
+
+
+#: Segmentations read to tell KiTS23 from KiTS19 when case folders carry no marker.
+_DETECT_SAMPLE = 5
+
+
+def _kits_from_labels(root: Path, cases: list[Path]) -> str:
+    """``kits23`` when a sampled segmentation holds label 3 (cyst), else ``kits19``; says which."""
+    import numpy as np
+
+    from kidneyssl.io.volumes import read_volume
+
+    segs = [p for d in cases if (p := _file(d, SEGMENTATION_NAME)) is not None and p.is_file()]
+    step = max(1, len(segs) // _DETECT_SAMPLE)
+    sampled = segs[::step][:_DETECT_SAMPLE]
+    for seg in sampled:
+        try:
+            labels = read_volume(seg, check_nan=False).array
+        except DataError:  # a bad file: check/prepare report it
+            continue
+        if bool(np.any(labels == 3)):
+            log.info("%s: case folders without a KiTS21/KiTS23 marker; label 3 (cyst) in %s: read as KiTS23 "
+                     "(kidney = 1, 2, 3)", root, seg)
+            return "kits23"
+    log.info("%s: case folders without a KiTS21/KiTS23 marker and no label 3 in %d sampled segmentation(s): "
+             "read as KiTS19 (kidney = 1, 2)", root, len(sampled))
+    return "kits19"
 
 
 def _pair_dirs(root: Path) -> tuple[Path, Path] | None:
@@ -103,6 +152,11 @@ def _pair_dirs(root: Path) -> tuple[Path, Path] | None:
 
 def detect_format(root: str | Path) -> str:
     """The format of the dataset in ``root`` (see the module docstring).
+
+    Case folders without a KiTS21/KiTS23 marker are told apart by their labels: KiTS23 when one
+    of a few sampled segmentations (up to 5, spread over the cases) holds label 3 (cyst), else
+    KiTS19; the choice is logged. (A later case with label 3 then fails saying to read the
+    dataset as KiTS23.)
 
     Raises:
         DataError: ``root`` is not a folder, or holds none of the formats.
@@ -119,7 +173,7 @@ def detect_format(root: str | Path) -> str:
         for d in cases[:20]:
             if (d / "instances").is_dir() or (d / _KITS21_SEG).is_file():
                 return "kits23"
-        return "kits19"
+        return _kits_from_labels(root, cases)
     if _pair_dirs(root) is not None or _niftis(root):
         return "pairs"
     raise DataError(root, "dataset", "case_XXXXX folders (KiTS19/KiTS23), an nnU-Net folder "
@@ -170,6 +224,7 @@ def _nnunet_cases(root: Path, kidney_labels: tuple[int, ...] | None
         raise DataError(path, "dataset.json", "readable JSON", f"{type(err).__name__}: {err}") from None
     if not isinstance(info, dict) or not isinstance(info.get("labels"), dict):
         raise DataError(path, "labels", "a 'labels' mapping of names to values", "none")
+    check_nnunet_labels(info["labels"], path)
     policy = _nnunet_policy(info["labels"], path, kidney_labels)
     ending = str(info.get("file_ending", ".nii.gz"))
     skipped: list[str] = []
@@ -191,7 +246,7 @@ def _nnunet_cases(root: Path, kidney_labels: tuple[int, ...] | None
                 skipped.append(f"{image}: skipped: case {case_id} is also in imagesTr")
                 continue
             label = labels_dir / f"{case_id}{ending}"
-            cases[case_id] = Case(case_id, image, label if annotated and label.is_file() else None,
+            cases[case_id] = Case(case_id, image, label if annotated and _present(label) else None,
                                   image)
     for label in sorted(labels_dir.glob(f"*{ending}")) if labels_dir.is_dir() else []:
         case_id = label.name[: -len(ending)]
@@ -204,21 +259,23 @@ def _pairs_cases(root: Path) -> tuple[list[Case], list[str]]:
     dirs = _pair_dirs(root)
     skipped: list[str] = []
     if dirs is not None:
-        images = {_stem(p): p for p in _niftis(dirs[0])}
-        labels = {_stem(p): p for p in _niftis(dirs[1])}
+        images = _one_per_name([(_stem(p), p) for p in _niftis(dirs[0])], dirs[0], "images")
+        labels = _one_per_name([(_stem(p), p) for p in _niftis(dirs[1])], dirs[1], "labels")
         for stem in list(images):  # nnU-Net style channel suffix without dataset.json
             if stem.endswith("_0000") and stem[:-5] in labels and stem[:-5] not in images:
                 images[stem[:-5]] = images.pop(stem)
         expected_dir = dirs[0]
     else:
-        images, labels = {}, {}
+        image_files, label_files = [], []
         for p in _niftis(root):
             stem = _stem(p)
             suffix = next((s for s in _LABEL_SUFFIXES if stem.lower().endswith(s)), None)
             if suffix is None:
-                images[stem] = p
+                image_files.append((stem, p))
             else:
-                labels[stem[: -len(suffix)]] = p
+                label_files.append((stem[: -len(suffix)], p))
+        images = _one_per_name(image_files, root, "images")
+        labels = _one_per_name(label_files, root, "labels")
         expected_dir = root
     cases = []
     for case_id in sorted(set(images) | set(labels)):
@@ -264,3 +321,58 @@ def open_dataset(root: str | Path, data_format: str | None = None,
         raise DataError(root, "dataset", expected, "none",
                         hint="; ".join(skipped) if skipped else describe_folder(root))
     return Dataset(root, data_format, cases, policy.with_kidney_labels(kidney_labels), skipped)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_disjoint_cases(train: Dataset, test: Dataset, *, shown: int = 5) -> None:
+    """Refuse a test dataset that shares a case with the training dataset.
+
+    Shared means the same case id, the same image file (symbolic links resolved), or an image
+    file with the same content (SHA-256; only files of equal size are hashed, so disjoint
+    datasets cost one ``stat`` per file). The same scan stored differently (``.nii`` vs
+    ``.nii.gz``, another compression level) is not recognised.
+
+    Args:
+        train: the dataset whose cases are trained on and validated on.
+        test: the separate held-out test dataset.
+
+    Raises:
+        DataError: naming the test dataset and the shared cases (up to ``shown`` of them).
+    """
+    shared: list[str] = []
+    train_ids = {c.case_id for c in train.cases}
+    shared += [f"{c.case_id} (same case id)" for c in test.cases if c.case_id in train_ids]
+    by_size: dict[int, list[tuple[str, Path]]] = {}
+    for case in train.cases:
+        if case.imaging is not None and case.imaging.is_file():
+            by_size.setdefault(case.imaging.stat().st_size, []).append((case.case_id, case.imaging))
+    hashes: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        real = path.resolve()
+        if real not in hashes:
+            hashes[real] = _sha256(real)
+        return hashes[real]
+
+    for case in test.cases:
+        if case.imaging is None or not case.imaging.is_file() or case.case_id in train_ids:
+            continue
+        for train_id, image in by_size.get(case.imaging.stat().st_size, []):
+            if image.resolve() == case.imaging.resolve():
+                shared.append(f"{case.case_id} (the image file of training case {train_id})")
+                break
+            if digest(image) == digest(case.imaging):
+                shared.append(f"{case.case_id} (the same image content as training case {train_id})")
+                break
+    if shared:
+        more = f", ... ({len(shared)} cases)" if len(shared) > shown else ""
+        raise DataError(test.root, "test cases", f"cases not in the training dataset {train.root}",
+                        ", ".join(shared[:shown]) + more,
+                        hint="a test case must never be trained or validated on; give a separate test dataset")

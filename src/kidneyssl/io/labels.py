@@ -9,6 +9,7 @@ the binary kidney target (or the 0/1/2 kidney/tumour target); it is recorded in 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ __all__ = [
     "parse_label_map",
     "PREDICTION_POLICY",
     "policy_from_nnunet_labels",
+    "check_nnunet_labels",
 ]
 
 _KIDNEY_WORDS = {"kidney", "kidneys", "renal"}
@@ -201,6 +203,32 @@ def _words(name: str) -> set[str]:
     return set(re.split(r"[^a-z0-9]+", name.lower())) - {""}
 
 
+def _is_label_value(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_nnunet_labels(labels: Any, path: str | Path = "dataset.json") -> None:
+    """Refuse a ``dataset.json`` ``labels`` entry that is not names -> integers >= 0.
+
+    Valid: nnU-Net v2 ``{"background": 0, "kidney": 1}``, its region lists (``"kidney": [1, 2]``),
+    and v1 ``{"0": "background", "1": "kidney"}``. Refused: ``true``, ``2.5``, ``"abc"``,
+    ``null``, negative values, empty or nested lists (JSON ``true`` would otherwise be label 1).
+
+    Raises:
+        DataError: naming the file, the label and its value.
+    """
+    if not isinstance(labels, Mapping) or not labels:
+        raise DataError(path, "labels", "a 'labels' mapping of names to integer values", repr(labels))
+    for key, value in labels.items():
+        if isinstance(value, str) and str(key).isdigit():  # v1: value -> name
+            continue
+        ok = (all(_is_label_value(v) for v in value) and bool(value)) if isinstance(value, list) \
+            else _is_label_value(value)
+        if not ok:
+            raise DataError(path, "labels", "integer values >= 0 (or non-empty lists of them, nnU-Net regions)",
+                            f"{key!r}: {json.dumps(value)}")
+
+
 def policy_from_nnunet_labels(labels: Mapping[str, Any], path: str | Path = "dataset.json") -> LabelPolicy:
     """The kidney labels of an nnU-Net ``dataset.json`` ``labels`` entry.
 
@@ -212,8 +240,10 @@ def policy_from_nnunet_labels(labels: Mapping[str, Any], path: str | Path = "dat
     "Kidney", "Tumor"). The tumour label is the one named tumour/tumor, if it is a single value.
 
     Raises:
-        DataError: no label is named as a kidney.
+        DataError: a value that is not an integer >= 0 (:func:`check_nnunet_labels`), or no label
+            is named as a kidney.
     """
+    check_nnunet_labels(labels, path)
     named: dict[str, tuple[int, ...]] = {}
     for key, value in labels.items():
         if isinstance(value, str) and str(key).lstrip("-").isdigit():  # v1: value -> name

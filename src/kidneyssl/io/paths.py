@@ -16,8 +16,8 @@ from pathlib import Path
 
 from kidneyssl.errors import DataError
 
-__all__ = ["describe_folder", "describe_missing", "check_output_folder", "TEMP_MARKER", "is_temp_name",
-           "remove_stale_temp_files"]
+__all__ = ["describe_folder", "describe_missing", "describe_os_error", "check_output_folder", "TEMP_MARKER",
+           "is_temp_name", "remove_stale_temp_files"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,24 @@ def describe_missing(path: str | Path) -> str:
         folder = folder.parent
     prefix = f"folder {missing_parent} does not exist; " if missing_parent is not None else ""
     return prefix + describe_folder(folder)
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an operating-system error: the file (absolute), what went wrong, and for a
+    full disk or quota, the folder to free space in.
+
+    >>> describe_os_error(OSError(28, "No space left on device", "/data/out/a.nii.gz"))
+    '/data/out/a.nii.gz: No space left on device (free space in /data/out or write elsewhere)'
+    """
+    import errno
+
+    what = err.strerror or str(err)
+    if not getattr(err, "filename", None):
+        return what
+    path = Path(os.fsdecode(err.filename)).absolute()
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        what += f" (free space in {path.parent} or write elsewhere)"
+    return f"{path}: {what}"
 
 
 def check_output_folder(out: str | Path, what: str = "output folder") -> Path:

@@ -18,7 +18,13 @@ scaled float array.
 Geometry follows nibabel. When SimpleITK reads the header differently (a file with no qform and no
 sform, or an sform whose scales disagree with pixdim), nibabel's affine is used, with a warning,
 so that a mask written on the grid reads back in nibabel exactly like the input. A header with no
-qform, no sform and zero voxel sizes describes no grid at all and is refused.
+qform, no sform and zero voxel sizes describes no grid at all and is refused; so is a qform with
+a zero voxel size (nibabel would read it as 1 mm) and a singular sform/qform. ITK's own warnings
+are kept off stderr: what they mean is checked here and said in one line.
+
+Before any voxel memory is allocated, the file's size is compared with what the header claims
+(``.nii``: the file size; ``.nii.gz``: the gzip trailer's ISIZE, else deflate's largest expansion
+or a bounded streaming count). NIfTI-2, which SimpleITK does not read, is read with nibabel.
 
 Writing uses nibabel (explicit sform and qform from one affine, gzip level 1) through an atomic
 temporary file, and the result reads back identically with nibabel and SimpleITK.
@@ -26,12 +32,14 @@ temporary file, and the result reads back identically with nibabel and SimpleITK
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import logging
+import os
 import struct
 import zlib
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Iterator, cast
 
 import numpy as np
 from nibabel import orientations as nio
@@ -73,8 +81,46 @@ def _check_exists(path: Path) -> None:
     if not path.is_file():
         from kidneyssl.io.paths import describe_missing
 
+        if path.is_symlink() and not path.exists():
+            raise DataError(path, "file", "an existing NIfTI file",
+                            f"a broken symbolic link to {os.readlink(path)}", hint="the file it pointed to is gone")
         raise DataError(path, "file", "an existing NIfTI file", "missing" if not path.exists()
                         else "not a regular file", hint=describe_missing(path))
+
+
+@contextlib.contextmanager
+def _itk_warnings_off() -> Iterator[None]:
+    """No ITK warnings on stderr while reading (multi-line C++ messages such as "unexpected
+    scales in sform"): what they mean is checked here and said in one line."""
+    sitk = _sitk()
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _is_nifti2(path: Path) -> bool:
+    """NIfTI-2 (a 540-byte header); SimpleITK's NIfTI reader knows NIfTI-1 only."""
+    from nibabel.openers import ImageOpener
+
+    try:
+        with ImageOpener(str(path), "rb") as fh:
+            head = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return len(head) == 4 and 540 in struct.unpack("<i", head) + struct.unpack(">i", head)
+
+
+def _check_affine(path: Path, affine: np.ndarray, source: str = "affine") -> None:
+    """Refuse an affine that maps the grid to no volume (NaN, a zero or dependent column)."""
+    a = np.asarray(affine, dtype=np.float64)
+    columns = np.linalg.norm(a[:3, :3], axis=0) if np.isfinite(a).all() else np.zeros(3)
+    if not (columns > 0).all() or abs(np.linalg.det(a[:3, :3])) <= 1e-6 * float(np.prod(columns)):
+        raise DataError(path, "geometry", f"an invertible {source} (three independent voxel axes)",
+                        f"a singular one {np.round(a[:3], 4).tolist()}",
+                        hint="the header describes no 3-D grid; fix its sform/qform")
 
 
 _AFFINE_ATOL_MM = 1e-3
@@ -105,16 +151,18 @@ def _nibabel_affine(path: Path, itk_affine: np.ndarray) -> np.ndarray:
     header = _raw_header(path, type(image.header))  # nibabel's load replaces a zero pixdim by 1
     zooms = [float(z) for z in header["pixdim"][1:4]]
     no_xform = int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0
-    if no_xform and not all(np.isfinite(z) and z > 0 for z in zooms):
+    usable_zooms = all(np.isfinite(z) and z > 0 for z in zooms)
+    if no_xform and not usable_zooms:
         raise DataError(path, "geometry", "voxel sizes (pixdim) or a qform/sform",
                         f"pixdim {zooms} and no qform/sform",
                         hint="the header describes no grid; set the voxel size and orientation")
+    if int(header["sform_code"]) == 0 and not usable_zooms:  # the qform scales its axes by pixdim
+        raise DataError(path, "geometry", "voxel sizes (pixdim[1..3]) > 0 for the qform",
+                        f"pixdim {zooms}", hint="a zero voxel size would be read as 1 mm; set the voxel size")
     affine = np.asarray(cast(Any, image).affine, dtype=np.float64)
     if np.allclose(affine, itk_affine, atol=_AFFINE_ATOL_MM):
         return itk_affine
-    columns = np.linalg.norm(affine[:3, :3], axis=0)
-    if not (np.isfinite(affine).all() and (columns > 0).all()):
-        raise DataError(path, "geometry", "a usable affine", f"{np.round(affine, 4).tolist()}")
+    _check_affine(path, affine, "sform/qform")
     axcodes = "".join(str(c) for c in nio.aff2axcodes(affine))
     if no_xform:
         log.warning("%s: geometry: no qform/sform, so orientation and origin are unknown; "
@@ -135,14 +183,9 @@ def read_geometry(path: str | Path) -> Geometry:
     """
     path = Path(path)
     _check_exists(path)
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise DataError(path, "header", "a readable NIfTI header", "unreadable file",
-                        hint=_short(err)) from None
+    if path.name.endswith(NIFTI_SUFFIXES) and _is_nifti2(path):
+        return _nifti2_geometry(path)
+    reader = _header_reader(path)
     dims = _header_dims(reader)
     if len(dims) != 3 or reader.GetNumberOfComponents() != 1:
         raise DataError(path, "dimensions", "a 3-D scalar image", f"shape {tuple(dims)}"
@@ -151,7 +194,137 @@ def read_geometry(path: str | Path) -> Geometry:
     affine = affine_from_sitk(reader.GetDirection(), reader.GetSpacing(), reader.GetOrigin())
     if path.name.endswith(NIFTI_SUFFIXES):
         affine = _nibabel_affine(path, affine)
+    _check_affine(path, affine)
     return Geometry(affine=affine, shape=shape3(reader.GetSize()))
+
+
+def _header_reader(path: Path):
+    """A SimpleITK reader that has read ``path``'s header (no voxel data).
+
+    Raises:
+        DataError: unreadable header; a singular sform, which SimpleITK rejects with a matrix
+            dump, is said in one line.
+    """
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with _itk_warnings_off():
+            reader.ReadImageInformation()
+    except RuntimeError as err:
+        if path.name.endswith(NIFTI_SUFFIXES):
+            _diagnose_header(path)
+        raise DataError(path, "header", "a readable NIfTI header", "unreadable file",
+                        hint=_short(err)) from None
+    return reader
+
+
+def _diagnose_header(path: Path) -> None:
+    """Say why SimpleITK could not read a header nibabel reads (a singular sform/qform)."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(str(path))
+        affine = np.asarray(cast(Any, image).affine, dtype=np.float64)
+    except Exception:  # noqa: BLE001 - not a file nibabel reads either: SimpleITK's message stands
+        return
+    _check_affine(path, affine, "sform/qform")
+
+
+def _nifti2_geometry(path: Path) -> Geometry:
+    """Geometry of a NIfTI-2 file, from nibabel (SimpleITK does not read NIfTI-2)."""
+    import nibabel as nib
+
+    try:
+        image = cast(Any, nib.load(str(path)))
+    except Exception as err:  # noqa: BLE001 - nibabel's many header errors: one line
+        raise DataError(path, "header", "a readable NIfTI-2 header", "unreadable file", hint=_short(err)) from None
+    shape = tuple(int(n) for n in image.shape)
+    if len(shape) != 3:
+        raise DataError(path, "dimensions", "a 3-D scalar image", f"shape {shape}")
+    header = image.header
+    zooms = [float(z) for z in header["pixdim"][1:4]]
+    if int(header["sform_code"]) == 0 and not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(path, "geometry", "voxel sizes (pixdim[1..3]) > 0", f"pixdim {zooms}",
+                        hint="a zero voxel size would be read as 1 mm; set the voxel size")
+    affine = np.asarray(image.affine, dtype=np.float64)
+    _check_affine(path, affine, "sform/qform")
+    return Geometry(affine=affine, shape=shape3(shape))
+
+
+def _read_nifti2(path: Path, geometry: Geometry, check_nan: bool) -> Volume:
+    """A NIfTI-2 file through nibabel (sizes, gzip stream and NaN/inf checked as for NIfTI-1)."""
+    import nibabel as nib
+
+    image = cast(Any, nib.load(str(path)))
+    header = image.header
+    stored = np.dtype(header.get_data_dtype())
+    vox_offset = int(header["vox_offset"])
+    _check_size(path, geometry.shape, stored.itemsize * 8, vox_offset)
+    try:
+        array = np.asanyarray(image.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error) as err:
+        raise DataError(path, "data", "readable voxel data", "unreadable file", hint=_short(err)) from None
+    if path.name.endswith(".gz"):
+        _verify_gzip(path, array, vox_offset, False, int(np.prod(geometry.shape)) * stored.itemsize)
+    if array.dtype.kind == "f" and array.dtype != np.float64:
+        array = array.astype(np.float32, copy=False)
+    if check_nan and array.dtype.kind == "f":
+        _refuse_non_finite(path, array)
+    return Volume(array, geometry)
+
+
+def _refuse_non_finite(path: Path, array: np.ndarray) -> None:
+    lo, hi = np.min(array), np.max(array)
+    if np.isfinite(lo) and np.isfinite(hi):
+        return
+    n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
+    found = " and ".join(f"{n} {what}" for n, what in ((n_nan, "NaN"), (n_inf, "infinite")) if n) + " voxels"
+    raise DataError(path, "values", "finite voxels (no NaN, no infinity)", found)
+
+
+#: The largest expansion of deflate (zlib's worst case is 1032:1), plus room for gzip's header.
+_MAX_DEFLATE_RATIO = 1032
+
+
+def _check_size(path: Path, shape: tuple[int, ...], bitpix: int, vox_offset: int) -> None:
+    """Refuse a file too small for what its header says, before any voxel memory is allocated.
+
+    ``.nii``: the file size. ``.nii.gz``: the size stored in the gzip trailer (ISIZE, the
+    decompressed size modulo 2**32); when it differs, a size beyond what deflate could expand
+    this file to is refused at once, anything else is decompressed in a bounded stream (no
+    voxel array) and counted.
+    """
+    needed = vox_offset + int(np.prod(shape, dtype=np.int64)) * max(int(bitpix), 8) // 8
+    size = path.stat().st_size
+    what = f"{needed} bytes of header and voxel data ({'x'.join(map(str, shape))} voxels of {bitpix} bits, " \
+           "as the header says)"
+    hint = "a truncated file or a wrong header; nothing was read"
+    if not path.name.endswith(".gz"):
+        if size < needed:
+            raise DataError(path, "size", what, f"a file of {size} bytes", hint=hint)
+        return
+    if needed > _MAX_DEFLATE_RATIO * size + 1024:
+        raise DataError(path, "size", what, f"a {size}-byte gzip file, which decompresses to at most "
+                        f"{_MAX_DEFLATE_RATIO * size} bytes", hint=hint)
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            (isize,) = struct.unpack("<I", fh.read(4))
+    except OSError as err:
+        raise DataError(path, "gzip", "an intact gzip stream", "unreadable file", hint=_short(err)) from None
+    if isize == needed & 0xFFFFFFFF:
+        return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while total < needed and (chunk := fh.read(min(1 << 24, needed - total))):
+                total += len(chunk)
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(path, "gzip", "an intact gzip stream", "corrupt or truncated data",
+                        hint=_short(err)) from None
+    if total < needed:
+        raise DataError(path, "size", what, f"{total} decompressed bytes", hint=hint)
 
 
 def _header_dims(reader) -> list[int]:
@@ -232,20 +405,28 @@ def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
 
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
-        check_nan: reject floating-point data containing NaN (without it, NaN voxels read as 0:
-            SimpleITK's niftilib replaces them).
+        check_nan: reject floating-point data containing NaN or +-infinity (without it, NaN
+            voxels read as 0: SimpleITK's niftilib replaces them).
+
+    NIfTI-2 files (which SimpleITK does not read) are read with nibabel, with the same checks.
 
     Raises:
-        DataError: missing file, unreadable header, corrupt/truncated gzip, not a 3-D scalar
-            image, or NaN voxels. The message names the file.
+        DataError: missing file (or a broken link), unreadable header, a header whose grid is
+            singular or has a zero voxel size, a file smaller than its header says (checked before
+            any voxel memory is allocated), corrupt/truncated gzip, not a 3-D scalar image, or
+            NaN/infinite voxels. The message names the file.
     """
     path = Path(path)
     geometry = read_geometry(path)  # existence, header and 3-D checks
-    sitk = _sitk()
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    if path.name.endswith(NIFTI_SUFFIXES) and _is_nifti2(path):
+        return _read_nifti2(path, geometry, check_nan)
+    reader = _header_reader(path)
+    if path.name.endswith(NIFTI_SUFFIXES):  # before SimpleITK allocates what the header claims
+        _check_size(path, geometry.shape, int(_meta_float(reader, "bitpix", 8.0)),
+                    int(_meta_float(reader, "vox_offset", 352.0)))
     try:
-        image = reader.Execute()
+        with _itk_warnings_off():
+            image = reader.Execute()
     except RuntimeError as err:
         raise DataError(path, "data", "readable voxel data", "unreadable file",
                         hint=_short(err)) from None
@@ -262,27 +443,20 @@ def read_volume(path: str | Path, check_nan: bool = True) -> Volume:
                    and buffer.dtype.byteorder in ("=", "|", "<"))
         exact = _verify_gzip(path, buffer, int(_meta_float(image, "vox_offset", 352.0)),
                              fast_ok and stored_nbytes == buffer.nbytes, stored_nbytes)
-    else:
-        expected = int(_meta_float(image, "vox_offset", 352.0)) + stored_nbytes
-        if path.stat().st_size < expected:
-            raise DataError(path, "size", f"at least {expected} bytes", f"{path.stat().st_size}")
     array = buffer.transpose(2, 1, 0)
     stored_float = int(_meta_float(image, "datatype", 16.0 if array.dtype.kind == "f" else 0.0)) in (16, 64, 1536)
     if check_nan and stored_float and np.issubdtype(array.dtype, np.floating):
         # niftilib (inside SimpleITK) silently replaces NaN by 0; when the buffer is not
-        # byte-identical to the file, count NaNs in the file itself (nibabel; rare, slower).
-        n_nan = int(np.isnan(buffer.min())) if exact else _count_nan_nibabel(path)
-        if n_nan:
-            raise DataError(path, "values", "no NaN voxels",
-                            f"{n_nan if not exact else int(np.isnan(buffer).sum())} NaN voxels")
+        # byte-identical to the file, look at the file itself (nibabel; rare, slower).
+        _refuse_non_finite(path, buffer if exact else _stored_floats(path))
     return Volume(array, geometry)
 
 
-def _count_nan_nibabel(path: Path) -> int:
+def _stored_floats(path: Path) -> np.ndarray:
     import nibabel as nib
 
     data = np.asanyarray(cast(Any, nib.load(str(path))).dataobj)
-    return int(np.isnan(data).sum()) if np.issubdtype(data.dtype, np.floating) else 0
+    return data if np.issubdtype(data.dtype, np.floating) else np.zeros(1, np.float32)
 
 
 def _meta_float(image, key: str, default: float) -> float:

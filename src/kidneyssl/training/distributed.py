@@ -84,8 +84,13 @@ def _pick_device(preference: str | None, local_rank: int) -> Any:
             index = _local_gpu_index(local_rank)
             torch.cuda.set_device(index)
             return torch.device("cuda", index)
+    try:
         return torch.device(pref)
-    return torch.device(pref)
+    except (RuntimeError, ValueError):
+        from kidneyssl.errors import KidneySSLError
+
+        raise KidneySSLError(f"{preference!r} is not a device; use auto, cpu, cuda or cuda:N",
+                             remedy=("device=cpu",)) from None
 
 
 def _local_gpu_index(local_rank: int) -> int:

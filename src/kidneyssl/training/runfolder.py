@@ -2,7 +2,9 @@
 
 A run folder holds::
 
-    run.json        {"kind", "status": "running"|"finished", "cache", "init", "epochs_done", ...}
+    run.json        {"kind", "status": "running"|"finished"|"interrupted", "cache", "init", ...}
+    run.lock        the PID/host of the process training in the folder (while it runs;
+                    :mod:`kidneyssl.training.lock`)
     config.yaml     the resolved ExperimentConfig of the run
     split.json      {"seed", "val_fraction", "test_fraction", "train", "val", "test"} (case ids)
     history.jsonl   one JSON object per finished epoch
@@ -20,12 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from kidneyssl.errors import RunFolderError
 from kidneyssl.io.atomic import atomic_write_json, atomic_write_text
 from kidneyssl.io.paths import remove_stale_temp_files
+from kidneyssl.training.lock import LOCK_NAME, RunLock, lock_owner
 from kidneyssl.training.split import Split, save_split
 
 __all__ = ["RunFolder", "RUN_FILES"]
@@ -114,12 +118,34 @@ class RunFolder:
             return None
         if not self.path.is_dir():
             raise RunFolderError(f"{self.path}: exists and is not a folder")
-        if any(self.path.iterdir()):
+        if any(p.name != LOCK_NAME for p in self.path.iterdir()):  # our own lock, taken first
             what = f"a {info.get('kind')!r} run ({info.get('status')})" if info else "other files"
             raise RunFolderError(
                 f"{self.path}: output folder already holds {what}; continue it, start over, or choose "
                 "another output folder", remedy=("resume", "force", "out"))
         return None
+
+    def lock(self) -> RunLock:
+        """The folder's :class:`~kidneyssl.training.lock.RunLock` (``with folder.lock(): ...``)."""
+        return RunLock(self.path)
+
+    def mark_interrupted(self, resume_hint: str) -> bool:
+        """Record in ``run.json`` that the run was interrupted (SIGINT/SIGTERM) and how to
+        continue it, so that it never stays ``running``. Call on rank 0 from the trainer's
+        ``except KeyboardInterrupt`` (then re-raise).
+
+        Nothing is written when ``run.json`` is absent or not ``running``, or when another live
+        process holds the folder's lock (its run is not ours to mark).
+
+        Returns:
+            True when ``run.json`` was updated.
+        """
+        info = self.info() if (self.path / "run.json").is_file() else None
+        if not info or info.get("status") != "running" or lock_owner(self.path) is not None:
+            return False
+        self.write_info({**info, "status": "interrupted", "interrupted_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                         "resume": resume_hint})
+        return True
 
     def unstarted_inputs(self, kind: str) -> dict[str, Any] | None:
         """For a ``kind`` run stopped before its first checkpoint (``run.json``, no ``last.pt``):

@@ -65,7 +65,8 @@ def read_locate_json(located_dir: str | Path) -> dict[str, Any]:
     """The ``locate.json`` of a ``kidneyssl locate`` output folder.
 
     Raises:
-        DataError: the folder has no readable ``locate.json`` with a ``cases`` mapping.
+        DataError: the folder has no readable ``locate.json`` with a ``cases`` mapping, or it
+            says ``running`` (a locate still running or killed: its cases are incomplete).
     """
     path = Path(located_dir) / LOCATE_JSON
     if not path.is_file():
@@ -78,6 +79,9 @@ def read_locate_json(located_dir: str | Path) -> dict[str, Any]:
     if not isinstance(info, dict) or not isinstance(info.get("cases"), dict):
         raise DataError(path, "locate.json", "a 'cases' mapping", type(info.get("cases")).__name__
                         if isinstance(info, dict) else type(info).__name__)
+    if info.get("status") == "running":
+        raise DataError(path, "locate.json", "a finished locate", "one that is running or was interrupted",
+                        hint="run the same locate again to finish it")
     return info
 
 
