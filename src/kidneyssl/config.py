@@ -401,7 +401,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except ConfigError:
                 continue
-        names = " or ".join(_TYPE_NAMES.get(t, getattr(t, "__name__", str(t))) for t in typing.get_args(tp))
+        names = " or ".join(_TYPE_NAMES.get(t, "null" if t is type(None) else getattr(t, "__name__", str(t)))
+                            for t in typing.get_args(tp))
         raise ConfigError(f"{where}: expected {names}, got {value!r}")
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return config_from_dict(tp, value, where)
@@ -422,6 +423,10 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return dict(value)
     if tp is Any:
         return value
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{where}: expected null, got {value!r}")
     if tp is bool:
         ok = isinstance(value, bool)
     elif tp is int:

@@ -128,10 +128,19 @@ def test_torchrun_two_processes_runs_the_train_command(cache: Path, tmp_path: Pa
            "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "kidneyssl.cli.main", "train",
            "--cache", str(cache), "--out", str(out), "--init", "scratch", "--device", "cpu", *TINY,
            "--set", "train.epochs=2", "--set", "train.val_fraction=0.75"]
+    # the paper's batch size (1 half volume per step) cannot be split over 2 processes: refused,
+    # by every rank alike, before anything is written
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0 and "train.batch_size=1" in proc.stderr and "multiple of 2" in proc.stderr
+    assert not (out / "run.json").exists()
+    # the global batch of 2: one half volume per process per step
+    proc = subprocess.run(cmd + ["--set", "train.batch_size=2"], env=env, capture_output=True, text=True,
+                          timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]  # one writer: no duplicated lines
     assert all(len(r["val_dice_per_case"]) == 3 for r in rows)
     assert (out / "last.pt").is_file() and (out / "best.pt").is_file()
     assert not list(out.glob("*.tmp*"))
+    info = json.loads((out / "run.json").read_text())
+    assert (info["world_size"], info["global_batch"], info["micro_batch"], info["accumulate"]) == (2, 2, 1, 1)

@@ -77,7 +77,6 @@ def test_check_disjoint_cases_by_id_file_and_content(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="wired by the lead in workflows/experiment.py (check_disjoint_cases)")
 def test_experiment_refuses_a_test_dataset_that_is_the_training_dataset(tmp_path, tiny_cache, kidneyssl):
     data = tmp_path / "data"
     for i in range(6):  # enough cases for a dry run (4 training, 2 validation)

@@ -11,7 +11,6 @@ from .conftest import TRAIN_SETS
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="wired by the lead in workflows/experiment.py")
 def test_experiment_dry_run_writes_nothing_into_out(tmp_path, tiny_cache, kidneyssl):
     data = tmp_path / "data"
     for i in range(8):  # enough cases for a plan (2 test, 2 validation, 4 training)

@@ -108,7 +108,6 @@ def test_mark_interrupted(tmp_path, other_process):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="wired by the lead: RunLock around the fit in training/finetune.py")
 def test_train_force_is_refused_while_another_process_trains_there(tmp_path, tiny_cache, other_process,
                                                                   kidneyssl):
     run = tmp_path / "run"

@@ -67,7 +67,7 @@ def test_init_from_another_architecture_fails_before_training(pretrain_run: Path
     from kidneyssl.training.finetune import train_segmentation
 
     wider = apply_overrides(tiny_cfg, ["model.growth_rate=6"])
-    with pytest.raises(CheckpointError, match="does not fit"):
+    with pytest.raises(CheckpointError, match="do not fit this network"):
         train_segmentation(tiny_cache, tmp_path / "run", wider, init=str(pretrain_run / "best.pt"), device="cpu")
     assert not (tmp_path / "run" / "last.pt").exists()
     with pytest.raises(CheckpointError, match="expected a pretrain checkpoint"):

@@ -12,7 +12,6 @@ import pytest
 
 from kidneyssl.training.logs import CsvLog, EpochClock, RunLogger, format_run_summary, peak_memory
 from kidneyssl.training.loop import EpochResult, StepStats
-from kidneyssl.training.plan import StagePlan
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -20,11 +19,9 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _stage(epochs: int = 3, start_epoch: int = 0, steps: int = 2) -> StagePlan:
-    return StagePlan(name="train", kind="segmentation", train_cases=2, val_cases=2, epochs=epochs,
-                     start_epoch=start_epoch, iterations_per_epoch=steps, steps_per_epoch=steps, batch="1 half volume",
-                     val_units=2, val_unit="case", device="cpu", precision="float32", strategy="halves",
-                     epochs_key="train.epochs")
+def _stage(epochs: int = 3, start_epoch: int = 0, steps: int = 2) -> dict:
+    """The numbers a logger takes: a stage's name, epochs, start epoch and steps per epoch."""
+    return {"name": "train", "epochs": epochs, "start_epoch": start_epoch, "steps_per_epoch": steps}
 
 
 def _fake_epoch(logger: RunLogger, epoch: int, steps: int = 2) -> None:
@@ -68,7 +65,7 @@ def test_tensorboard_events_read_back_with_its_own_reader(cli_pretrain_run) -> N
 
 def test_without_tensorboard_only_csv_is_written(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
-    logger = RunLogger(tmp_path, _stage())
+    logger = RunLogger(tmp_path, **_stage())
     assert not logger.tensorboard
     _fake_epoch(logger, 0)
     logger.close()
@@ -78,11 +75,11 @@ def test_without_tensorboard_only_csv_is_written(tmp_path: Path, monkeypatch) ->
 
 
 def test_resume_drops_rows_of_epochs_not_in_the_checkpoint(tmp_path: Path) -> None:
-    logger = RunLogger(tmp_path, _stage(), tensorboard=False)
+    logger = RunLogger(tmp_path, **_stage(), tensorboard=False)
     for epoch in range(3):
         _fake_epoch(logger, epoch)
     logger.close()
-    resumed = RunLogger(tmp_path, _stage(start_epoch=1), tensorboard=False)  # last.pt after epoch 0
+    resumed = RunLogger(tmp_path, **_stage(start_epoch=1), tensorboard=False)  # last.pt after epoch 0
     assert [r["epoch"] for r in _rows(tmp_path / "history.csv")] == ["0"]
     assert [r["global_step"] for r in _rows(tmp_path / "steps.csv")] == ["1", "2"]
     _fake_epoch(resumed, 1)
@@ -94,7 +91,7 @@ def test_resume_drops_rows_of_epochs_not_in_the_checkpoint(tmp_path: Path) -> No
 
 
 def test_eta_line_gives_stage_and_experiment_end() -> None:
-    clock = EpochClock(_stage(epochs=3), later_seconds=7200.0)
+    clock = EpochClock("train", 3, later_seconds=7200.0)
     line = clock.line(0, 60.0)
     assert line.startswith("train epoch 1/3: elapsed") and "stage ends ~" in line and "2 min left" in line
     assert "experiment ends ~" in line and "2.0 h left" in line

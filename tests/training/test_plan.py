@@ -109,7 +109,7 @@ def test_probe_touches_neither_model_optimizer_nor_rng() -> None:
 def test_plan_and_estimate_are_printed_before_training(cli_pretrain_run) -> None:
     _, err = cli_pretrain_run
     plan_at = err.index("plan: 1 stage")
-    assert "pretrain (siamese): 2 training / 2 validation cases, epochs 1-2" in err
+    assert "pretrain (side): 2 training / 2 validation cases, epochs 1-2" in err
     assert "device cpu, float32" in err and "s per iteration" in err and "ends ~" in err
     first_epoch = err.index("pretrain epoch 1/2")
     assert plan_at < first_epoch

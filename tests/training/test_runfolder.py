@@ -13,10 +13,16 @@ from kidneyssl.training.runfolder import RunFolder, begin_run
 IDS = [f"case_{i:05d}" for i in range(10)]
 
 
+def _with_epochs(cfg, epochs):  # what a segmentation task does for --extend-epochs
+    import dataclasses
+
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
+
+
 def test_claim_refuses_other_run_unless_resume_or_force(tmp_path: Path) -> None:
     cfg = load_preset("demo")
     folder = RunFolder(tmp_path / "run")
-    assert begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+    assert begin_run(folder, "segmentation", cfg, extend=_with_epochs, epochs_of=lambda c: c.train.epochs, resume=False, force=False,
                      extend_epochs=0, is_main=True) == (cfg, None)
     folder.path.mkdir()
     folder.write_info({"kind": "segmentation", "status": "running"})
@@ -28,16 +34,16 @@ def test_claim_refuses_other_run_unless_resume_or_force(tmp_path: Path) -> None:
     with pytest.raises(RunFolderError, match="nothing to resume"):
         folder.claim("segmentation", resume=True, force=False)  # no last.pt yet
     folder.last.write_bytes(b"x")
-    with pytest.raises(RunFolderError, match="not a 'siamese' run"):
-        folder.claim("siamese", resume=True, force=False)
+    with pytest.raises(RunFolderError, match="not a 'pretrain' run"):
+        folder.claim("pretrain", resume=True, force=False)
     with pytest.raises(RunFolderError, match="has not finished"):
-        begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+        begin_run(folder, "segmentation", cfg, extend=_with_epochs, epochs_of=lambda c: c.train.epochs, resume=False, force=False,
                   extend_epochs=3, is_main=True)
     folder.write_info({"kind": "segmentation", "status": "finished"})
-    extended, info = begin_run(folder, "segmentation", cfg, section="train", resume=False, force=False,
+    extended, info = begin_run(folder, "segmentation", cfg, extend=_with_epochs, epochs_of=lambda c: c.train.epochs, resume=False, force=False,
                                extend_epochs=3, is_main=True)
     assert extended.train.epochs == cfg.train.epochs + 3 and info["status"] == "finished"
-    cfg2, info = begin_run(folder, "segmentation", cfg, section="train", resume=False, force=True,
+    cfg2, info = begin_run(folder, "segmentation", cfg, extend=_with_epochs, epochs_of=lambda c: c.train.epochs, resume=False, force=True,
                            extend_epochs=0, is_main=True)
     assert info is None
     assert not folder.last.exists() and not (folder.path / "run.json").exists()

@@ -22,6 +22,7 @@ What it guarantees, for every method alike:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -69,16 +70,24 @@ def training_precision(cfg: ExperimentConfig, device: Any) -> str:
 
 
 def claim_run(folder: RunFolder, task: Task, cfg: ExperimentConfig, ctx: DistContext, *, resume: bool, force: bool,
-              extend_epochs: int, dry_run: bool) -> tuple[ExperimentConfig, dict[str, Any] | None]:
-    """Rank 0 decides how the folder is used (:func:`~kidneyssl.training.runfolder.begin_run`);
-    the other ranks receive its decision, or the error it raised, and raise the same.
+              extend_epochs: int, dry_run: bool, locks: contextlib.ExitStack | None = None
+              ) -> tuple[ExperimentConfig, dict[str, Any] | None]:
+    """Rank 0 locks the folder (into ``locks``, held until that stack closes; not on a dry run)
+    and decides how it is used (:func:`~kidneyssl.training.runfolder.begin_run`); the other ranks
+    receive its decision, or the error it raised, and raise the same.
 
     Returns:
         ``(config to use, run.json of the run being continued or None for a new run)``.
+
+    Raises:
+        RunFolderError: another live process trains in the folder (its lock), or see
+            :func:`~kidneyssl.training.runfolder.begin_run`.
     """
     decision: Any = None
     if ctx.is_main:
         try:
+            if locks is not None and not dry_run:
+                locks.enter_context(folder.lock())  # before begin_run: a forced start resets the folder
             decision = begin_run(folder, task.kind, cfg, extend=task.with_epochs,
                                  epochs_of=lambda c: task.settings(c).epochs, resume=resume, force=force,
                                  extend_epochs=extend_epochs, is_main=not dry_run)
@@ -138,8 +147,20 @@ def fit(task: Task, out_dir: str | Path, cfg: ExperimentConfig, *, resume: bool 
     plan = plan or PlanOptions()
     ctx = ctx or init_distributed(device)
     folder = RunFolder(out_dir)
-    cfg, info = claim_run(folder, task, cfg, ctx, resume=resume, force=force, extend_epochs=extend_epochs,
-                          dry_run=plan.dry_run)
+    with contextlib.ExitStack() as locks:
+        cfg, info = claim_run(folder, task, cfg, ctx, resume=resume, force=force, extend_epochs=extend_epochs,
+                              dry_run=plan.dry_run, locks=locks)
+        try:
+            return _fit(task, folder, cfg, info, ctx, plan, on_epoch, allow_world_size_change)
+        except KeyboardInterrupt:  # SIGINT, and SIGTERM as the CLI turns it into one
+            if ctx.is_main and not plan.dry_run:
+                folder.mark_interrupted("continue it by resuming the run in this folder")
+            raise
+
+
+def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, Any] | None, ctx: DistContext,
+         plan: PlanOptions, on_epoch: EpochHook | None, allow_world_size_change: bool) -> FitResult:
+    """:func:`fit` once the folder is claimed (and locked, on rank 0)."""
     cfg = task.effective_config(cfg)
     task.setup(cfg, info, folder.path, ctx)
     settings = task.settings(cfg)

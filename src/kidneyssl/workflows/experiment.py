@@ -40,6 +40,7 @@ What it guarantees:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -232,7 +233,9 @@ def _read_state(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]
                 "continue it (more seeds or methods are fine), start over, or choose another output "
                 "folder", remedy=("force", "out"))
         return state
-    if run.is_dir() and any(run.iterdir()):
+    from kidneyssl.training.lock import LOCK_NAME
+
+    if run.is_dir() and any(p.name != LOCK_NAME for p in run.iterdir()):  # our own lock is taken first
         raise RunFolderError(f"{run}: output folder is not empty and holds no experiment; replace its "
                              "contents or choose another output folder", remedy=("force", "out"))
     return {}
@@ -364,15 +367,16 @@ def _plan(stages: Sequence[Stage], inputs: _Inputs, cfg: ExperimentConfig, ctx: 
 def _prepare_inputs(run: Path, cfg: ExperimentConfig, ctx: DistContext, data_dir: str | Path,
                     test_data: str | Path | None, cache_dir: str | Path | None, stages_done: dict[str, Any],
                     mark: Any, workers: int | None, data_format: str | None,
-                    kidney_labels: tuple[int, ...] | None, dry_run: bool) -> _Inputs:
+                    kidney_labels: tuple[int, ...] | None, dry_run: bool, scratch_root: Path | None = None) -> _Inputs:
     """Prepare the caches (rank 0; the others wait), make or read the split, find the ground truth.
-    A dry run writes nothing into ``run``: caches it would prepare go to a temporary folder."""
+    A dry run writes nothing into ``run``: caches it would prepare go to a temporary folder inside
+    ``scratch_root`` (removed by the caller)."""
     from kidneyssl.data.cache import open_cache
     from kidneyssl.data.prepare import prepare_dataset
     from kidneyssl.io.datasets import open_dataset
     from kidneyssl.training.split import annotated_case_ids, load_split, make_split, save_split
 
-    scratch = Path(tempfile.mkdtemp(prefix="kidneyssl-dry-run-")) if dry_run else None
+    scratch = Path(tempfile.mkdtemp(prefix="kidneyssl-dry-run-", dir=scratch_root)) if dry_run else None
     cache_path = Path(cache_dir) if cache_dir else run / "cache"
     test_cache_path = run / "test_cache" if test_data is not None else None
     if scratch is not None:
@@ -447,15 +451,45 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         unlabeled: scans without masks (any input ``kidneyssl locate`` reads, or a ``locate``
             output): adds MwS+U (see the module docstring). Kept in ``experiment.json``; a
             continued experiment uses the recorded folder.
+
+    Raises:
+        DataError: ``test_data`` shares a case (id, file or content) with ``data_dir``.
+        RunFolderError: the folder holds something else, or another live process runs an
+            experiment in it.
     """
+    options = plan or PlanOptions()
+    ctx = init_distributed(device)
+    run = Path(out_dir)
+    if test_data is not None:  # a test case that is also a training case would be scored on what it learnt
+        from kidneyssl.io.datasets import check_disjoint_cases, open_dataset
+
+        check_disjoint_cases(open_dataset(data_dir, data_format, kidney_labels),
+                             open_dataset(test_data, data_format, kidney_labels))
+    with contextlib.ExitStack() as stack:
+        if options.dry_run:  # what the probe needs is prepared here and removed at the end
+            scratch_root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kidneyssl-dry-run-")))
+        else:
+            scratch_root = None
+            if ctx.is_main:  # one experiment per folder: a second one is refused while this one runs
+                from kidneyssl.training.lock import RunLock
+
+                run.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(RunLock(run))
+        return _run_experiment(data_dir, run, cfg, ctx, options, cache_dir=cache_dir, test_data=test_data,
+                               force=force, workers=workers, data_format=data_format,
+                               kidney_labels=kidney_labels, unlabeled=unlabeled, scratch_root=scratch_root)
+
+
+def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx: DistContext, options: PlanOptions,
+                    *, cache_dir: str | Path | None, test_data: str | Path | None, force: bool, workers: int | None,
+                    data_format: str | None, kidney_labels: tuple[int, ...] | None, unlabeled: str | Path | None,
+                    scratch_root: Path | None) -> ExperimentResult | None:
+    """:func:`run_experiment` once the inputs are checked (and the folder locked, on rank 0)."""
     from kidneyssl.reporting.figures import refresh_history_plot
     from kidneyssl.training.plan import device_name
     from kidneyssl.training.runfolder import RunFolder
     from kidneyssl.training.trainer import fit
 
-    options = plan or PlanOptions()
-    ctx = init_distributed(device)
-    run = Path(out_dir)
     state = _claim(run, cfg, force, ctx)
     fresh = not state
     done: dict[str, Any] = dict(state.get("stages", {}))
@@ -487,7 +521,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         run.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run / "config.yaml")
     inputs = _prepare_inputs(run, cfg, ctx, data_dir, test_data, cache_dir, done, mark, workers, data_format,
-                             kidney_labels, options.dry_run)
+                             kidney_labels, options.dry_run, scratch_root)
     cache_path_box.append(inputs.cache_path)
     split = inputs.split
     stages = build_stages(cfg, run, unlabeled=unlabeled_dir is not None)
