@@ -64,5 +64,5 @@ def test_resume_without_any_run_is_still_refused(tmp_path):
     from kidneyssl.training.runfolder import begin_run
 
     with pytest.raises(RunFolderError, match="nothing to resume"):
-        begin_run(RunFolder(tmp_path / "empty"), "segmentation", load_preset("demo"), section="train",
-                  resume=True, force=False, extend_epochs=0, is_main=True)
+        begin_run(RunFolder(tmp_path / "empty"), "segmentation", load_preset("demo"), extend=lambda c, n: c,
+                  epochs_of=lambda c: c.train.epochs, resume=True, force=False, extend_epochs=0, is_main=True)

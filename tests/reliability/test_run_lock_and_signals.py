@@ -104,7 +104,11 @@ def test_mark_interrupted(tmp_path, other_process):
     assert folder.mark_interrupted("resume it")
     info = folder.info()
     assert info["status"] == "interrupted" and info["resume"] == "resume it" and info["interrupted_at"]
-    assert not folder.mark_interrupted("again")  # only a running run
+    assert folder.mark_interrupted("resume it with its command line")  # a later, more specific hint wins
+    info2 = folder.info()
+    assert info2["resume"] == "resume it with its command line" and info2["interrupted_at"] == info["interrupted_at"]
+    folder.write_info({**info2, "status": "finished"})
+    assert not folder.mark_interrupted("again")  # never a finished run
 
 
 @pytest.mark.slow

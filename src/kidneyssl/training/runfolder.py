@@ -134,17 +134,19 @@ class RunFolder:
         continue it, so that it never stays ``running``. Call on rank 0 from the trainer's
         ``except KeyboardInterrupt`` (then re-raise).
 
-        Nothing is written when ``run.json`` is absent or not ``running``, or when another live
-        process holds the folder's lock (its run is not ours to mark).
+        Nothing is written when ``run.json`` is absent or neither ``running`` nor already
+        ``interrupted`` (a later, more specific hint replaces an earlier one: the CLI's names its
+        command line), or when another live process holds the folder's lock (its run is not ours
+        to mark).
 
         Returns:
             True when ``run.json`` was updated.
         """
         info = self.info() if (self.path / "run.json").is_file() else None
-        if not info or info.get("status") != "running" or lock_owner(self.path) is not None:
+        if not info or info.get("status") not in ("running", "interrupted") or lock_owner(self.path) is not None:
             return False
-        self.write_info({**info, "status": "interrupted", "interrupted_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-                         "resume": resume_hint})
+        when = info.get("interrupted_at") or time.strftime("%Y-%m-%d %H:%M:%S")
+        self.write_info({**info, "status": "interrupted", "interrupted_at": when, "resume": resume_hint})
         return True
 
     def unstarted_inputs(self, kind: str) -> dict[str, Any] | None:

@@ -147,15 +147,22 @@ def fit(task: Task, out_dir: str | Path, cfg: ExperimentConfig, *, resume: bool 
     plan = plan or PlanOptions()
     ctx = ctx or init_distributed(device)
     folder = RunFolder(out_dir)
-    with contextlib.ExitStack() as locks:
-        cfg, info = claim_run(folder, task, cfg, ctx, resume=resume, force=force, extend_epochs=extend_epochs,
-                              dry_run=plan.dry_run, locks=locks)
-        try:
-            return _fit(task, folder, cfg, info, ctx, plan, on_epoch, allow_world_size_change)
-        except KeyboardInterrupt:  # SIGINT, and SIGTERM as the CLI turns it into one
-            if ctx.is_main and not plan.dry_run:
-                folder.mark_interrupted("continue it by resuming the run in this folder")
-            raise
+    new_folder = not folder.path.exists()
+    try:
+        with contextlib.ExitStack() as locks:
+            cfg, info = claim_run(folder, task, cfg, ctx, resume=resume, force=force, extend_epochs=extend_epochs,
+                                  dry_run=plan.dry_run, locks=locks)
+            try:
+                return _fit(task, folder, cfg, info, ctx, plan, on_epoch, allow_world_size_change)
+            except KeyboardInterrupt:  # SIGINT, and SIGTERM as the CLI turns it into one
+                if ctx.is_main and not plan.dry_run:
+                    folder.mark_interrupted("continue it by resuming the run in this folder")
+                raise
+    except KidneySSLError:
+        # refused before anything was written: leave no empty folder behind (the lock made it)
+        if ctx.is_main and new_folder and folder.path.is_dir() and not any(folder.path.iterdir()):
+            folder.path.rmdir()
+        raise
 
 
 def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, Any] | None, ctx: DistContext,
