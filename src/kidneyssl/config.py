@@ -29,6 +29,8 @@ __all__ = [
     "InferenceConfig",
     "ProtocolConfig",
     "PRECISIONS",
+    "MEMORY_FORMATS",
+    "LR_SCHEDULES",
     "ExperimentConfig",
     "PROXY_INPUTS",
     "ConfigError",
@@ -204,6 +206,14 @@ class SegTrainConfig:
     and ``amp: false`` float32. ``cudnn_benchmark`` lets cuDNN time its convolution algorithms on
     CUDA (off in deterministic mode).
 
+    ``crop_size`` (default none: whole halves, the paper's) trains on random crops of the halves
+    instead, centred on a kidney voxel with probability ``crop_foreground``; validation and
+    inference always see whole volumes. ``memory_format`` is the training tensors' layout
+    (``contiguous`` or ``channels_last``: which is faster depends on the size and the device,
+    ``benchmarks/results/training.json``). ``lr_schedule`` ``constant`` keeps Adam's rate (the
+    paper's), ``poly`` decays it as nnU-Net does, ``(1 - step / steps) ** 0.9``; ``warmup_epochs``
+    ramps it up linearly over that many epochs first.
+
     ``num_workers`` reader processes read the memory-mapped half volumes ahead of the training step
     (pinned memory on CUDA); 0 reads them in the training process (enough on a CPU, where reading
     is ~6 % of a step; the paper preset uses 4 for GPUs).
@@ -225,12 +235,27 @@ class SegTrainConfig:
     precision: str | None = None
     cudnn_benchmark: bool = True
     num_workers: int = 0
+    crop_size: tuple[int, int, int] | None = None
+    crop_foreground: float = 0.5
+    memory_format: str = "contiguous"
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
 
     def __post_init__(self) -> None:
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.precision is not None and self.precision not in ("fp32", "bf16", "fp16", "auto"):
             raise ConfigError(f"train.precision must be fp32, bf16, fp16 or auto, got {self.precision!r}")
+        if self.crop_size is not None and any(c < 16 or c % 16 for c in self.crop_size):
+            raise ConfigError(f"train.crop_size must be 3 multiples of 16 or null, got {self.crop_size!r}")
+        if not 0.0 <= self.crop_foreground <= 1.0:
+            raise ConfigError(f"train.crop_foreground must be in [0, 1], got {self.crop_foreground}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ConfigError(f"train.memory_format must be one of {MEMORY_FORMATS}, got {self.memory_format!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"train.warmup_epochs must be in [0, epochs), got {self.warmup_epochs}")
         start = self.bce_weight_start + self.dice_weight_start
         end = self.bce_weight_end + self.dice_weight_end
         if abs(start - end) > 1e-9:
@@ -248,6 +273,10 @@ class SegTrainConfig:
         elif not self.pos_weight > 0:
             raise ConfigError(f"pos_weight must be 'auto' or a positive number, got {self.pos_weight!r}")
 
+
+#: Training tensor layouts and learning-rate schedules (``SegTrainConfig``).
+MEMORY_FORMATS = ("contiguous", "channels_last")
+LR_SCHEDULES = ("constant", "poly")
 
 #: Values of ``InferenceConfig.precision``.
 PRECISIONS = ("auto", "fp32", "bf16")

@@ -73,3 +73,38 @@ def test_foreground_fraction_counts_kidney_voxels_of_the_halves(make_cache, tmp_
         cache.load(c).label.size for c in cache.case_ids)
     assert foreground_fraction(ds) == pytest.approx(expected)
     assert 0 < expected < 0.5
+
+
+def test_cropped_halves_are_seeded_by_seed_epoch_and_index(make_cache, tmp_path):
+    from kidneyssl.data.segmentation import CroppedHalves
+
+    cache = make_cache(tmp_path, n_cases=2)
+    halves = HalfVolumeDataset(cache, cache.case_ids)
+    crops = CroppedHalves(halves, (16, 16, 16), seed=3, foreground=0.0)
+    assert len(crops) == len(halves)
+    first = crops[1]
+    assert first["image"].shape == first["label"].shape == (1, 16, 16, 16)
+    again = CroppedHalves(halves, (16, 16, 16), seed=3, foreground=0.0)[1]  # another process, same draw
+    assert first["crop_start"] == again["crop_start"]
+    torch.testing.assert_close(first["image"], again["image"])
+    z, y, x = first["crop_start"]
+    np.testing.assert_array_equal(first["image"][0].numpy(), halves[1]["image"][0, z:z + 16, y:y + 16, x:x + 16].numpy())
+    starts = set()
+    for epoch in range(6):
+        crops.set_epoch(epoch)
+        starts.add(crops[1]["crop_start"])
+    assert len(starts) > 1  # a new crop every epoch
+
+
+def test_foreground_crops_hold_kidney_and_larger_crops_are_zero_padded(make_cache, tmp_path):
+    from kidneyssl.data.segmentation import CroppedHalves
+
+    cache = make_cache(tmp_path, n_cases=2)
+    halves = HalfVolumeDataset(cache, cache.case_ids)
+    fg = CroppedHalves(halves, (16, 16, 16), seed=0, foreground=1.0)
+    for epoch in range(4):
+        fg.set_epoch(epoch)
+        assert all(fg[i]["label"].sum() > 0 for i in range(len(fg)) if halves[i]["label"].any())
+    big = CroppedHalves(halves, (32, 32, 48), seed=0)[0]  # halves are 16 x 32 x 32
+    assert big["crop_start"] == (0, 0, 0) and big["image"].shape == (1, 32, 32, 48)
+    assert not big["image"][0, 16:].any() and not big["image"][0, :, :, 32:].any()

@@ -1,8 +1,10 @@
 """Worker for tests/training/test_distributed.py: a few epochs of segmentation training on a tiny
 fixed dataset, run as 1 process (gradient accumulation) or under torchrun (DDP, gloo).
 
-Usage: python ddp_worker.py OUT_JSON ACCUMULATE EPOCHS
+Usage: python ddp_worker.py OUT_JSON ACCUMULATE EPOCHS [NAN_RANK]
 Writes (rank 0): {"losses": [...], "params": [...flattened weights...], "gathered": [...], "world": N}
+With NAN_RANK, that rank's first loss is NaN: every rank writes OUT_JSON.rankR with the error it
+raised and whether its weights are still the initial ones.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import json
 import sys
 
 
-def main(out: str, accumulate: int, epochs: int) -> None:
+def main(out: str, accumulate: int, epochs: int, nan_rank: int = -1) -> None:
     import torch
 
     from kidneyssl.config import ModelConfig, SegTrainConfig
@@ -37,6 +39,7 @@ def main(out: str, accumulate: int, epochs: int) -> None:
     train_cfg = SegTrainConfig(epochs=epochs, pos_weight=1.0)
     criterion = BCEDiceLoss(train_cfg.pos_weight)
     optimizer = build_optimizer(model, 1e-3, 1e-2)
+    initial = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
     net = model
     if ctx.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -44,14 +47,27 @@ def main(out: str, accumulate: int, epochs: int) -> None:
         net = DistributedDataParallel(model)
     losses = []
     for epoch in range(epochs):
+        calls = [0]
+
         def compute(m, item, epoch=epoch):
             x, y = item
             loss = segmentation_loss(m(x[None]), x[None], y[None], epoch, epochs, train_cfg, criterion)
+            calls[0] += 1
+            if ctx.rank == nan_rank and calls[0] == 1:
+                loss = {**loss, "total": loss["total"] * float("nan")}
             return loss["total"], {"bce": float(loss["bce"])}, 1
 
         order = epoch_order(len(data), epoch, 0, ctx)
-        result = train_one_epoch(net, (data[i] for i in order), compute, optimizer, ctx,
-                                 accumulate=accumulate, total=len(order))
+        try:
+            result = train_one_epoch(net, (data[i] for i in order), compute, optimizer, ctx,
+                                     accumulate=accumulate, total=len(order))
+        except Exception as err:  # noqa: BLE001 - the test reads what each rank raised
+            now = torch.cat([p.detach().flatten() for p in model.parameters()])
+            with open(f"{out}.rank{ctx.rank}", "w") as fh:
+                json.dump({"error": f"{type(err).__name__}: {err}", "unchanged": bool(torch.equal(now, initial))}, fh)
+            del net
+            shutdown_distributed(ctx)
+            return
         losses.append(result.loss)
     # Validation-style gather with uneven shards (5 cases over 2 ranks: 3 + 2) must not hang.
     gathered = gather_objects([i * 10 for i in shard(list(range(5)), ctx)], ctx)
@@ -65,4 +81,4 @@ def main(out: str, accumulate: int, epochs: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), *(int(a) for a in sys.argv[4:5]))

@@ -208,3 +208,39 @@ def test_two_srun_tasks_form_a_group_of_two(tmp_path: Path) -> None:
     assert [(f["rank"], f["world"], f["local_rank"], f["launcher"]) for f in found] == \
         [(0, 2, 0, "slurm"), (1, 2, 1, "slurm")]
     assert [f["sum"] for f in found] == [3.0, 3.0]
+
+
+@pytest.mark.slow
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_before_the_step(tmp_path: Path) -> None:
+    """Rank 1's first loss is NaN: both ranks raise the same error (no rank hangs in the next
+    collective) and no optimiser step changed the weights of either."""
+    import json
+
+    out = tmp_path / "nan.json"
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+                    "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out), "1", "1",
+                    "1"], check=True, env=_env(), timeout=300, capture_output=True)
+    results = [json.loads(Path(f"{out}.rank{r}").read_text()) for r in (0, 1)]
+    assert all("non-finite" in r["error"] and r["unchanged"] for r in results), results
+    assert "another process" in results[0]["error"] and "this process" in results[1]["error"]
+
+
+def test_a_non_finite_loss_is_refused_before_the_optimiser_step() -> None:
+    """One process, 2 items per step: the step holding the NaN is never taken, the one before is."""
+    import torch
+
+    from kidneyssl.errors import KidneySSLError
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.loop import train_one_epoch
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    values = [1.0, 1.0, float("nan"), 1.0]
+
+    def compute(model, value):
+        return (weight * value).sum(), {}, 1
+
+    model = torch.nn.Module()
+    with pytest.raises(KidneySSLError, match="non-finite at item 2 of this process"):
+        train_one_epoch(model, values, compute, optimizer, init_distributed("cpu"), accumulate=2)
+    torch.testing.assert_close(weight.detach(), torch.full((3,), 0.9))  # the first step only (mean gradient 1)

@@ -159,3 +159,26 @@ def test_a_config_asking_for_more_workers_than_cpus_runs_with_the_cpus_and_says_
     assert asked == [2] * cfg.train.epochs
     said = [r.getMessage() for r in caplog.records if "reader processes" in r.getMessage()]
     assert said == ["data loader: 2 reader processes instead of the 4 asked for (2 CPUs available to this process)"]
+
+
+def test_resume_on_another_world_size_is_refused_unless_allowed(mwos_run, tmp_path: Path, tiny_cfg) -> None:
+    """A run saved by 2 processes resumed by 1: the batch layout and data order would change, so
+    it is refused (naming the remedy) unless asked; every checkpoint records its world size."""
+    import shutil
+
+    from kidneyssl.errors import RunFolderError
+    from kidneyssl.training.finetune import train_segmentation
+
+    assert load_checkpoint(mwos_run.run_dir / "last.pt")["world_size"] == 1
+    run = tmp_path / "run"
+    shutil.copytree(mwos_run.run_dir, run)
+    payload = torch.load(run / "last.pt", weights_only=True)
+    payload["epoch"], payload["world_size"] = 0, 2  # as if interrupted after epoch 1 of a 2-process run
+    torch.save(payload, run / "last.pt")
+    info = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**info, "status": "running"}))
+    with pytest.raises(RunFolderError, match="saved by 2 process") as err:
+        train_segmentation(None, run, tiny_cfg, resume=True, device="cpu")
+    assert err.value.remedy == ("allow_world_size_change",)
+    result = train_segmentation(None, run, tiny_cfg, resume=True, device="cpu", allow_world_size_change=True)
+    assert [r["epoch"] for r in result.history] == [0, 1]

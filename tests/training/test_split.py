@@ -49,3 +49,4 @@ def test_test_part_is_disjoint_and_round_trips(tmp_path: Path) -> None:
     assert load_split(tmp_path / "s.json") == split
     with pytest.raises(KidneySSLError, match="test case"):
         make_split([f"c{i}" for i in range(10)], 0.2, seed=0, test_fraction=0.1)
+

@@ -25,7 +25,7 @@ from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.geometry import Side
 from kidneyssl.preprocessing.halves import split_halves
 
-__all__ = ["HalfVolumeDataset", "foreground_fraction"]
+__all__ = ["HalfVolumeDataset", "CroppedHalves", "foreground_fraction"]
 
 
 class HalfVolumeDataset:
@@ -110,3 +110,63 @@ def foreground_fraction(dataset: HalfVolumeDataset) -> float:
         fg += int(np.count_nonzero(np.asarray(half)))
         total += int(half.size)
     return fg / total if total else 0.0
+
+
+class CroppedHalves:
+    """Fixed-size random crops of half volumes (a ``torch.utils.data.Dataset``), for training on
+    less than a whole half per step.
+
+    The crop of item ``i`` in epoch ``e`` is drawn from ``np.random.default_rng([seed, e, i])``:
+    the same on every rank, every worker process and after a resume. With probability
+    ``foreground`` it is centred on a kidney voxel of the half (nnU-Net's foreground
+    oversampling: a crop drawn uniformly from a half misses the kidney most of the time), else
+    anywhere in the half. Crops reaching past the half are zero-padded (the image's padding
+    value). Items are those of :class:`HalfVolumeDataset` with ``image`` and ``label`` cropped and
+    ``crop_start`` added.
+
+    Args:
+        halves: the half volumes.
+        crop_size: (z, y, x) voxels, multiples of the network's size multiple.
+        seed: the run's seed.
+        foreground: probability of a crop centred on a kidney voxel (when the half has one).
+    """
+
+    def __init__(self, halves: HalfVolumeDataset, crop_size: Sequence[int], seed: int,
+                 foreground: float = 0.5) -> None:
+        if len(crop_size) != 3 or any(int(c) < 1 for c in crop_size):
+            raise ValueError(f"crop_size must be 3 positive sizes, got {crop_size!r}")
+        if not 0.0 <= foreground <= 1.0:
+            raise ValueError(f"foreground must be in [0, 1], got {foreground}")
+        self.halves = halves
+        self.crop_size = tuple(int(c) for c in crop_size)
+        self.seed = int(seed)
+        self.foreground = float(foreground)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the crops of ``epoch`` from now on."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.halves)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        import torch
+
+        from kidneyssl.preprocessing.crops import crop_padded
+
+        item = self.halves[index]
+        image, label = item["image"][0].numpy(), item["label"][0].numpy()
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        shape = image.shape
+        want_fg = rng.random() < self.foreground
+        kidney = np.flatnonzero(label > 0) if want_fg else np.empty(0, dtype=np.int64)
+        if kidney.size:
+            center = [int(c) for c in np.unravel_index(int(kidney[rng.integers(kidney.size)]), shape)]
+        else:
+            center = [int(rng.integers(n)) for n in shape]
+        # the crop around the centre, shifted inside the half where the half is large enough
+        start = [min(max(int(c) - s // 2, 0), max(n - s, 0)) for c, s, n in zip(center, self.crop_size, shape)]
+        crops = [np.ascontiguousarray(crop_padded(a, start, self.crop_size))[None] for a in (image, label)]
+        return {**item, "image": torch.from_numpy(crops[0]), "label": torch.from_numpy(crops[1]),
+                "crop_start": tuple(start)}

@@ -24,7 +24,7 @@ from kidneyssl.training.distributed import DistContext, all_reduce_sum
 from kidneyssl.training.precision import autocast_context, build_grad_scaler
 
 __all__ = ["EpochResult", "StepStats", "epoch_order", "train_one_epoch", "build_optimizer", "build_grad_scaler",
-           "autocast_context", "backward", "optimizer_step"]
+           "autocast_context", "backward", "optimizer_step", "scheduled_lr"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,22 @@ def build_optimizer(model: Any, lr: float, weight_decay: float) -> Any:
     return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
+def scheduled_lr(base_lr: float, step: int, total_steps: int, warmup_steps: int = 0,
+                 schedule: str = "constant") -> float:
+    """The learning rate of optimiser step ``step`` (0-based) of ``total_steps``: a linear warm-up
+    over the first ``warmup_steps`` (from ``base_lr / warmup_steps``), then ``constant`` or
+    ``poly`` (nnU-Net's ``(1 - step / total_steps) ** 0.9``, counted from the run's first step).
+    A pure function of the step, so a resumed run continues the schedule exactly."""
+    if schedule not in ("constant", "poly"):
+        raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+    lr = float(base_lr)
+    if schedule == "poly" and total_steps > 0:
+        lr *= max(1.0 - step / total_steps, 0.0) ** 0.9
+    if step < warmup_steps:
+        lr *= (step + 1) / warmup_steps
+    return lr
+
+
 def backward(loss: Any, scaler: Any | None = None) -> None:
     """``loss.backward()``, through the AMP grad scaler when there is one."""
     (scaler.scale(loss) if scaler is not None else loss).backward()
@@ -111,7 +127,8 @@ def optimizer_step(optimizer: Any, scaler: Any | None = None) -> None:
 def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[Any, Any], tuple[Any, dict[str, float], int]],
                     optimizer: Any, ctx: DistContext, *, accumulate: int = 1, scaler: Any | None = None,
                     precision: str = "fp32", total: int | None = None, desc: str = "train",
-                    on_step: Callable[[StepStats], None] | None = None) -> EpochResult:
+                    on_step: Callable[[StepStats], None] | None = None,
+                    lr_at: Callable[[int], float] | None = None) -> EpochResult:
     """Run one epoch of optimisation.
 
     Args:
@@ -125,6 +142,8 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
         precision: ``fp32``, ``bf16`` or ``fp16`` (forward passes under that autocast).
         total: number of items, for the progress bar.
         on_step: called after every optimiser step with its :class:`StepStats` (logging).
+        lr_at: the learning rate of the epoch's ``k``-th optimiser step (set before it); None
+            keeps the optimiser's.
 
     Returns:
         :class:`EpochResult` with the loss averaged over all ranks' items (sum of per-item means
@@ -174,6 +193,9 @@ def train_one_epoch(model: Any, items: Iterable[Any], compute_loss: Callable[[An
                 where = f"item {bad[0][0]} of this process ({bad[0][1]})" if bad else "another process"
                 raise KidneySSLError(f"training loss became non-finite at {where}; no step was taken from it. "
                                      "Lower the learning rate or check the input data")
+            if lr_at is not None:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr_at(steps)
             optimizer_step(optimizer, scaler)
             optimizer.zero_grad(set_to_none=True)
             steps += 1

@@ -23,6 +23,7 @@ What it guarantees, for every method alike:
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
 from kidneyssl.training.distributed import DistContext, broadcast_object, init_distributed, unwrap, wrap_ddp
-from kidneyssl.training.loop import build_grad_scaler, build_optimizer, train_one_epoch
+from kidneyssl.training.loop import build_grad_scaler, build_optimizer, scheduled_lr, train_one_epoch
 from kidneyssl.training.plan import PlanOptions, announce_plan, estimate_stage
 from kidneyssl.training.runfolder import RunFolder, begin_run
 from kidneyssl.training.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -97,6 +98,13 @@ def claim_run(folder: RunFolder, task: Task, cfg: ExperimentConfig, ctx: DistCon
     if isinstance(decision, BaseException):
         raise decision
     return decision
+
+
+def _lr_at(settings: Any, epoch: int, steps_per_epoch: int, step: int) -> float:
+    """The scheduled learning rate of step ``step`` of ``epoch`` (every epoch has the same steps)."""
+    n = steps_per_epoch
+    return scheduled_lr(settings.lr, epoch * n + step, settings.epochs * n, settings.warmup_epochs * n,
+                        settings.lr_schedule)
 
 
 def _resume_state(folder: RunFolder, task: Task, model: Any, optimizer: Any, scaler: Any, ctx: DistContext,
@@ -234,10 +242,12 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
         for epoch in range(start_epoch, settings.epochs):
             t0 = time.perf_counter()
             items, n_items = task.epoch_items(epoch, ctx, layout)
+            steps = math.ceil(n_items / layout.accumulate)  # this epoch's optimiser steps (as every epoch's)
             result = train_one_epoch(
                 net, items, task.loss_fn(epoch), optimizer, ctx,
                 accumulate=layout.accumulate, scaler=scaler, precision=precision, total=n_items,
-                desc=f"{stage.name} {epoch + 1}/{settings.epochs}", on_step=logger.on_step(epoch))
+                desc=f"{stage.name} {epoch + 1}/{settings.epochs}", on_step=logger.on_step(epoch),
+                lr_at=functools.partial(_lr_at, settings, epoch, steps))
             metrics = task.validate(net, epoch, ctx)
             row = {"epoch": epoch, "train_loss": result.loss, **result.parts, **metrics,
                    "seconds": time.perf_counter() - t0}

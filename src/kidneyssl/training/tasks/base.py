@@ -43,6 +43,8 @@ class TrainSettings:
         seed: initialisation, data order and sampling.
         section: the config section these come from (``train``, ``pretrain``, ``methods.mae``),
             for messages and plan suggestions (``train.epochs=20``).
+        lr_schedule, warmup_epochs: the learning rate over the run
+            (:func:`~kidneyssl.training.loop.scheduled_lr`; default: Adam's constant rate).
     """
 
     epochs: int
@@ -51,6 +53,8 @@ class TrainSettings:
     batch_size: int
     seed: int
     section: str
+    lr_schedule: str = "constant"
+    warmup_epochs: int = 0
 
     @property
     def epochs_key(self) -> str:

@@ -131,12 +131,13 @@ class SegmentationTask(Task):
         self.pos_weight: float | None = None
         self.init_touched: list[str] = []
         self._loader_announced = False
-        self.dataset: Any = None
+        self.halves: Any = None
 
     # -- configuration ----------------------------------------------------------------------
     def settings(self, cfg: ExperimentConfig) -> TrainSettings:
         t = cfg.train
-        return TrainSettings(t.epochs, t.lr, t.weight_decay, t.batch_size, t.seed, "train")
+        return TrainSettings(t.epochs, t.lr, t.weight_decay, t.batch_size, t.seed, "train", t.lr_schedule,
+                             t.warmup_epochs)
 
     def with_epochs(self, cfg: ExperimentConfig, epochs: int) -> ExperimentConfig:
         return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=int(epochs)))
@@ -177,9 +178,17 @@ class SegmentationTask(Task):
                                  f"{multiple}, the {self.spec.name} network's input size multiple")
         # Training halves are inference's halves (preprocessing.halves.half_bounds): same context.
         context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
-        self.dataset = HalfVolumeDataset(self.cache, self.cases, context=context, multiple=multiple)
-        if len(self.dataset) == 0:
+        self.halves = HalfVolumeDataset(self.cache, self.cases, context=context, multiple=multiple)
+        if len(self.halves) == 0:
             raise KidneySSLError(f"{self.cache_dir}: the training cases give no half volumes")
+        self.dataset: Any = self.halves
+        if cfg.train.crop_size is not None:
+            from kidneyssl.data.segmentation import CroppedHalves
+
+            if any(c % multiple for c in cfg.train.crop_size):
+                raise KidneySSLError(f"train.crop_size {cfg.train.crop_size} is not a multiple of {multiple}, the "
+                                     f"{self.spec.name} network's input size multiple")
+            self.dataset = CroppedHalves(self.halves, cfg.train.crop_size, cfg.train.seed, cfg.train.crop_foreground)
 
     @property
     def cases(self) -> list[str]:
@@ -188,13 +197,20 @@ class SegmentationTask(Task):
         return list(self.train_cases) if self.train_cases is not None else list(self.split.train)
 
     def prepare(self, ctx: DistContext) -> None:
-        if self.pos_weight is None:
-            self.pos_weight = resolve_pos_weight(self._cfg, self.dataset)
+        if self.pos_weight is None:  # from the whole halves: the class balance of the task, not of a crop sample
+            self.pos_weight = resolve_pos_weight(self._cfg, self.halves)
+
+    @property
+    def _memory_format(self) -> Any:
+        import torch
+
+        return torch.channels_last_3d if self._cfg.train.memory_format == "channels_last" else torch.contiguous_format
 
     def build_model(self) -> Any:
         from kidneyssl.models.registry import build_network
 
-        return build_network(self.spec, reconstruction=self._cfg.model.reconstruction)
+        model = build_network(self.spec, reconstruction=self._cfg.model.reconstruction)
+        return model.to(memory_format=self._memory_format)
 
     def initialize(self, model: Any) -> dict[str, Any] | None:
         """Load a pretrained checkpoint's encoder (or encoder and decoder) after checking that its
@@ -244,6 +260,8 @@ class SegmentationTask(Task):
         from kidneyssl.training.loop import epoch_order
 
         cfg = self._cfg
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
         order = epoch_order(len(self.dataset), epoch, cfg.train.seed, ctx)
         loader = build_loader(self.dataset, order, num_workers=cfg.train.num_workers,
                               pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda",
@@ -268,12 +286,15 @@ class SegmentationTask(Task):
         if getattr(self, "_criterion_key", None) != key:
             self._criterion_key, self._criterion = key, BCEDiceLoss(pos_weight=weight)
 
-        # Training stays in the default (contiguous) layout on every device: at the paper's
-        # 128x256x144 halves, channels-last sends oneDNN to its reference kernel for the 64->16
-        # full-resolution conv's weight gradient on the CPU (benchmarks/results/training.json).
+        # The layout is the config's (train.memory_format): on the CPU channels-last is faster for
+        # the demo's small halves, but at the paper's 128x256x144 halves it sends oneDNN to its
+        # reference kernel for the 64->16 full-resolution conv's weight gradient
+        # (benchmarks/results/training.json), so the paper preset stays contiguous.
+        memory_format = self._memory_format
+
         def compute(model: Any, item: dict[str, Any]) -> tuple[Any, dict[str, float], int]:
             device = next(unwrap(model).parameters()).device
-            image = item["image"][None].to(device, non_blocking=True)
+            image = item["image"][None].to(device, non_blocking=True).contiguous(memory_format=memory_format)
             label = item["label"][None].to(device, non_blocking=True)
             out = model(image)
             recon = out.reconstruction.float() if out.reconstruction is not None else None
@@ -312,10 +333,12 @@ class SegmentationTask(Task):
         how = (f"{strategy} ({'x'.join(map(str, icfg.sw_roi_size))} windows, overlap {icfg.sw_overlap})"
                if strategy == "sliding" else strategy)
         acc = layout.accumulate
+        unit = ("1 half volume" if cfg.train.crop_size is None
+                else f"1 crop of {'x'.join(map(str, cfg.train.crop_size))} from a half volume")
         return TaskPlan(
             train_cases=len(self.cases), val_cases=len(self.split.val), iterations_per_epoch=per_rank,
             steps_per_epoch=math.ceil(per_rank / acc),
-            batch=f"1 half volume{'' if acc == 1 else f', {acc} per optimiser step'}",
+            batch=f"{unit}{'' if acc == 1 else f', {acc} per optimiser step'}",
             val_units=math.ceil(len(self.split.val) / ctx.world_size), val_unit="case",
             strategy=f"whole volumes on {how}{', flip TTA' if icfg.tta_flip else ''}")
 
