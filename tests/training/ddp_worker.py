@@ -49,7 +49,7 @@ def main(out: str, accumulate: int, epochs: int, nan_rank: int = -1) -> None:
     for epoch in range(epochs):
         calls = [0]
 
-        def compute(m, item, epoch=epoch):
+        def compute(m, item, epoch=epoch, calls=calls):
             x, y = item
             loss = segmentation_loss(m(x[None]), x[None], y[None], epoch, epochs, train_cfg, criterion)
             calls[0] += 1
