@@ -32,7 +32,16 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
-    result = run_demo(Path(args.out), resolve_config(args), force=args.force, device=args.device)
+    cfg = resolve_config(args)
+    notes = []
+    if len(cfg.protocol.seeds) < 2:
+        notes.append(f"This demo trained one seed on {int(cfg.synth.get('cases', 24))} synthetic phantoms: it shows "
+                     "that the pipeline runs and that its models segment; it cannot decide whether pretraining "
+                     "helps. The comparison that can: kidneyssl demo --seeds 0 1 2 --proxy-variants region masked "
+                     "(or benchmarks/science_demo.py).")
+    result = run_demo(Path(args.out), cfg, force=args.force, device=args.device, report_notes=notes)
     print_result(result)
+    for note in notes:
+        print(note)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0

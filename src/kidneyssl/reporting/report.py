@@ -429,6 +429,7 @@ def write_experiment_report(
     comparisons: Sequence[tuple[str, str]] | None = None,
     baselines: Sequence[str] = DEFAULT_BASELINES,
     metrics: Sequence[str] = COMPARED_METRICS,
+    notes: Sequence[str] = (),
 ) -> tuple[Path, dict[str, Any]]:
     """Write the experiment's report folder.
 
@@ -450,6 +451,8 @@ def write_experiment_report(
             (:func:`kidneyssl.reporting.statistics.comparison_pairs`).
         baselines: the references of the default comparisons (scratch, then the paper's MwS).
         metrics: metric row keys compared (each comparison x metric x part is one test).
+        notes: sentences shown in bold at the top of the result (e.g. what a demo can and cannot
+            show, from the command that ran it).
 
     The thresholds for stating a direction are ``config["protocol"]["min_seeds_for_verdict"]``
     and ``["min_cases_for_verdict"]`` (defaults of :class:`kidneyssl.config.ProtocolConfig`);
@@ -531,6 +534,7 @@ def write_experiment_report(
               "**MwS-region** (the whole fixed-size region around each kidney, as the paper's text says) and "
               "**MwS-masked** (only the kidney, everything else zeroed, as the authors' code does)."),
         ("h2", "Result"),
+        *[("p", f"**{note}**") for note in notes],
         ("ul", headline or ["(no two models to compare)"]),
         ("p", rule + " " + _family_words(family)),
         ("p", f"Seeds: {', '.join(str(s) for s in seeds)}. Cases: {split.get('train', '?')} training, "

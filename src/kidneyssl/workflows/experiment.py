@@ -427,7 +427,8 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
                    force: bool = False, device: str = "auto", workers: int | None = None,
                    data_format: str | None = None, kidney_labels: tuple[int, ...] | None = None,
-                   plan: PlanOptions | None = None, unlabeled: str | Path | None = None) -> ExperimentResult | None:
+                   plan: PlanOptions | None = None, unlabeled: str | Path | None = None,
+                   report_notes: Sequence[str] = ()) -> ExperimentResult | None:
     """Run (or continue) the whole experiment in ``out_dir``; see the module docstring.
 
     Args:
@@ -451,6 +452,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
         unlabeled: scans without masks (any input ``kidneyssl locate`` reads, or a ``locate``
             output): adds MwS+U (see the module docstring). Kept in ``experiment.json``; a
             continued experiment uses the recorded folder.
+        report_notes: sentences the report shows at the top of its result.
 
     Raises:
         DataError: ``test_data`` shares a case (id, file or content) with ``data_dir``.
@@ -477,13 +479,14 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
                 stack.enter_context(RunLock(run))
         return _run_experiment(data_dir, run, cfg, ctx, options, cache_dir=cache_dir, test_data=test_data,
                                force=force, workers=workers, data_format=data_format,
-                               kidney_labels=kidney_labels, unlabeled=unlabeled, scratch_root=scratch_root)
+                               kidney_labels=kidney_labels, unlabeled=unlabeled, scratch_root=scratch_root,
+                               report_notes=report_notes)
 
 
 def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx: DistContext, options: PlanOptions,
                     *, cache_dir: str | Path | None, test_data: str | Path | None, force: bool, workers: int | None,
                     data_format: str | None, kidney_labels: tuple[int, ...] | None, unlabeled: str | Path | None,
-                    scratch_root: Path | None) -> ExperimentResult | None:
+                    scratch_root: Path | None, report_notes: Sequence[str] = ()) -> ExperimentResult | None:
     """:func:`run_experiment` once the inputs are checked (and the folder locked, on rank 0)."""
     from kidneyssl.reporting.figures import refresh_history_plot
     from kidneyssl.training.plan import device_name
@@ -596,7 +599,7 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
                       "test_source": str(test_data) if test_data is not None else "held out of the dataset"}
         report_path, differences = write_experiment_report(
             run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
-            timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None)
+            timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None, notes=report_notes)
         mark("report", time.perf_counter() - t0)
     from kidneyssl.metrics import summarize
 
@@ -639,7 +642,7 @@ def _evaluate_stage(stage: Stage, inputs: _Inputs, run: Path, ctx: DistContext, 
 
 
 def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
-             device: str = "auto") -> ExperimentResult | None:
+             device: str = "auto", report_notes: Sequence[str] = ()) -> ExperimentResult | None:
     """Synthesise ``cfg.synth`` phantoms into ``out_dir/data`` (once) and run the experiment in
     ``out_dir/run``. ``cfg.synth`` keys: ``cases``, ``seed``, ``resolution`` (``demo``/``full``)."""
     import os
@@ -656,4 +659,4 @@ def run_demo(out_dir: str | Path, cfg: ExperimentConfig, *, force: bool = False,
     write_dataset(data, int(synth["cases"]), int(synth["seed"]), resolution=str(synth["resolution"]),
                   workers=max(1, min(4, os.cpu_count() or 1)), force=force)
     log.info("phantoms ready in %.1f s", time.perf_counter() - t0)
-    return run_experiment(data, out / "run", cfg, force=force, device=device)
+    return run_experiment(data, out / "run", cfg, force=force, device=device, report_notes=report_notes)
