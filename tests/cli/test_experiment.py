@@ -265,3 +265,37 @@ def test_unlabeled_scans_add_mws_u(experiment, segmenting_checkpoint: Path, tmp_
     assert (out / "located" / "locate.json").is_file()
     info = json.loads((out / "run.json").read_text())["unlabeled"]
     assert info["locator"] == str(segmenting_checkpoint.absolute()) and info["used"] >= 1
+
+
+@pytest.mark.slow
+def test_experiment_under_torchrun_claims_its_folder_once(experiment, tmp_path: Path) -> None:
+    """Two processes start ``experiment`` on a new folder at once: rank 0 alone claims it and
+    writes config.yaml, the other receives its decision (it used to find the folder rank 0 had
+    just started and refuse it), and the global batch of 2 gives each process one half volume."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    root, rc, _ = experiment
+    assert rc == 0
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", KIDNEYSSL_NO_PROGRESS="1")
+    tiny = [a for a in TINY if a not in ("1", "masked")]  # one seed, one proxy input
+    tiny = tiny[:tiny.index("--seeds")] + ["--seeds", "0", "--proxy-variants", "region"]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "kidneyssl.cli.main", "experiment", "-q",
+           "--data", str(root / "data"), "--cache", str(root / "run" / "cache"), "--out", str(out), *tiny,
+           "--set", "train.batch_size=2", "--device", "cpu", "--no-probe"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads((out / "experiment.json").read_text())
+    assert all(state["stages"][k] == "done" for k in ("seed_0/pretrain_region", "seed_0/train_MwoS",
+                                                       "seed_0/train_MwS-region", "report"))
+    run_info = json.loads((out / "seed_0" / "mwos" / "run.json").read_text())
+    assert run_info["world_size"] == 2 and run_info["global_batch"] == 2
+    assert state["compute"]["seed_0/train_MwoS"]["devices"] == 2

@@ -276,6 +276,14 @@ class Task(ABC):
 
     # -- helpers ----------------------------------------------------------------------------
     @property
+    def memory_format(self) -> Any:
+        """The layout of the run's training tensors and weights (``train.memory_format``, one
+        setting for every method of a run)."""
+        import torch
+
+        return torch.channels_last_3d if self._cfg.train.memory_format == "channels_last" else torch.contiguous_format
+
+    @property
     def _cfg(self) -> ExperimentConfig:
         if self.cfg is None:
             raise RuntimeError(f"{type(self).__name__}.setup() has not run")

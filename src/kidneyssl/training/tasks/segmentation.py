@@ -200,17 +200,11 @@ class SegmentationTask(Task):
         if self.pos_weight is None:  # from the whole halves: the class balance of the task, not of a crop sample
             self.pos_weight = resolve_pos_weight(self._cfg, self.halves)
 
-    @property
-    def _memory_format(self) -> Any:
-        import torch
-
-        return torch.channels_last_3d if self._cfg.train.memory_format == "channels_last" else torch.contiguous_format
-
     def build_model(self) -> Any:
         from kidneyssl.models.registry import build_network
 
         model = build_network(self.spec, reconstruction=self._cfg.model.reconstruction)
-        return model.to(memory_format=self._memory_format)
+        return model.to(memory_format=self.memory_format)
 
     def initialize(self, model: Any) -> dict[str, Any] | None:
         """Load a pretrained checkpoint's encoder (or encoder and decoder) after checking that its
@@ -290,7 +284,7 @@ class SegmentationTask(Task):
         # the demo's small halves, but at the paper's 128x256x144 halves it sends oneDNN to its
         # reference kernel for the 64->16 full-resolution conv's weight gradient
         # (benchmarks/results/training.json), so the paper preset stays contiguous.
-        memory_format = self._memory_format
+        memory_format = self.memory_format
 
         def compute(model: Any, item: dict[str, Any]) -> tuple[Any, dict[str, float], int]:
             device = next(unwrap(model).parameters()).device

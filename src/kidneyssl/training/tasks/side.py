@@ -160,8 +160,9 @@ class SideTask(PretrainingTask):
         from kidneyssl.models.siamese import SiameseNet
 
         network = build_network(network_spec(self._cfg.model))
-        return SiameseNet(encoder=network.encoder, bottleneck_channels=int(network.bottleneck_channels),
-                          embedding_dim=self._cfg.model.embedding_dim)
+        model: Any = SiameseNet(encoder=network.encoder, bottleneck_channels=int(network.bottleneck_channels),
+                                embedding_dim=self._cfg.model.embedding_dim)
+        return model.to(memory_format=self.memory_format)
 
     def epoch_items(self, epoch: int, ctx: DistContext, layout: BatchLayout) -> tuple[Iterable[Any], int]:
         from kidneyssl.training.loop import epoch_order
@@ -182,6 +183,7 @@ class SideTask(PretrainingTask):
         pc = self._cfg.pretrain
         device = next(unwrap(model).parameters()).device
         a, b, y = (t.to(device, non_blocking=True) for t in item)
+        a, b = (t.contiguous(memory_format=self.memory_format) for t in (a, b))
         emb_a, emb_b = model(a, b)
         value = self._criterion()(emb_a.float(), emb_b.float(), y)
         acc = pair_accuracy(emb_a.detach().float(), emb_b.detach().float(), y, pc.margin, pc.squared_distance)
