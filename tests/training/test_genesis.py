@@ -160,3 +160,11 @@ def test_the_genesis_loss_falls_on_a_tiny_volume(tiny_cfg, tiny_cache) -> None:
     cfg = apply_overrides(tiny_cfg, RESTORATION_OVERRIDES)
     losses = restoration_losses("genesis", cfg, tiny_cache)
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_the_paper_preset_holds_the_defaults() -> None:
+    from kidneyssl.config import load_preset
+    from kidneyssl.training.tasks.genesis import GenesisTask
+
+    assert GenesisTask().method_settings(load_preset("paper")) == GenesisConfig()
+    GenesisTask().check_settings(GenesisTask().method_settings(load_preset("demo")), 16)

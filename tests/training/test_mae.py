@@ -89,3 +89,12 @@ def test_with_epochs_changes_the_method_section_only(tiny_cfg) -> None:
     longer = MAETask().with_epochs(cfg, 9)
     assert longer.methods["mae"]["epochs"] == 9 and cfg.methods["mae"]["epochs"] == 2
     assert dataclasses.replace(longer, methods=cfg.methods) == cfg
+
+
+def test_the_paper_preset_holds_the_defaults() -> None:
+    from kidneyssl.config import load_preset
+    from kidneyssl.training.tasks.mae import MAEConfig
+
+    assert MAETask().method_settings(load_preset("paper")) == MAEConfig()
+    demo = MAETask().method_settings(load_preset("demo"))
+    MAETask().check_settings(demo, 16)  # the demo's crop fits the network
