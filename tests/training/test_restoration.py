@@ -187,3 +187,23 @@ def test_dataset_folders_give_their_images_only(phantom_data: Path, tmp_path: Pa
     found = find_scans(tmp_path)
     assert [(c.case_id, c.imaging.parent.name, c.segmentation) for c, _ in found] == [
         ("case_00000", "images", None), ("case_00002", "images", None)]
+
+
+def test_reader_processes_make_the_same_batches(tiny_cache: Path, tiny_cfg) -> None:
+    """Batches are a pure function of (seed, epoch, index): a reader process gives what the
+    training process gives, Genesis' random transforms included."""
+    from kidneyssl.training.tasks.base import BatchLayout
+    from kidneyssl.training.tasks.genesis import GenesisTask
+
+    ctx = init_distributed("cpu")
+    batches = []
+    for workers in (0, 1):
+        cfg = apply_overrides(tiny_cfg, RESTORATION_OVERRIDES + [f"train.num_workers={workers}"])
+        task = GenesisTask(tiny_cache)
+        task.setup(cfg, None, None, ctx)
+        items, n = task.epoch_items(1, ctx, BatchLayout(2, 1, 1))
+        batches.append(list(items))
+        assert n == len(batches[-1]) == 4
+    for a, b in zip(*batches):
+        assert all(torch.equal(a[k], b[k]) for k in ("input", "target", "weight"))
+    assert not torch.equal(batches[0][0]["input"], batches[0][0]["target"])

@@ -138,6 +138,12 @@ class SubvolumeDataset:
         centres, intensity = self._cases[case_id]
         return case, centres, intensity
 
+    def index_cases(self) -> None:
+        """Find the candidate centres of every case now (reading each image once), e.g. before
+        reader processes start, so that they inherit them instead of each finding them again."""
+        for case_id in self.case_ids:
+            self._case(case_id)
+
     def draw(self, index: int) -> tuple[str, tuple[int, int, int], np.ndarray, CropIntensity, np.random.Generator]:
         """The crop of item ``index`` (case id, start, z-scored crop, its intensity) and the
         generator the corruption continues with."""

@@ -243,11 +243,14 @@ class RestorationTask(PretrainingTask):
         from kidneyssl.training.loop import epoch_order
 
         self.train_set.set_epoch(epoch)
+        workers = self._cfg.train.num_workers
+        if workers > 0 and not self._loader_announced:
+            self.train_set.index_cases()  # once, here: reader processes inherit the crop centres
         order = epoch_order(len(self.train_set), epoch, self._cfg.pretrain.seed, ctx)
         n = layout.micro_batch
         batches = [order[i:i + n] for i in range(0, len(order), n)]
         loader = build_loader(_Batches(self.train_set, batches), list(range(len(batches))),
-                              num_workers=self._cfg.train.num_workers,
+                              num_workers=workers,
                               pin_memory=getattr(ctx.device, "type", str(ctx.device)) == "cuda",
                               announce=not self._loader_announced)
         self._loader_announced = True
@@ -287,7 +290,7 @@ class RestorationTask(PretrainingTask):
         iterations = self.per_rank_units(len(self.train_set), ctx.world_size, layout.micro_batch)
         crop = "x".join(str(c) for c in s.crop_size)
         return TaskPlan(
-            train_cases=len(self.proxy.train), val_cases=len(self.proxy.val), iterations_per_epoch=iterations,
+            train_cases=len(self.train_set.case_ids), val_cases=len(self.proxy.val), iterations_per_epoch=iterations,
             steps_per_epoch=iterations, batch=f"{layout.micro_batch} crops of {crop}",
             val_units=self.per_rank_units(len(self.val_set), ctx.world_size, layout.micro_batch),
             val_unit=f"batch of {layout.micro_batch} crops",
