@@ -25,7 +25,7 @@ TINY = ["--preset", "demo",
                                                     "batch_size=2", "crop_size=[16,32,32]")
           for a in ("--set", f"methods.{m}.{key}")],
         "--set", "methods.mae.patch_size=[8,8,8]", "--set", "methods.genesis.local_blocks=200",
-        "--seeds", "0", "--methods", "side-region", "mae", "genesis", "--init-parts", "encoder+decoder"]
+        "--seeds", "0", "--methods", "side-region", "mae", "genesis", "--init-parts", "encoder+decoder", "--no-probe"]
 MODELS = ("MwS-region", "MAE", "Genesis", "MwoS")
 
 
