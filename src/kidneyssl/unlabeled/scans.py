@@ -12,7 +12,6 @@ pretraining serves (the same case id, file, or file content) is refused
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from dataclasses import dataclass
@@ -107,14 +106,6 @@ def _nifti_copy(case: Case, folder: Path) -> Case:
     return Case(case.case_id, target, None)
 
 
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check_scans_held_out(scans: Sequence[Case], held_out: Mapping[str, Path | None], source: str | Path) -> None:
     """Refuse scans that are images of held-out cases.
 
@@ -127,6 +118,8 @@ def check_scans_held_out(scans: Sequence[Case], held_out: Mapping[str, Path | No
         DataError: a scan has a held-out case's id, is its image file (links resolved), or has
             the same content (SHA-256, hashed only for files of equal size).
     """
+    from kidneyssl.io.datasets import file_sha256
+
     shared = [f"{c.case_id} (a held-out case id)" for c in scans if c.case_id in held_out]
     by_size: dict[int, list[tuple[str, Path]]] = {}
     for cid, image in held_out.items():
@@ -136,7 +129,7 @@ def check_scans_held_out(scans: Sequence[Case], held_out: Mapping[str, Path | No
         if case.case_id in held_out or case.imaging is None or not case.imaging.is_file():
             continue
         for cid, image in by_size.get(case.imaging.stat().st_size, []):
-            if image.resolve() == case.imaging.resolve() or _digest(image) == _digest(case.imaging):
+            if image.resolve() == case.imaging.resolve() or file_sha256(image) == file_sha256(case.imaging):
                 shared.append(f"{case.case_id} (the image of held-out case {cid})")
                 break
     if shared:
