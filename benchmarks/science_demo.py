@@ -28,6 +28,17 @@ split) and be combined afterwards::
 
     OMP_NUM_THREADS=1 python benchmarks/science_demo.py --seeds 0 --work W0 --no-results &   # also 1, 2
     python benchmarks/science_demo.py --combine W0 W1 W2
+
+Generic self-supervision beside the paper's proxy (does the left/right proxy beat MAE and Models
+Genesis?): ``--methods side-region mae genesis`` pretrains each method (the demo preset's
+``methods`` settings) and fine-tunes one model per method beside scratch; the JSON adds each
+method's pretraining budget (optimiser steps, crops or pairs seen, wall seconds). On a phantom
+seed no earlier run used, with a test part of 10 cases (40 cases, test fraction 0.25)::
+
+    for s in 0 1 2; do OMP_NUM_THREADS=1 python benchmarks/science_demo.py --cases 40 --phantom-seed 31 \
+        --methods side-region mae genesis --set protocol.test_fraction=0.25 --seeds $s --work M$s \
+        --no-results & done; wait
+    python benchmarks/science_demo.py --name science_methods --phantom-seed 31 --combine M0 M1 M2
 """
 
 from __future__ import annotations
@@ -52,6 +63,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--variants", nargs="+", default=["region", "masked"], help="proxy variants")
+    parser.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                        help="pretraining methods beside scratch (side-region, side-masked, mae, genesis); "
+                             "default: side-<variant> for each of --variants")
     parser.add_argument("--unlabeled", type=int, default=0, metavar="N",
                         help="also N unannotated phantoms (bare scans): adds MwS+U")
     parser.add_argument("--name", default="science_demo", help="results file stem in benchmarks/results")
@@ -65,7 +79,7 @@ def main() -> None:
 
     from kidneyssl.config import apply_overrides, load_preset
     from kidneyssl.phantoms import write_dataset
-    from kidneyssl.workflows.experiment import run_experiment
+    from kidneyssl.workflows.experiment import experiment_methods, run_experiment
 
     work = Path(args.work)
     load_start = os.getloadavg()
@@ -75,6 +89,7 @@ def main() -> None:
     cfg = apply_overrides(load_preset("demo"), [
         f"protocol.seeds=[{', '.join(str(s) for s in args.seeds)}]",
         f"protocol.proxy_variants=[{', '.join(args.variants)}]",
+        *([f"protocol.methods=[{', '.join(args.methods)}]"] if args.methods else []),
         f"synth.cases={args.cases}", f"synth.seed={args.phantom_seed}",
         *args.overrides,
     ])
@@ -85,8 +100,10 @@ def main() -> None:
         return
     report_dir = Path(result.report).parent
     out = {
-        "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part",
+        "what": "demo-scale experiment on phantoms: pretraining methods vs scratch, seeds, held-out test part",
         "cases": args.cases, "unlabeled_scans": args.unlabeled, "seeds": args.seeds,
+        "methods": [m.name for m in experiment_methods(cfg)],
+        "pretraining_budget": _budgets([(work / "run", int(s)) for s in args.seeds], cfg, result.timings),
         "phantom_seed": args.phantom_seed,
         "config_overrides": args.overrides,
         "split": json.loads((work / "run" / "split.json").read_text()),
@@ -148,7 +165,7 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     from kidneyssl.config import load_config
     from kidneyssl.reporting.report import write_experiment_report
     from kidneyssl.training.runfolder import RunFolder
-    from kidneyssl.workflows.experiment import model_names
+    from kidneyssl.workflows.experiment import experiment_methods, model_names
 
     runs = [w / "run" for w in works]
     splits = {(r / "split.json").read_text() for r in runs}
@@ -157,6 +174,7 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     cfg = load_config(runs[0] / "config.yaml")
     # Models, proxy inputs and seeds come from each run's own config, so the report lists all of them.
     rows, timings, seeds = [], {}, []
+    budgets: dict = {}
     histories: dict = {}
     proxy: dict = {}
     unlabeled_reports: dict = {}
@@ -168,9 +186,11 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
         unlabeled = bool(state.get("unlabeled"))
         any_unlabeled |= unlabeled
         names = model_names(run_cfg, unlabeled=unlabeled)
-        proxy_dirs = {v: f"pretrain_{v}" for v in run_cfg.protocol.proxy_variants}
+        methods = experiment_methods(run_cfg)
+        proxy_dirs = {m.name: f"pretrain_{m.key}" for m in methods}  # as the experiment labels them
         if unlabeled:
-            proxy_dirs[f"{run_cfg.protocol.proxy_variants[0]}+U"] = "pretrain_u"
+            side = next(m for m in methods if m.method == "side")
+            proxy_dirs[f"{side.name}+U"] = "pretrain_u"
         for seed in run_cfg.protocol.seeds:
             if int(seed) in seeds:
                 raise SystemExit(f"seed {seed} is in more than one of the runs: they cannot be combined")
@@ -185,6 +205,9 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
                 unlabeled_reports[int(seed)] = (RunFolder(run / f"seed_{seed}" / "pretrain_u").info() or {})[
                     "unlabeled"]
         timings.update({f"{run.parent.name}/{k}": v for k, v in state["timings"].items()})
+        for method, by_seed in _budgets([(run, int(s)) for s in run_cfg.protocol.seeds], run_cfg,
+                                        state["timings"]).items():
+            budgets.setdefault(method, {}).update(by_seed)
     split = json.loads(splits.pop())
     out_dir = works[0].parent / f"{name}_report"
     _, differences = write_experiment_report(
@@ -196,7 +219,7 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     summary = {f"{n}/{p}": summarize([r for r in rows if r["model"] == n and r["part"] == p])
                for n in histories for p in ("val", "test")}
     out = {
-        "what": "demo-scale MwS vs MwoS experiment on phantoms: seeds x proxy variants, held-out test part "
+        "what": "demo-scale experiment on phantoms: pretraining methods vs scratch, seeds, held-out test part "
                 "(seeds run as separate one-thread processes, combined)",
         "seeds": sorted(seeds), "models": list(histories), "proxy_inputs": list(proxy),
         "config_of_first_run": _plain_cfg(cfg), "split": split,
@@ -204,8 +227,11 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
         "verdict_rule": differences["rule"], "epochs_to_reach": differences["epochs_to_reach"],
         "summary": {k: {m: v[m] for m in ("dice", "hd95_mm")} | {"n_cases": v["n_cases"]}
                     for k, v in summary.items()},
-        "proxy_final_val_accuracy": {v: {s: (h[-1]["val_accuracy"] if h else None) for s, h in by.items()}
+        "proxy_final_val_accuracy": {v: {s: (h[-1].get("val_accuracy") if h else None) for s, h in by.items()}
                                      for v, by in proxy.items()},
+        "pretraining_final_val_loss": {v: {s: (h[-1].get("val_loss") if h else None) for s, h in by.items()}
+                                       for v, by in proxy.items()},
+        "pretraining_budget": budgets,
         "unlabeled": unlabeled_reports,
         "locator_dice_on_unlabeled_scans": (_locator_dice(work_seeds, phantom_seed)
                                             if any_unlabeled and phantom_seed is not None else None),
@@ -220,7 +246,7 @@ def _write_results(out: dict, report_dir: Path, name: str = "science_demo") -> N
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     text = (report_dir / "report.md").read_text()
-    for fig in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
+    for fig in ("fig5_dice_curves.png", "proxy_accuracy.png", "pretraining_val_loss.png", "fig4_overlays.png"):
         if (report_dir / fig).is_file():
             shutil.copy(report_dir / fig, RESULTS / f"{name}_{fig}")
             text = text.replace(f"]({fig})", f"]({name}_{fig})")
@@ -229,6 +255,23 @@ def _write_results(out: dict, report_dir: Path, name: str = "science_demo") -> N
         print(f"{d['model']} - {d['reference']}  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
               f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({d['interval']}, {d['n_cases']} cases x "
               f"{d['n_seeds']} seeds): {d['conclusion']}")
+
+
+def _budgets(run_seeds: list[tuple[Path, int]], cfg: object, timings: dict) -> dict:
+    """Each pretraining method's budget per seed: optimiser steps and samples (crops, or pairs for
+    the side proxy) from its last history row, and the stage's wall seconds."""
+    from kidneyssl.training.runfolder import RunFolder
+    from kidneyssl.workflows.experiment import experiment_methods
+
+    out: dict = {}
+    for run, seed in run_seeds:
+        for m in experiment_methods(cfg):  # type: ignore[arg-type]
+            history = RunFolder(run / f"seed_{seed}" / f"pretrain_{m.key}").read_history()
+            last = history[-1] if history else {}
+            out.setdefault(m.name, {})[seed] = {
+                "optimizer_steps": last.get("optimizer_steps"), "samples_seen": last.get("samples_seen"),
+                "wall_seconds": timings.get(f"seed_{seed}/pretrain_{m.key}")}
+    return out
 
 
 def _plain_cfg(cfg: object) -> dict:

@@ -267,3 +267,17 @@ def test_a_combined_report_lists_every_seed_model_and_proxy_input(tmp_path):
     single = write_experiment_report(tmp_path / "one", rows, histories, proxy, [],
                                      {"protocol": {"seeds": [0, 1, 2], "proxy_variants": ["region", "masked"]}})
     assert "one run's" not in single[0].read_text()
+
+
+def test_image_only_pretraining_gets_a_loss_figure_beside_the_proxy_accuracy(tmp_path):
+    """MAE and Genesis histories have a validation loss and no pair accuracy: their curves get their
+    own figure, the proxy's accuracy figure keeps the side proxy only."""
+    rows, histories = _design(1, 3)
+    proxy = {"side-region": {0: [{"epoch": e, "val_loss": 0.5, "val_accuracy": 0.6 + 0.1 * e} for e in range(2)]},
+             "mae": {0: [{"epoch": e, "val_loss": 2.0 - 0.5 * e, "optimizer_steps": 4 * (e + 1)} for e in range(2)]},
+             "genesis": {0: [{"epoch": e, "val_loss": 3.0 - 0.5 * e} for e in range(2)]}}
+    report, _ = write_experiment_report(tmp_path, rows, histories, proxy, [], {})
+    md = report.read_text()
+    assert "](proxy_accuracy.png)" in md and "](pretraining_val_loss.png)" in md
+    for name in ("proxy_accuracy.png", "pretraining_val_loss.png"):
+        assert (tmp_path / name).read_bytes()[:8] == PNG_MAGIC

@@ -25,6 +25,13 @@ TINY_OVERRIDES = [
     "synth.cases=6",
 ]
 
+#: The restoration methods on the same tiny grid: 16x32x32 crops (MAE: 32 patches of 8^3), few
+#: samples, few shuffled blocks.
+RESTORATION_OVERRIDES = [
+    f"methods.{m}.{key}" for m in ("mae", "genesis")
+    for key in ("crop_size=[16,32,32]", "samples_per_epoch=8", "val_samples=4", "batch_size=2", "epochs=2")
+] + ["methods.mae.patch_size=[8,8,8]", "methods.genesis.local_blocks=200"]
+
 
 @pytest.fixture(scope="session")
 def tiny_overrides() -> list[str]:
@@ -86,3 +93,28 @@ def cli_pretrain_run(tmp_path_factory: pytest.TempPathFactory, tiny_cache: Path)
                    "--device", "cpu", "--yes"])
     assert rc == 0, err.getvalue()[-3000:]
     return out, err.getvalue()
+
+
+def restoration_losses(method: str, cfg, cache: Path, steps: int = 8, lr: float = 1e-2) -> list[float]:
+    """The loss of a restoration task over ``steps`` Adam steps on one fixed batch of its crops."""
+    import torch
+
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.tasks.registry import pretraining_task
+    from kidneyssl.training.tasks.restoration import crop_batches
+
+    torch.manual_seed(0)
+    task = pretraining_task(method, cache)
+    task.setup(cfg, None, None, init_distributed("cpu"))
+    model = task.build_model()
+    batch = next(iter(crop_batches(task.train_set, [0, 1], 2)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for _ in range(steps):
+        loss, _, n = task.loss(model, batch, 0)
+        assert n == 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return losses

@@ -47,8 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
-    add_unlabeled_arguments(parser, "scans without masks for extra proxy pairs: a 'kidneyssl locate' output, "
-                                    "or any scans with --locator")
+    add_unlabeled_arguments(parser, "scans without masks: for side, extra proxy pairs (a 'kidneyssl locate' "
+                                    "output, or any scans with --locator); for mae and genesis, extra training "
+                                    "images (any scans 'kidneyssl predict' reads, or a dataset folder)")
     parser.add_argument("--locator", default=None, metavar="SEG_CKPT",
                         help="segmentation checkpoint that locates the kidneys of --unlabeled first (into "
                              "OUT/located)")
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         headline["last val pair accuracy"] = result.last["val_accuracy"]
     unl = (RunFolder(result.run_dir).info() or {}).get("unlabeled")
     if unl:
-        headline["unlabeled scans used"] = f"{unl['used']} of {unl['scans']} ({unl['kidneys']['right']} right, " \
-                                           f"{unl['kidneys']['left']} left kidneys)"
+        kidneys = unl.get("kidneys")  # side: the located kidneys; image-only methods read whole scans
+        headline["unlabeled scans used"] = f"{unl['used']} of {unl['scans']}" + (
+            f" ({kidneys['right']} right, {kidneys['left']} left kidneys)" if kidneys else "")
     log_run_summary(result.run_dir, {"pretrain": time.perf_counter() - t0}, headline)
     return 0

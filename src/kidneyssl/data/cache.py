@@ -69,7 +69,7 @@ class CachedCase:
 class CaseSource(Protocol):
     """What datasets read cases from: a :class:`Cache`, or a :class:`CacheUnion` of caches."""
 
-    def load(self, case_id: str, mmap: bool = True) -> CachedCase: ...
+    def load(self, case_id: str, mmap: bool = True, label: bool = True) -> CachedCase: ...
 
     def __contains__(self, case_id: object) -> bool: ...
 
@@ -91,8 +91,12 @@ class Cache:
     def __contains__(self, case_id: object) -> bool:
         return case_id in self.case_ids
 
-    def load(self, case_id: str, mmap: bool = True) -> CachedCase:
-        """Arrays and metadata of ``case_id`` (``mmap=True``: read-only memory maps)."""
+    def load(self, case_id: str, mmap: bool = True, label: bool = True) -> CachedCase:
+        """Arrays and metadata of ``case_id`` (``mmap=True``: read-only memory maps).
+
+        ``label=False`` leaves the label file alone (``label`` is then None whatever the case
+        holds; ``meta["has_label"]`` still says whether it has one): what image-only methods
+        read."""
         if case_id not in self.case_ids:
             raise KidneySSLError(f"{self.root}: case {case_id!r} is not in this cache")
         folder = self.root / case_id
@@ -104,13 +108,13 @@ class Cache:
                             hint="prepare the cache again", remedy=("prepare",)) from None
         mode = "r" if mmap else None
         image = _load_npy(folder / IMAGE_NPY, mode)
-        label = _load_npy(folder / LABEL_NPY, mode) if meta.get("has_label") else None
+        label_array = _load_npy(folder / LABEL_NPY, mode) if label and meta.get("has_label") else None
         shape = tuple(meta["shape"])
-        for name, arr in (("image", image), ("label", label)):
+        for name, arr in (("image", image), ("label", label_array)):
             if arr is not None and tuple(arr.shape) != shape:
                 raise DataError(folder / f"{name}.npy", "shape", str(shape), str(tuple(arr.shape)),
                                 hint="prepare the cache again", remedy=("prepare_force",))
-        return CachedCase(case_id, image, label, meta)
+        return CachedCase(case_id, image, label_array, meta)
 
     def __repr__(self) -> str:
         return f"Cache({self.root}, {len(self)} cases, spacing_mm={self.preprocess.spacing_mm})"
@@ -147,10 +151,10 @@ class CacheUnion:
         cache, inner = self._route(case_id)
         return inner in cache
 
-    def load(self, case_id: str, mmap: bool = True) -> CachedCase:
+    def load(self, case_id: str, mmap: bool = True, label: bool = True) -> CachedCase:
         """As :meth:`Cache.load`; the returned case keeps the id it has in its own cache."""
         cache, inner = self._route(case_id)
-        return cache.load(inner, mmap=mmap)
+        return cache.load(inner, mmap=mmap, label=label)
 
 
 def _load_npy(path: Path, mode: str | None) -> np.ndarray:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -27,7 +27,7 @@ from kidneyssl.io.outputs import check_outputs
 from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 from kidneyssl.progress import progress
 
-__all__ = ["PrepareSummary", "prepare_dataset", "prepare_case"]
+__all__ = ["PrepareSummary", "prepare_dataset", "prepare_cases", "prepare_case"]
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +186,35 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     if unlabeled:
         log.info("%d case(s) without a label file, prepared as unannotated (not used to train or score): %s",
                  len(unlabeled), ", ".join(unlabeled[:5]) + (", ..." if len(unlabeled) > 5 else ""))
-    labels_dict = dataset.policy.to_dict()
     if case_ids is not None:
         wanted = set(case_ids)
         cases = [c for c in cases if c.case_id in wanted]
+    return prepare_cases(cases, cache_dir, cfg, workers=workers, force=force, policy=dataset.policy,
+                         source={"data_format": dataset.format, "data_dir": str(data_dir.resolve())})
+
+
+def prepare_cases(cases: Sequence[Case], cache_dir: str | Path, cfg: PreprocessConfig, *, workers: int = 2,
+                  force: bool = False, policy: LabelPolicy = KITS19_POLICY,
+                  source: dict[str, Any] | None = None) -> PrepareSummary:
+    """Preprocess the given cases into ``cache_dir`` (what :func:`prepare_dataset` does once the
+    dataset is listed): skip the cases already prepared with this config and these files, run the
+    others, write ``cache.json``. A case without a segmentation file is prepared from its image
+    alone (no mask is read).
+
+    Args:
+        cases: the cases (e.g. scans without masks as ``Case(id, image, None)``).
+        cache_dir: output folder (created).
+        cfg, workers, force: as :func:`prepare_dataset`.
+        policy: the label policy recorded in the cache (and used for the labels read).
+        source: extra ``cache.json`` entries saying where the cases come from (``data_dir``,
+            ``data_format``).
+
+    Raises:
+        KidneySSLError: ``cache_dir`` holds a cache prepared with another config (without force).
+    """
+    cache_dir = Path(cache_dir)
+    cases = list(cases)
+    labels_dict = policy.to_dict()
     cfg_dict = config_to_dict(cfg)
     existing = cache_dir / CACHE_JSON
     if existing.is_file() and not force:
@@ -233,8 +258,7 @@ def prepare_dataset(data_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
         "kidneyssl_version": __version__,
         "preprocess": cfg_dict,
         "labels": labels_dict,
-        "data_format": dataset.format,
-        "data_dir": str(data_dir.resolve()),
+        **(source or {}),
         "cases": summary.cases,
         "failed": summary.to_dict()["failed"],
     })

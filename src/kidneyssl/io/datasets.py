@@ -39,7 +39,8 @@ from kidneyssl.io.labels import (
 )
 from kidneyssl.io.paths import describe_folder
 
-__all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy", "check_disjoint_cases"]
+__all__ = ["FORMATS", "Dataset", "detect_format", "open_dataset", "default_policy", "check_disjoint_cases",
+           "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -323,7 +324,8 @@ def open_dataset(root: str | Path, data_format: str | None = None,
     return Dataset(root, data_format, cases, policy.with_kidney_labels(kidney_labels), skipped)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 hex digest of a file's bytes (read in 1 MiB chunks)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -358,7 +360,7 @@ def check_disjoint_cases(train: Dataset, test: Dataset, *, shown: int = 5) -> No
     def digest(path: Path) -> str:
         real = path.resolve()
         if real not in hashes:
-            hashes[real] = _sha256(real)
+            hashes[real] = file_sha256(real)
         return hashes[real]
 
     for case in test.cases:

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["clip_window", "zscore_stats", "zscore"]
+__all__ = ["clip_window", "zscore_stats", "zscore", "zscore_to_window_unit", "window_unit_to_zscore"]
 
 
 def clip_window(array: np.ndarray, window_hu: Sequence[float],
@@ -56,3 +56,28 @@ def zscore(array: np.ndarray, mean: float | None = None, std: float | None = Non
     np.subtract(array, np.float32(mean), out=out, casting="unsafe")
     out /= np.float32(divisor)
     return out, float(mean), float(std)
+
+
+def zscore_to_window_unit(array: np.ndarray, mean: float, std: float, window_hu: Sequence[float]) -> np.ndarray:
+    """A z-scored, windowed volume back on the window's unit scale: ``(HU - low) / (high - low)``
+    with ``HU = z * std + mean`` (the inverse of :func:`zscore` with the volume's own statistics),
+    so the window's lower bound is 0 and its upper bound 1. Padding (z = 0) maps to the volume's
+    mean. Returns float32.
+
+    Args:
+        array: z-scored image (any shape).
+        mean, std: the volume's z-score statistics (its ``PreprocessRecord``).
+        window_hu: the HU window the volume was clipped to.
+    """
+    low, high = float(window_hu[0]), float(window_hu[1])
+    divisor = std if std >= 1e-8 else 1.0  # as zscore: a constant volume was only centred
+    hu = np.asarray(array, dtype=np.float32) * np.float32(divisor) + np.float32(mean)
+    return ((hu - np.float32(low)) / np.float32(high - low)).astype(np.float32, copy=False)
+
+
+def window_unit_to_zscore(array: np.ndarray, mean: float, std: float, window_hu: Sequence[float]) -> np.ndarray:
+    """The inverse of :func:`zscore_to_window_unit`: window unit scale back to the volume's z-scores."""
+    low, high = float(window_hu[0]), float(window_hu[1])
+    divisor = std if std >= 1e-8 else 1.0
+    hu = np.asarray(array, dtype=np.float32) * np.float32(high - low) + np.float32(low)
+    return ((hu - np.float32(mean)) / np.float32(divisor)).astype(np.float32, copy=False)

@@ -502,12 +502,20 @@ def write_experiment_report(
     images: dict[str, bytes] = {}
     plot_seed_curves(histories, out / FIG5_NAME)
     images[FIG5_NAME] = (out / FIG5_NAME).read_bytes()
-    proxy_name = "proxy_accuracy.png"
-    if proxy_histories:
-        plot_seed_curves(proxy_histories, out / proxy_name, key="val_accuracy",
+    proxy_name, loss_name = "proxy_accuracy.png", "pretraining_val_loss.png"
+    # the side proxy has a pair accuracy; image-only methods (MAE, Genesis) a restoration loss only
+    with_accuracy = {k: v for k, v in proxy_histories.items()
+                     if any("val_accuracy" in row for rows in v.values() for row in rows)}
+    loss_only = {k: v for k, v in proxy_histories.items() if k not in with_accuracy}
+    if with_accuracy:
+        plot_seed_curves(with_accuracy, out / proxy_name, key="val_accuracy",
                          ylabel="proxy validation pair accuracy",
                          title="Siamese proxy task: validation pair accuracy per epoch")
         images[proxy_name] = (out / proxy_name).read_bytes()
+    if loss_only:
+        plot_seed_curves(loss_only, out / loss_name, key="val_loss", ylabel="validation restoration loss (MSE)",
+                         title="Image-only pretraining: validation loss per epoch")
+        images[loss_name] = (out / loss_name).read_bytes()
     if overlays:
         plot_overlays(overlays, out / FIG4_NAME)
         images[FIG4_NAME] = (out / FIG4_NAME).read_bytes()
@@ -596,6 +604,9 @@ def write_experiment_report(
     if proxy_name in images:
         blocks.append(("img", (proxy_name, "Proxy task: validation pair accuracy per epoch for each proxy input "
                                            "(held-out training cases)")))
+    if loss_name in images:
+        blocks.append(("img", (loss_name, "Image-only pretraining: validation restoration loss per epoch on fixed "
+                                          "crops of the held-out training cases (z-scored intensities)")))
     if overlays:
         blocks.append(("img", (FIG4_NAME, "Fig. 4: ground truth (green) and prediction (red), overlap yellow, on "
                                           "the axial slice with the largest ground-truth area (first seed, test "

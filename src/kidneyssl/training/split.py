@@ -157,8 +157,9 @@ def check_touched_cases(source: str | Path, touched: Sequence[str] | None, split
 
 
 def annotated_case_ids(cache: Any) -> list[str]:
-    """Case ids of a cache that have a label (only those can be trained or validated on)."""
-    return [cid for cid in cache.case_ids if cache.load(cid, mmap=True).label is not None]
+    """Case ids of a cache that have a label (only those can be trained or validated on); read
+    from each case's metadata, so no label file is opened (image-only methods rely on it)."""
+    return [cid for cid in cache.case_ids if cache.load(cid, mmap=True, label=False).meta.get("has_label")]
 
 
 def resolve_split(cache: Any, cfg: Any, split_file: str | Path | None) -> Split:

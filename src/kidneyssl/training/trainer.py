@@ -249,8 +249,13 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
                 desc=f"{stage.name} {epoch + 1}/{settings.epochs}", on_step=logger.on_step(epoch),
                 lr_at=functools.partial(_lr_at, settings, epoch, steps))
             metrics = task.validate(net, epoch, ctx)
+            # the budget so far (every method alike, so unequal budgets are visible side by side):
+            # optimiser steps (ranks step together) and samples over all ranks, summed over epochs
+            done = history[-1] if history else {}
             row = {"epoch": epoch, "train_loss": result.loss, **result.parts, **metrics,
-                   "seconds": time.perf_counter() - t0}
+                   "seconds": time.perf_counter() - t0,
+                   "optimizer_steps": int(done.get("optimizer_steps", 0)) + result.steps,
+                   "samples_seen": int(done.get("samples_seen", 0)) + result.items}
             score = float(metrics[task.score_key])
             improved = task.better(score, best["score"])
             if improved:

@@ -23,6 +23,8 @@ DEFAULT_METHOD = "side"
 #: Method name -> ``"module:Class"`` of its task.
 PRETRAINING_METHODS: Mapping[str, str] = MappingProxyType({
     "side": "kidneyssl.training.tasks.side:SideTask",
+    "mae": "kidneyssl.training.tasks.mae:MAETask",
+    "genesis": "kidneyssl.training.tasks.genesis:GenesisTask",
 })
 
 
