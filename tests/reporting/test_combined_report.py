@@ -58,8 +58,8 @@ def test_combined_report_lists_every_seed_model_and_proxy_input(tmp_path, scienc
     run = md.split("## What was run", 1)[1].split("##", 1)[0]
     assert "seeds in these results: `0, 1, 2`" in run
     assert "models compared: `MwS-region, MwoS, MwS-masked`" in run
-    assert "proxy inputs pretrained: `region, masked`" in run
-    assert "one run's (seeds `0`; proxy inputs `region`)" in run  # the config shown is W0's
+    assert "pretraining methods: `side-region, side-masked`" in run
+    assert "one run's (seeds `0`; methods `side-region`)" in run  # the config shown is W0's
     out = json.loads((tmp_path / "results" / "combined.json").read_text())
     assert out["seeds"] == [0, 1, 2] and out["proxy_inputs"] == ["region", "masked"]
     # 3 test cases: numbers, no direction

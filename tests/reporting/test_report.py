@@ -258,8 +258,8 @@ def test_a_combined_report_lists_every_seed_model_and_proxy_input(tmp_path):
     run = md.split("## What was run", 1)[1].split("##", 1)[0]
     assert "seeds in these results: `0, 1, 2`" in run
     assert "models compared: `MwS-region, MwoS, MwS-masked`" in run
-    assert "proxy inputs pretrained: `region, masked`" in run
-    assert "the configuration below is one run's (seeds `0`; proxy inputs `region`)" in run
+    assert "pretraining methods: `side-region, side-masked`" in run
+    assert "the configuration below is one run's (seeds `0`; methods `side-region`)" in run
     # each method against scratch and against the paper's MwS (the whole region)
     assert {(d["model"], d["reference"]) for d in differences["paired"]} == {
         ("MwS-region", "MwoS"), ("MwS-masked", "MwoS"), ("MwS-masked", "MwS-region")}

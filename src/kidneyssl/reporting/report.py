@@ -338,26 +338,41 @@ def _protocol(config: Mapping[str, Any]) -> Mapping[str, Any]:
     return section if isinstance(section, Mapping) else {}
 
 
+def _method_name(label: str) -> str:
+    """A pretraining history's label as a method (earlier runs named the side proxy's by its input)."""
+    return f"side-{label}" if label in PROXY_INPUTS else str(label)
+
+
 def _run_contents(rows: Sequence[Mapping[str, Any]], models: Sequence[str], seeds: Sequence[int],
                   proxy_histories: Mapping[str, Any], config: Mapping[str, Any]) -> list[str]:
     """What the report's numbers come from, derived from its rows (every seed and model they hold,
-    every proxy input pretrained), not from one run's config: a combined report names them all."""
+    every pretraining method run), not from one run's config: a combined report names them all."""
     protocol = _protocol(config)
     items = [f"seeds in these results: `{', '.join(str(s) for s in seeds) or 'none'}`",
              f"models compared: `{', '.join(models) or 'none'}`"]
-    proxies = list(proxy_histories) or list(protocol.get("proxy_variants") or [])
-    if proxies:
-        items.append(f"proxy inputs pretrained: `{', '.join(str(p) for p in proxies)}`")
-    shown: dict[str, list[Any]] = {"seeds": [int(s) for s in protocol.get("seeds") or []],
-             "proxy inputs": [str(p) for p in protocol.get("proxy_variants") or []]}
-    # (a proxy history such as "region+U", pretrained with extra scans, is no protocol variant)
-    found: dict[str, list[Any]] = {"seeds": list(seeds), "proxy inputs": [str(p) for p in proxies if p in PROXY_INPUTS]}
+    configured = [str(m) for m in protocol.get("methods") or []] or \
+        [f"side-{v}" for v in protocol.get("proxy_variants") or []]
+    pretrained = [_method_name(p) for p in proxy_histories] or configured
+    if pretrained:
+        items.append(f"pretraining methods: `{', '.join(pretrained)}`")
+    shown: dict[str, list[Any]] = {"seeds": [int(s) for s in protocol.get("seeds") or []], "methods": configured}
+    # (a pretraining history such as "side-region+U", with extra scans, is no protocol method)
+    found: dict[str, list[Any]] = {"seeds": list(seeds), "methods": [p for p in pretrained if not p.endswith("+U")]}
     differ = [f"{k} `{', '.join(str(v) for v in shown[k])}`" for k in shown
-              if shown[k] and sorted(shown[k]) != sorted(found[k])]
+              if shown[k] and proxy_histories and sorted(shown[k]) != sorted(found[k])]
     if differ:
         items.append("the configuration below is one run's (" + "; ".join(differ) + "); these results combine "
                      "several runs")
     return items
+
+
+def _budget_table(budgets: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Each pretraining method's budget, so that unequal budgets are visible beside its results."""
+    header = ["Pretraining method", "optimiser steps", "samples seen", "device-seconds", "device", "seeds"]
+    body = [[_method_name(name), _fmt(b.get("optimizer_steps", math.nan), 0), _fmt(b.get("samples_seen", math.nan), 0),
+             _fmt(b.get("device_seconds", math.nan), 0), str(b.get("device", "?")), str(b.get("seeds", "?"))]
+            for name, b in budgets.items()]
+    return header, body
 
 
 def _seed_table(rows: Sequence[Mapping[str, Any]], models: Sequence[str],
@@ -430,6 +445,7 @@ def write_experiment_report(
     baselines: Sequence[str] = DEFAULT_BASELINES,
     metrics: Sequence[str] = COMPARED_METRICS,
     notes: Sequence[str] = (),
+    budgets: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the experiment's report folder.
 
@@ -453,6 +469,8 @@ def write_experiment_report(
         metrics: metric row keys compared (each comparison x metric x part is one test).
         notes: sentences shown in bold at the top of the result (e.g. what a demo can and cannot
             show, from the command that ran it).
+        budgets: pretraining method -> its budget (means over seeds of ``optimizer_steps``,
+            ``samples_seen``, ``device_seconds``; ``device``; ``seeds``), shown as a table.
 
     The thresholds for stating a direction are ``config["protocol"]["min_seeds_for_verdict"]``
     and ``["min_cases_for_verdict"]`` (defaults of :class:`kidneyssl.config.ProtocolConfig`);
@@ -540,7 +558,9 @@ def write_experiment_report(
               "same-side/opposite-side kidney proxy task (**MwS**), with identical settings, seeds and split. "
               "The proxy input is a choice the paper leaves open, so each variant gets its own MwS: "
               "**MwS-region** (the whole fixed-size region around each kidney, as the paper's text says) and "
-              "**MwS-masked** (only the kidney, everything else zeroed, as the authors' code does)."),
+              "**MwS-masked** (only the kidney, everything else zeroed, as the authors' code does). Generic "
+              "self-supervised methods, where run, are fine-tuned the same way: **MAE** (masked image modelling) "
+              "and **Genesis** (Models Genesis restoration)."),
         ("h2", "Result"),
         *[("p", f"**{note}**") for note in notes],
         ("ul", headline or ["(no two models to compare)"]),
@@ -557,6 +577,8 @@ def write_experiment_report(
     blocks += [
         ("h2", "What was run"),
         ("ul", _run_contents(rows, models, seeds, proxy_histories, config) + _config_summary(config)),
+        *([("p", "Pretraining budgets (means over seeds): unequal budgets are a difference between methods, "
+                 "not only their ideas."), ("table", _budget_table(budgets))] if budgets else []),
         ("h2", "Per seed"),
         ("table", _seed_table(rows, models, seeds)),
     ]

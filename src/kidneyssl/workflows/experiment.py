@@ -543,6 +543,7 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
     names = model_names(cfg, unlabeled=unlabeled_dir is not None)
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    budget_rows: dict[str, list[dict[str, Any]]] = {}
     unlabeled_reports: dict[int, dict[str, Any]] = {}
     overlay_masks: dict[str, dict[str, np.ndarray]] = {}
     overlay_ids = list(inputs.test_ids or split.val)[:N_OVERLAY_CASES]
@@ -576,6 +577,7 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
             assert stage.method is not None
             label = f"{stage.method.name}+U" if stage.unlabeled else stage.method.name
             proxy_histories.setdefault(label, {})[stage.seed] = history
+            budget_rows.setdefault(label, []).append({**(history[-1] if history else {}), **compute.get(stage.key, {})})
             if stage.unlabeled:
                 unlabeled_reports[stage.seed] = (RunFolder(stage.folder).info() or {}).get("unlabeled", {})
 
@@ -599,7 +601,8 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
                       "test_source": str(test_data) if test_data is not None else "held out of the dataset"}
         report_path, differences = write_experiment_report(
             run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
-            timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None, notes=report_notes)
+            timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None, notes=report_notes,
+            budgets=_budgets(budget_rows))
         mark("report", time.perf_counter() - t0)
     from kidneyssl.metrics import summarize
 
@@ -608,6 +611,21 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
     final = {name: float(np.mean([h[-1]["val_dice"] for h in histories[name].values() if h]))
              for name in names if histories[name]}
     return ExperimentResult(run, Path(report_path), final, summary, dict(timings), differences)
+
+
+def _budgets(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each pretraining method's budget over its seeds: mean optimiser steps, samples seen and
+    device-seconds, from the last history row and ``experiment.json``'s compute record."""
+    out = {}
+    for label, entries in rows.items():
+        def mean(key: str, entries: list[dict[str, Any]] = entries) -> float:
+            values = [float(e[key]) for e in entries if key in e]
+            return float(np.mean(values)) if values else float("nan")
+
+        out[label] = {"optimizer_steps": mean("optimizer_steps"), "samples_seen": mean("samples_seen"),
+                      "device_seconds": mean("device_seconds"), "seeds": len(entries),
+                      "device": ", ".join(sorted({str(e["device"]) for e in entries if "device" in e})) or "?"}
+    return out
 
 
 def _evaluate_stage(stage: Stage, inputs: _Inputs, run: Path, ctx: DistContext, is_done: bool,
