@@ -221,7 +221,7 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
     out = {
         "what": "demo-scale experiment on phantoms: pretraining methods vs scratch, seeds, held-out test part "
                 "(seeds run as separate one-thread processes, combined)",
-        "seeds": sorted(seeds), "models": list(histories), "proxy_inputs": list(proxy),
+        "seeds": sorted(seeds), "models": list(histories), "pretraining_methods": list(proxy),
         "config_of_first_run": _plain_cfg(cfg), "split": split,
         "paired_differences": differences["paired"], "n_comparisons": differences["n_comparisons"],
         "verdict_rule": differences["rule"], "epochs_to_reach": differences["epochs_to_reach"],

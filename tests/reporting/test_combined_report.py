@@ -61,7 +61,7 @@ def test_combined_report_lists_every_seed_model_and_proxy_input(tmp_path, scienc
     assert "pretraining methods: `side-region, side-masked`" in run
     assert "one run's (seeds `0`; methods `side-region`)" in run  # the config shown is W0's
     out = json.loads((tmp_path / "results" / "combined.json").read_text())
-    assert out["seeds"] == [0, 1, 2] and out["proxy_inputs"] == ["region", "masked"]
+    assert out["seeds"] == [0, 1, 2] and out["pretraining_methods"] == ["side-region", "side-masked"]
     # 3 test cases: numbers, no direction
     assert all(d["verdict"] == "too few" for d in out["paired_differences"])
     assert "too few seeds/cases for a conclusion" in capsys.readouterr().out
