@@ -56,7 +56,7 @@ def test_transfer_from_checkpoint_dict_and_file(demo_cfg: ModelConfig, tmp_path)
 
     siamese = SiameseNet(demo_cfg)
     path = tmp_path / "siamese.pt"
-    save_checkpoint(path, kind="siamese", config=config_to_dict(ExperimentConfig()),
+    save_checkpoint(path, kind="pretrain", config=config_to_dict(ExperimentConfig()),
                     model_state=siamese.state_dict())
     for source in (path, {"model_state": siamese.state_dict(), "format_version": 1}):
         seg = DenseUNet3D(demo_cfg)
