@@ -173,8 +173,11 @@ class SegmentationTask(Task):
         self.spec = network_spec(cfg.model)
         multiple = int(build_network(self.spec).size_multiple)
         if cfg.preprocess.pad_multiple % multiple:
+            needed = math.lcm(cfg.preprocess.pad_multiple, multiple)
             raise KidneySSLError(f"preprocess.pad_multiple {cfg.preprocess.pad_multiple} is not a multiple of "
-                                 f"{multiple}, the {self.spec.name} network's input size multiple")
+                                 f"{multiple}, the {self.spec.name} network's input size multiple; set "
+                                 f"preprocess.pad_multiple to {needed} and prepare the cache with it",
+                                 remedy=("prepare",))
         # Training halves are inference's halves (preprocessing.halves.half_bounds): same context.
         context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
         self.dataset = HalfVolumeDataset(self.cache, self.cases, context=context, multiple=multiple)
