@@ -154,3 +154,12 @@ def test_pretrain_refuses_plans_of_another_shape_at_export(preprocessed, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "encoder.stages.0.0.convs.0" in err[0] and "nnUNetPlans.json" in err[0] and " vs " in err[0]
+
+
+def test_segmentation_training_on_nnunets_data_is_refused_in_one_line(preprocessed, tmp_path, capsys):
+    _, folder, _ = preprocessed
+    code = main(["train", "--cache", str(folder), "--out", str(tmp_path / "seg"), "--init", "scratch",
+                 "--preset", "demo", "--set", "model.architecture=plain-unet",
+                 "--set", f"model.nnunet_plans={folder / 'nnUNetPlansTiny.json'}", "--device", "cpu", "--yes"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "fine-tune on nnU-Net's preprocessed data with nnU-Net itself" in err[-1]

@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
-from kidneyssl.data.cache import CaseSource
+from kidneyssl.data.cache import Cache, CaseSource
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.training.distributed import DistContext, gather_objects, shard, unwrap
 from kidneyssl.training.tasks.base import BatchLayout, Task, TaskPlan, TrainSettings
@@ -155,6 +155,11 @@ class SegmentationTask(Task):
 
         cfg, split = self._cfg, self.split
         assert split is not None and self.cache is not None
+        if not isinstance(self.cache, Cache):
+            raise KidneySSLError(f"{self.cache_dir}: segmentation trains on a kidneyssl cache (half volumes that "
+                                 "inference restores to the scan); fine-tune on nnU-Net's preprocessed data with "
+                                 "nnU-Net itself, from exported weights, or prepare the raw dataset",
+                                 remedy=("prepare",))
         if info is not None:
             self.init = str(info.get("init", self.init))
             self.init_parts = str(info.get("init_parts", self.init_parts))
