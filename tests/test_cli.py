@@ -11,7 +11,7 @@ import pytest
 from kidneyssl import __version__
 from kidneyssl.cli.main import COMMANDS, build_parser, main
 
-VERBS = ["synth", "check", "prepare", "pretrain", "train", "experiment", "demo", "predict", "locate", "evaluate"]
+VERBS = ["synth", "check", "prepare", "pretrain", "train", "experiment", "demo", "predict", "locate", "export", "evaluate"]
 
 
 def test_every_contract_verb_is_registered():

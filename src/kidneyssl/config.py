@@ -85,7 +85,8 @@ class ModelConfig:
 
     Attributes:
         architecture: the network, by its registered name (``kidneyssl.models.registry``):
-            ``dense-unet`` (the paper's; the fields below configure it).
+            ``dense-unet`` (the paper's; the fields below configure it), ``plain-unet`` or
+            ``resenc-unet`` (nnU-Net's networks, from ``nnunet_plans``; ``kidneyssl.models.nnunet``).
         in_channels: image channels (1 for CT).
         out_channels: segmentation channels (1: kidney vs background, sigmoid).
         init_features: channels of the input convolution.
@@ -95,6 +96,10 @@ class ModelConfig:
         embedding_dim: siamese embedding size.
         reconstruction: build the reconstruction branch (regulariser; training only).
         gradient_checkpointing: recompute dense layers in backward to save memory.
+        nnunet_plans: nnU-Net plans file (``nnUNetPlans.json``) the nnU-Net networks are built
+            from (as ``nnUNetv2_train`` builds them); checkpoints store the resolved network, so
+            inference needs no plans file.
+        nnunet_configuration: the plans' configuration (``3d_fullres``).
     """
 
     architecture: str = "dense-unet"
@@ -107,6 +112,8 @@ class ModelConfig:
     embedding_dim: int = 128
     reconstruction: bool = True
     gradient_checkpointing: bool = False
+    nnunet_plans: str | None = None
+    nnunet_configuration: str = "3d_fullres"
 
     def __post_init__(self) -> None:
         if not 1 <= len(self.block_layers) <= 6 or any(n < 1 for n in self.block_layers):
@@ -217,6 +224,10 @@ class SegTrainConfig:
     ``num_workers`` reader processes read the memory-mapped half volumes ahead of the training step
     (pinned memory on CUDA); 0 reads them in the training process (enough on a CPU, where reading
     is ~6 % of a step; the paper preset uses 4 for GPUs).
+
+    ``nnunet_fold`` is the split when the data is an nnU-Net preprocessed folder: the fold of its
+    ``splits_final.json`` (training = the fold's training cases, validation = its validation
+    cases; ``val_fraction`` and ``seed`` then do not split).
     """
 
     epochs: int = 200
@@ -240,8 +251,11 @@ class SegTrainConfig:
     memory_format: str = "contiguous"
     lr_schedule: str = "constant"
     warmup_epochs: int = 0
+    nnunet_fold: int = 0
 
     def __post_init__(self) -> None:
+        if self.nnunet_fold < 0:
+            raise ConfigError(f"train.nnunet_fold must be >= 0, got {self.nnunet_fold}")
         if self.num_workers < 0:
             raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
         if self.precision is not None and self.precision not in ("fp32", "bf16", "fp16", "auto"):

@@ -13,7 +13,7 @@ from kidneyssl.config import ExperimentConfig, apply_overrides, load_config, loa
 
 __all__ = ["describe_error", "remedy_flags", "REMEDY_FLAGS", "add_config_arguments", "resolve_config",
            "add_dataset_arguments", "dataset_options", "add_unlabeled_arguments", "unlabeled_overrides",
-           "add_plan_arguments", "plan_options", "log_run_summary", "positive_int", "resolve_device",
+           "add_plan_arguments", "plan_options", "add_network_arguments", "network_overrides", "log_run_summary", "positive_int", "resolve_device",
            "KNOWN_WARNINGS", "silence_known_warnings"]
 
 log = logging.getLogger("kidneyssl.cli")
@@ -88,6 +88,39 @@ def unlabeled_overrides(args: argparse.Namespace) -> list[str]:
     """``--set``-style overrides for ``--min-confidence``."""
     value = getattr(args, "min_confidence", None)
     return [] if value is None else [f"pretrain.unlabeled_min_confidence={value}"]
+
+
+def add_network_arguments(parser: argparse.ArgumentParser, *, architecture: bool = True) -> None:
+    """``--architecture``, ``--plans`` and ``--configuration`` (they set ``model.*``)."""
+    if architecture:
+        from kidneyssl.models.registry import ARCHITECTURES
+
+        parser.add_argument("--architecture", choices=sorted(ARCHITECTURES), default=None,
+                            help="the network (sets model.architecture): dense-unet (the paper's), plain-unet or "
+                                 "resenc-unet (nnU-Net's, built from --plans; default: the plans' network)")
+    parser.add_argument("--plans", default=None, metavar="PLANS",
+                        help="nnU-Net plans file (or, with --nnunet-preprocessed, its identifier such as "
+                             "nnUNetPlans); sets model.nnunet_plans")
+    parser.add_argument("--configuration", default=None, metavar="NAME",
+                        help="the plans' configuration (default 3d_fullres; sets model.nnunet_configuration)")
+
+
+def network_overrides(args: argparse.Namespace, preprocessed: str | None = None) -> list[str]:
+    """``--set``-style overrides for ``--architecture``/``--plans``/``--configuration`` (the plans
+    are read: the architecture defaults to the plans' network)."""
+    architecture = getattr(args, "architecture", None)
+    plans = getattr(args, "plans", None)
+    if plans is None and preprocessed is not None:
+        plans = "nnUNetPlans"
+    if plans is None:
+        if getattr(args, "configuration", None):
+            log.warning("--configuration is ignored without --plans")
+        return [f"model.architecture={architecture}"] if architecture else []
+    from kidneyssl.models.nnunet import nnunet_model_settings
+
+    settings = nnunet_model_settings(plans, getattr(args, "configuration", None) or "3d_fullres",
+                                     architecture, preprocessed)
+    return [f"model.{key}={value}" for key, value in settings.items()]
 
 
 def positive_int(text: str) -> int:

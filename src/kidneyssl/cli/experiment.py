@@ -8,9 +8,11 @@ import logging
 from kidneyssl.cli._common import (
     add_config_arguments,
     add_dataset_arguments,
+    add_network_arguments,
     add_plan_arguments,
     add_unlabeled_arguments,
     dataset_options,
+    network_overrides,
     plan_options,
     positive_int,
     resolve_config,
@@ -37,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="start over in an OUT that holds something else")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     parser.add_argument("--workers", type=positive_int, default=None, help="worker processes for prepare")
+    add_network_arguments(parser)
     add_config_arguments(parser)
     add_dataset_arguments(parser)
     add_plan_arguments(parser)
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_outputs([args.out] + ([args.cache] if args.cache else []), [args.data, args.test_data, args.unlabeled],
                   what="--out/--cache", inputs_name="--data, --test-data and --unlabeled")
-    args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args)
+    args.overrides = list(getattr(args, "overrides", None) or []) + protocol_overrides(args) + network_overrides(args)
     result = run_experiment(args.data, args.out, resolve_config(args), cache_dir=args.cache,
                             test_data=args.test_data, force=args.force, device=args.device,
                             workers=args.workers, plan=plan_options(args), unlabeled=args.unlabeled,

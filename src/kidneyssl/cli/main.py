@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "demo": "synthesise phantoms and run the experiment at demo scale on a CPU",
     "predict": "segment kidneys in new scans with a trained model",
     "locate": "write kidney masks for unlabeled scans with a trained model (pseudo-labels)",
+    "export": "write a checkpoint's weights for another framework (nnU-Net's -pretrained_weights)",
     "evaluate": "score predictions against ground truth (Dice, Hausdorff, boundary length)",
 }
 

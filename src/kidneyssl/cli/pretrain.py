@@ -9,9 +9,11 @@ import time
 
 from kidneyssl.cli._common import (
     add_config_arguments,
+    add_network_arguments,
     add_plan_arguments,
     add_unlabeled_arguments,
     log_run_summary,
+    network_overrides,
     plan_options,
     resolve_config,
     unlabeled_overrides,
@@ -45,6 +47,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--proxy-input", choices=("region", "masked"), default=None,
                         help="side proxy's input (sets pretrain.proxy_input)")
     parser.add_argument("--cache", default=None, help="prepared cache (kidneyssl prepare); optional with --resume")
+    parser.add_argument("--nnunet-preprocessed", default=None, metavar="DIR",
+                        help="instead of --cache: nnU-Net's preprocessed dataset (nnUNet_preprocessed/DatasetXXX); "
+                             "reads its --plans/--configuration cases, pretrains the plans' network, splits by "
+                             "its splits_final.json --fold")
+    add_network_arguments(parser)
+    parser.add_argument("--fold", type=int, default=None,
+                        help="with --nnunet-preprocessed: nnU-Net's fold whose training cases are read (sets "
+                             "train.nnunet_fold, default 0); its validation cases are never read")
     parser.add_argument("--out", required=True, help="run folder")
     parser.add_argument("--split", default=None, help="split.json to use (default: seeded 80/20 split)")
     add_unlabeled_arguments(parser, "scans without masks: for side, extra proxy pairs (a 'kidneyssl locate' "
@@ -69,7 +79,18 @@ def run(args: argparse.Namespace) -> int:
     if args.locator is not None and args.unlabeled is None:
         log.error("kidneyssl pretrain: --locator needs --unlabeled DIR (the scans to locate)")
         return 2
-    args.overrides = list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
+    if args.nnunet_preprocessed is not None and args.cache is not None:
+        log.error("kidneyssl pretrain: give --cache or --nnunet-preprocessed, not both")
+        return 2
+    if args.nnunet_preprocessed is None and args.fold is not None:
+        log.error("kidneyssl pretrain: --fold needs --nnunet-preprocessed")
+        return 2
+    args.overrides = (list(getattr(args, "overrides", None) or []) + unlabeled_overrides(args)
+                      + network_overrides(args, args.nnunet_preprocessed))
+    if args.fold is not None:
+        args.overrides.append(f"train.nnunet_fold={args.fold}")
+    if args.nnunet_preprocessed is not None:
+        args.cache = args.nnunet_preprocessed
     if args.proxy_input:
         args.overrides.append(f"pretrain.proxy_input={args.proxy_input}")
     from kidneyssl.io.outputs import check_outputs

@@ -129,9 +129,14 @@ class KidneyPairDataset:
         # Kidney centres and split planes, read once from the cases' metadata.
         self._centers: dict[KidneyItem, tuple[int, int, int]] = {}
         self._split_x: dict[str, int] = {}
+        # (lateral axis, patient-left at the high index): canonical cache grids are (2, True);
+        # nnU-Net's preprocessed arrays keep their own axes and record theirs in meta["lateral"]
+        self._lateral: dict[str, tuple[int, bool]] = {}
         for cid in dict.fromkeys(c for c, _ in self.items):
             meta = cache.load(cid, mmap=True).meta
             self._split_x[cid] = int(meta["split_x"])
+            lateral = meta.get("lateral") or {}
+            self._lateral[cid] = (int(lateral.get("axis", LATERAL_AXIS)), bool(lateral.get("left_is_high", True)))
             for side in (Side.RIGHT, Side.LEFT):
                 if side.value in meta["kidneys"]:
                     z, y, x = (int(v) for v in meta["kidneys"][side.value]["center"])
@@ -166,11 +171,12 @@ class KidneyPairDataset:
         start = [int(c) - s // 2 for c, s in zip(center, self.crop_size)]
         crop = crop_padded(image, start, self.crop_size).astype(np.float32, copy=False)
         kidney = crop_padded(case.label, start, self.crop_size) > 0
-        # Keep only this side's half: columns x < split_x are the patient-right half.
-        x = np.arange(start[LATERAL_AXIS], start[LATERAL_AXIS] + self.crop_size[LATERAL_AXIS])
-        split_x = self._split_x[case_id]
-        own = x < split_x if side is Side.RIGHT else x >= split_x
-        kidney &= own[None, None, :]
+        # Keep only this side's half: on a canonical grid columns x < split_x are the patient-right half.
+        axis, left_is_high = self._lateral[case_id]
+        x = np.arange(start[axis], start[axis] + self.crop_size[axis])
+        low = x < self._split_x[case_id]
+        own = low if (side is Side.RIGHT) == left_is_high else ~low
+        kidney &= own.reshape([-1 if a == axis else 1 for a in range(3)])
         crop[~kidney] = 0
         return crop
 

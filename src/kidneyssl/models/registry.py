@@ -29,7 +29,8 @@ from kidneyssl.config import ModelConfig
 from kidneyssl.errors import CheckpointError, KidneySSLError
 
 __all__ = ["ARCHITECTURES", "DEFAULT_ARCHITECTURE", "Architecture", "NetworkSpec", "SegmentationNetwork",
-           "architecture", "network_spec", "build_network", "spec_from_checkpoint", "MissingExtraError"]
+           "architecture", "network_spec", "build_network", "spec_from_checkpoint", "MissingExtraError",
+           "require_extra"]
 
 #: The paper's network; checkpoints written before architectures had names are this one.
 DEFAULT_ARCHITECTURE = "dense-unet"
@@ -37,11 +38,29 @@ DEFAULT_ARCHITECTURE = "dense-unet"
 #: Architecture name -> ``"module:ATTRIBUTE"`` of its :class:`Architecture`.
 ARCHITECTURES: Mapping[str, str] = MappingProxyType({
     "dense-unet": "kidneyssl.models.unet:ARCHITECTURE",
+    "plain-unet": "kidneyssl.models.nnunet:PLAIN_UNET",
+    "resenc-unet": "kidneyssl.models.nnunet:RESENC_UNET",
 })
 
 
 class MissingExtraError(KidneySSLError, ImportError):
     """An architecture (or backend) needs an optional extra that is not installed."""
+
+
+def require_extra(modules: Sequence[str], extra: str, what: str) -> None:
+    """Import ``modules`` (the extra's packages), or raise a one-line :class:`MissingExtraError`.
+
+    Args:
+        modules: top-level modules the extra provides (``("dynamic_network_architectures", ...)``).
+        extra: the extra's name in ``pyproject.toml`` (``nnunet``).
+        what: what needs it, for the message (``the plain-unet network``).
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise MissingExtraError(f"{what} needs the optional extra {extra!r} ({module} is not importable: "
+                                    f"{err}): pip install kidneyssl[{extra}]") from None
 
 
 @runtime_checkable

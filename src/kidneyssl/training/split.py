@@ -164,11 +164,23 @@ def annotated_case_ids(cache: Any) -> list[str]:
 
 def resolve_split(cache: Any, cfg: Any, split_file: str | Path | None) -> Split:
     """The split of a run: from ``split_file`` when given, else derived from (annotated case ids,
-    ``train.val_fraction``, ``train.seed``): the same split for every method of one seed.
+    ``train.val_fraction``, ``train.seed``): the same split for every method of one seed. For
+    nnU-Net's preprocessed data (a source with ``fold_cases``) it is nnU-Net's fold
+    ``train.nnunet_fold`` (training = the fold's training cases, validation = its validation
+    cases), and no case is read to make it.
 
     Raises:
         KidneySSLError: empty dataset, fewer than 2 validation cases, unknown case ids.
     """
+    fold_cases = getattr(cache, "fold_cases", None)
+    if callable(fold_cases):  # every case nnU-Net preprocessed for training is annotated
+        if split_file is not None:
+            return load_split(split_file, available=list(cache.case_ids))
+        train, val = fold_cases(cfg.train.nnunet_fold)
+        if len(val) < 2 or not train:
+            raise KidneySSLError(f"nnU-Net fold {cfg.train.nnunet_fold} has {len(train)} training and {len(val)} "
+                                 "validation cases; at least 1 and 2 are needed")
+        return Split(tuple(train), tuple(val), -1, round(len(val) / (len(train) + len(val)), 4))
     ids = annotated_case_ids(cache)
     if not ids:
         raise KidneySSLError(f"{getattr(cache, 'root', 'cache')}: no annotated cases: nothing to train on")

@@ -60,7 +60,7 @@ from kidneyssl.training.distributed import DistContext, broadcast_object, gather
 from kidneyssl.training.plan import PlanOptions, StagePlan, announce_plan, estimate_stage, remaining_after
 from kidneyssl.training.split import Split
 
-__all__ = ["ExperimentResult", "Method", "Stage", "run_experiment", "evaluate_model", "model_names",
+__all__ = ["ExperimentResult", "Method", "Stage", "run_experiment", "with_network_pad_multiple", "evaluate_model", "model_names",
            "seed_config", "experiment_methods", "build_stages", "run_demo", "SCRATCH_MODEL"]
 
 log = logging.getLogger(__name__)
@@ -423,6 +423,24 @@ def _prepare_inputs(run: Path, cfg: ExperimentConfig, ctx: DistContext, data_dir
                    test_gt)
 
 
+def with_network_pad_multiple(cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with ``preprocess.pad_multiple`` raised to a multiple of the network's input size
+    multiple (nnU-Net's networks need 32 or more where the paper's needs 16): the experiment
+    prepares its own cache, so it pads for the network it trains (logged when it changes)."""
+    import math
+
+    from kidneyssl.models.registry import build_network, network_spec
+
+    multiple = int(build_network(network_spec(cfg.model)).size_multiple)
+    pad = cfg.preprocess.pad_multiple
+    if pad % multiple == 0:
+        return cfg
+    needed = math.lcm(pad, multiple)
+    log.info("preprocess.pad_multiple %d -> %d: the %s network's input sizes are multiples of %d", pad, needed,
+             cfg.model.architecture, multiple)
+    return dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess, pad_multiple=needed))
+
+
 def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentConfig, *,
                    cache_dir: str | Path | None = None, test_data: str | Path | None = None,
                    force: bool = False, device: str = "auto", workers: int | None = None,
@@ -460,6 +478,7 @@ def run_experiment(data_dir: str | Path, out_dir: str | Path, cfg: ExperimentCon
             experiment in it.
     """
     options = plan or PlanOptions()
+    cfg = with_network_pad_multiple(cfg)
     ctx = init_distributed(device)
     run = Path(out_dir)
     if test_data is not None:  # a test case that is also a training case would be scored on what it learnt

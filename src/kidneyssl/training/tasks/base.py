@@ -22,7 +22,7 @@ from kidneyssl.config import ExperimentConfig
 from kidneyssl.errors import KidneySSLError
 
 if TYPE_CHECKING:
-    from kidneyssl.data.cache import Cache
+    from kidneyssl.data.cache import CaseSource
     from kidneyssl.training.distributed import DistContext
     from kidneyssl.training.split import Split
 
@@ -153,7 +153,7 @@ class Task(ABC):
         self.cache_dir = cache_dir
         self.split_file = split_file
         self.cfg: ExperimentConfig | None = None
-        self.cache: Cache | None = None
+        self.cache: CaseSource | None = None
         self.split: Split | None = None
         self.run_dir: Path | None = None
 
@@ -193,6 +193,7 @@ class Task(ABC):
             ctx: the process's distributed context.
         """
         from kidneyssl.data.cache import open_cache
+        from kidneyssl.data.nnunet_preprocessed import is_nnunet_preprocessed, open_nnunet_preprocessed
         from kidneyssl.training.split import resolve_split
 
         if info is not None:
@@ -203,7 +204,12 @@ class Task(ABC):
             raise KidneySSLError("no prepared cache given (and no run to resume that names one)",
                                  remedy=("cache",))
         self.cfg, self.run_dir = cfg, run_dir
-        self.cache = open_cache(self.cache_dir, expected=cfg.preprocess)
+        if is_nnunet_preprocessed(self.cache_dir):
+            # nnU-Net's own preprocessed cases (its spacing and normalisation); the split is a fold
+            self.cache = open_nnunet_preprocessed(self.cache_dir, cfg.model.nnunet_plans,
+                                                  cfg.model.nnunet_configuration)
+        else:
+            self.cache = open_cache(self.cache_dir, expected=cfg.preprocess)
         self.split = resolve_split(self.cache, cfg, self.split_file)
         self._setup(info, ctx)
 

@@ -196,7 +196,7 @@ class RestorationTask(PretrainingTask):
         images join the training crops (validation stays on the annotated proxy cases)."""
         if self.unlabeled is None:
             return
-        from kidneyssl.data.cache import CacheUnion
+        from kidneyssl.data.cache import Cache, CacheUnion
         from kidneyssl.data.subvolumes import SubvolumeDataset
         from kidneyssl.unlabeled.located import UNLABELED_PREFIX
         from kidneyssl.unlabeled.scans import open_scans, prepare_scans
@@ -216,6 +216,9 @@ class RestorationTask(PretrainingTask):
         log.info("%s: %d scan(s) without masks join the %d training cases (%s)", self.name, len(ids),
                  len(self.proxy.train), scans.report["input"])
         s = self.method_settings(self._cfg)
+        if not isinstance(self.cache, Cache):
+            raise KidneySSLError("scans without masks join the cases of a kidneyssl cache only, not nnU-Net's "
+                                 "preprocessed data; prepare the dataset with kidneyssl or leave the scans out")
         self.train_set = SubvolumeDataset(CacheUnion(self.cache, {UNLABELED_PREFIX: scans.cache}),
                                           list(self.proxy.train) + ids, s.samples_per_epoch, self._cfg.pretrain.seed,
                                           s.crop_size, self.corrupt)

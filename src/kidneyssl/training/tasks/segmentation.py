@@ -29,7 +29,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig, config_to_dict
-from kidneyssl.data.cache import CaseSource
+from kidneyssl.data.cache import Cache, CaseSource
 from kidneyssl.errors import CheckpointError, KidneySSLError
 from kidneyssl.training.distributed import DistContext, gather_objects, shard, unwrap
 from kidneyssl.training.tasks.base import BatchLayout, Task, TaskPlan, TrainSettings
@@ -156,6 +156,11 @@ class SegmentationTask(Task):
 
         cfg, split = self._cfg, self.split
         assert split is not None and self.cache is not None
+        if not isinstance(self.cache, Cache):
+            raise KidneySSLError(f"{self.cache_dir}: segmentation trains on a kidneyssl cache (half volumes that "
+                                 "inference restores to the scan); fine-tune on nnU-Net's preprocessed data with "
+                                 "nnU-Net itself, from exported weights, or prepare the raw dataset",
+                                 remedy=("prepare",))
         if info is not None:
             self.init = str(info.get("init", self.init))
             self.init_parts = str(info.get("init_parts", self.init_parts))
@@ -174,8 +179,11 @@ class SegmentationTask(Task):
         self.spec = network_spec(cfg.model)
         multiple = int(build_network(self.spec).size_multiple)
         if cfg.preprocess.pad_multiple % multiple:
+            needed = math.lcm(cfg.preprocess.pad_multiple, multiple)
             raise KidneySSLError(f"preprocess.pad_multiple {cfg.preprocess.pad_multiple} is not a multiple of "
-                                 f"{multiple}, the {self.spec.name} network's input size multiple")
+                                 f"{multiple}, the {self.spec.name} network's input size multiple; set "
+                                 f"preprocess.pad_multiple to {needed} and prepare the cache with it",
+                                 remedy=("prepare",))
         # Training halves are inference's halves (preprocessing.halves.half_bounds): same context.
         context = context_voxels(cfg.inference, cfg.preprocess.spacing_mm[2])
         self.halves = HalfVolumeDataset(self.cache, self.cases, context=context, multiple=multiple)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterable, Iterator, Sequence
 
 from kidneyssl.config import ExperimentConfig
-from kidneyssl.data.cache import CaseSource
+from kidneyssl.data.cache import Cache, CaseSource
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.io.checkpoint import load_checkpoint
 from kidneyssl.training.distributed import DistContext, all_reduce_sum, broadcast_object, shard, unwrap
@@ -108,6 +108,9 @@ class SideTask(PretrainingTask):
         from kidneyssl.unlabeled.located import UNLABELED_PREFIX
 
         assert self.run_dir is not None and self.cache is not None
+        if not isinstance(self.cache, Cache):
+            raise KidneySSLError(f"{self.cache_dir}: scans without masks join pairs from a kidneyssl cache; "
+                                 "prepare the dataset instead of reading nnU-Net's preprocessed folder")
         self.located, self.unlabeled_info = self._located_scans(ctx)
         self.extra_touched = sorted(set(self.located.touched_cases or ()))
         pair_cache = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
