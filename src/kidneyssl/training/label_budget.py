@@ -64,8 +64,8 @@ class LabelBudget:
         if self.count is not None:
             return f"n{self.count:03d}"
         assert self.fraction is not None
-        pct = round(self.fraction * 100, 6)
-        return f"f{int(pct):03d}" if pct == int(pct) else "f" + f"{pct:g}".replace(".", "p")
+        whole, _, decimals = f"{round(self.fraction * 100, 6):g}".partition(".")
+        return f"f{int(whole):03d}" + (f"p{decimals}" if decimals else "")
 
     @property
     def label(self) -> str:

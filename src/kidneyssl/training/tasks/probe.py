@@ -114,12 +114,13 @@ class LinearProbeHead:
 
     def __call__(self, features: Sequence[Any]) -> Any:
         """Logits (B, 1, *full resolution) from the per-level features (B, C_l, ...)."""
+        import torch
         import torch.nn.functional as F
 
         size = tuple(features[0].shape[2:])
         out = None
         for conv, f in zip(self.convs, features):
-            logit = conv(f.float())
+            logit = conv(f if f.dtype == torch.float32 else f.float())
             if tuple(logit.shape[2:]) != size:
                 logit = F.interpolate(logit, size=size, mode="trilinear", align_corners=False)
             out = logit if out is None else out + logit
@@ -127,14 +128,16 @@ class LinearProbeHead:
 
 
 def _features(encoder: Any, crops: Sequence[ProbeCrop], device: Any) -> list[list[Any]]:
-    """The frozen encoder's per-level features of each crop (stored half precision, batch 1)."""
+    """The frozen encoder's per-level features of each crop (batch 1; kept in half precision on
+    CUDA, where memory is scarcer and the conversion per step is cheap)."""
     import torch
 
+    dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
     out = []
-    with torch.inference_mode():
+    with torch.no_grad():  # not inference_mode: the head's backward saves these tensors
         for crop in crops:
             x = torch.from_numpy(np.ascontiguousarray(crop.image))[None, None].to(device)
-            out.append([f.to(torch.float16) for f in encoder(x)])
+            out.append([f.to(dtype) for f in encoder(x)])
     return out
 
 
