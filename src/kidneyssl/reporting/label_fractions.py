@@ -338,7 +338,9 @@ def write_label_fraction_report(out_dir: str | Path, rows: Sequence[Mapping[str,
               "number of kidneys and recorded in `split.json`. A method that reads masks (the side proxy) "
               "pretrains on each budget's masks only, the other training images located by that budget's scratch "
               "model; an image-only method pretrains once per seed on all training images. Test Dice is the "
-              "experiment's scoring (original grid, last checkpoint)."),
+              "experiment's scoring (original grid, last checkpoint). Same settings means the same number of "
+              "epochs, so a smaller budget also takes fewer optimiser steps (two half volumes per case per "
+              "epoch): the curves measure labels and training length together, alike for every method."),
         ("img", (FIGURE_NAME, "Test Dice against annotated cases (log scale): mean over seeds and test cases, band "
                               "from the lowest to the highest seed's mean")),
         ("h2", "Each method − scratch, per budget (test Dice)"),

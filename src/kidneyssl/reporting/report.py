@@ -516,6 +516,11 @@ def write_experiment_report(
                          ylabel="proxy validation pair accuracy",
                          title="Siamese proxy task: validation pair accuracy per epoch")
         images[proxy_name] = (out / proxy_name).read_bytes()
+    probe_name = "probe_dice.png"
+    if any("probe_dice" in row for by_seed in proxy_histories.values() for h in by_seed.values() for row in h):
+        plot_seed_curves(proxy_histories, out / probe_name, key="probe_dice", ylabel="frozen-encoder probe Dice",
+                         title="Pretraining: kidney Dice of a linear probe on the frozen encoder per epoch")
+        images[probe_name] = (out / probe_name).read_bytes()
     if overlays:
         plot_overlays(overlays, out / FIG4_NAME)
         images[FIG4_NAME] = (out / FIG4_NAME).read_bytes()
@@ -603,6 +608,11 @@ def write_experiment_report(
     if proxy_name in images:
         blocks.append(("img", (proxy_name, "Proxy task: validation pair accuracy per epoch for each proxy input "
                                            "(held-out training cases)")))
+    if probe_name in images:
+        blocks.append(("img", (probe_name, "Frozen-encoder probe (pretrain.probe_steps): kidney Dice of a 1x1x1 conv "
+                                           "head trained on the frozen encoder's features of the pretraining's "
+                                           "held-out training cases, per epoch; it informs and chooses nothing "
+                                           "unless pretrain.select_by is probe_dice")))
     if overlays:
         blocks.append(("img", (FIG4_NAME, "Fig. 4: ground truth (green) and prediction (red), overlap yellow, on "
                                           "the axial slice with the largest ground-truth area (first seed, test "

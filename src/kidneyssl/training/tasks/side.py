@@ -22,9 +22,10 @@ same-side pair needs two patients) and the training pairs come from the rest and
 scans (:func:`~kidneyssl.training.tasks.pretraining.proxy_split` with ``min_train=0``); one
 annotated case cannot validate the proxy and is refused. When the budget's locator finds no
 usable kidney in the other images (a scratch model trained on 2 cases may find none), the
-budget's annotated cases go on alone, and with fewer than 4 of them the training pairs come from
-the proxy validation cases (``best.pt`` is then chosen on pairs of the cases it trained on);
-``run.json`` records this as ``unlabeled.fallback``.
+budget's annotated cases go on alone, and when the training kidneys cannot form both kinds of
+pair (fewer than 4 annotated cases and no usable scan, or scans located on one side only) the
+proxy validation cases join the training pairs (``best.pt`` is then chosen on pairs of cases it
+trained on); ``run.json`` records this as ``unlabeled.fallback``.
 """
 
 from __future__ import annotations
@@ -145,8 +146,18 @@ class SideTask(PretrainingTask):
             return
         self.extra_touched = sorted(set(self.located.touched_cases or ()))
         pair_cache = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
-        self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + self.located.prefixed_ids,
-                                       pc.pairs_per_epoch, pc.seed)
+        try:
+            self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + self.located.prefixed_ids,
+                                           pc.pairs_per_epoch, pc.seed)
+        except KidneySSLError:
+            if self.label_cases is None:
+                raise
+            # e.g. 2 annotated cases and located scans whose kidneys are all on one side
+            self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + list(self.proxy.val)
+                                           + self.located.prefixed_ids, pc.pairs_per_epoch, pc.seed)
+            self.unlabeled_info["fallback"] = ("the annotated and located training kidneys cannot form both kinds "
+                                               "of pair: the proxy validation cases join the training pairs")
+            log.warning("%s: %s", self.run_dir, self.unlabeled_info["fallback"])
 
     def _located_scans(self, ctx: DistContext) -> tuple[Any, dict[str, Any]]:
         """The located unlabeled scans (None at a label budget when none is usable), and what
