@@ -103,7 +103,8 @@ class PretrainingTask(Task):
             self.label_cases = [str(c) for c in info["label_cases"]]
         cases = self.label_cases if self.reads_labels else None
         self.proxy = proxy_split(self.split, self._cfg, min_train=self.min_proxy_train, cases=cases)
-        self.extra_touched: list[str] = []
+        self.extra_touched: list[str] = []  # other cases or scans whose images or labels shaped the weights
+        self.extra_labels: list[str] = []  # ... of them, those whose labels did (a locator's training cases)
         self._setup_method(info, ctx)
 
     def _setup_method(self, info: dict[str, Any] | None, ctx: Any) -> None:
@@ -117,7 +118,7 @@ class PretrainingTask(Task):
     def labels_read(self, best: bool) -> list[str]:
         # a locator's cases reach the weights through its pseudo-labels; a probe's cases only
         # through the choice of best.pt, and only when asked to choose on it
-        labels = set(self.extra_touched)
+        labels = set(self.extra_labels)
         if self.reads_labels:
             labels |= set(self.proxy.train) | set(self.proxy.val)
         if best and self.selection[0] == "probe_dice":

@@ -144,7 +144,7 @@ class SideTask(PretrainingTask):
                 self.unlabeled_info["fallback"] = "no located scan usable: the annotated cases alone give the pairs"
             log.warning("%s: %s", self.run_dir, self.unlabeled_info["fallback"])
             return
-        self.extra_touched = sorted(set(self.located.touched_cases or ()))
+        self.extra_touched = self.extra_labels = sorted(set(self.located.touched_cases or ()))
         pair_cache = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
         try:
             self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + self.located.prefixed_ids,
