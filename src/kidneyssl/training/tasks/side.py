@@ -110,9 +110,15 @@ class SideTask(PretrainingTask):
         pc = self._cfg.pretrain
         assert self.cache is not None
         self.val_pairs = self._pairs(self.cache, self.proxy.val, pc.val_pairs, pc.seed + VAL_SALT)
-        # without annotated cases left to train on, the located scans give the pairs (prepare)
-        self.train_pairs = self._pairs(self.cache, self.proxy.train, pc.pairs_per_epoch, pc.seed) \
-            if self.proxy.train else None
+        # with scans to locate, prepare() makes the training pairs; here they may not form yet
+        # (a label budget of 2-3 cases leaves 0 or 1 annotated case to train on)
+        try:
+            self.train_pairs = self._pairs(self.cache, self.proxy.train, pc.pairs_per_epoch, pc.seed) \
+                if self.proxy.train else None
+        except KidneySSLError:
+            if self.unlabeled is None:
+                raise
+            self.train_pairs = None
         if len(self.val_pairs) == 0 or (self.train_pairs is not None and len(self.train_pairs) == 0):
             raise KidneySSLError(f"{self.cache_dir}: the proxy {'validation' if len(self.val_pairs) == 0 else 'training'}"
                                  " cases give no kidney pairs")
@@ -135,28 +141,27 @@ class SideTask(PretrainingTask):
         assert self.run_dir is not None and self.cache is not None
         pc = self._cfg.pretrain
         self.located, self.unlabeled_info = self._located_scans(ctx)
-        if self.located is None:  # a label budget whose locator found nothing usable
-            if self.train_pairs is None:
-                self.train_pairs = self._pairs(self.cache, self.proxy.val, pc.pairs_per_epoch, pc.seed)
-                self.unlabeled_info["fallback"] = ("no located scan usable and fewer than 4 annotated cases: the "
-                                                   "training pairs come from the proxy validation cases")
-            else:
-                self.unlabeled_info["fallback"] = "no located scan usable: the annotated cases alone give the pairs"
-            log.warning("%s: %s", self.run_dir, self.unlabeled_info["fallback"])
-            return
-        self.extra_touched = self.extra_labels = sorted(set(self.located.touched_cases or ()))
-        pair_cache = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
+        source: CaseSource = self.cache
+        scans: list[str] = []
+        if self.located is not None:
+            self.extra_touched = self.extra_labels = sorted(set(self.located.touched_cases or ()))
+            source = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
+            scans = self.located.prefixed_ids
         try:
-            self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + self.located.prefixed_ids,
-                                           pc.pairs_per_epoch, pc.seed)
+            if not self.proxy.train and not scans:
+                raise KidneySSLError("no training case and no located scan")
+            self.train_pairs = self._pairs(source, list(self.proxy.train) + scans, pc.pairs_per_epoch, pc.seed)
+            if self.located is None:
+                self.unlabeled_info["fallback"] = "no located scan usable: the annotated training cases alone give the pairs"
         except KidneySSLError:
             if self.label_cases is None:
                 raise
-            # e.g. 2 annotated cases and located scans whose kidneys are all on one side
-            self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + list(self.proxy.val)
-                                           + self.located.prefixed_ids, pc.pairs_per_epoch, pc.seed)
-            self.unlabeled_info["fallback"] = ("the annotated and located training kidneys cannot form both kinds "
+            # a label budget of 2-3 cases whose locator found nothing usable, or scans located on one side only
+            self.train_pairs = self._pairs(source, list(self.proxy.train) + list(self.proxy.val) + scans,
+                                           pc.pairs_per_epoch, pc.seed)
+            self.unlabeled_info["fallback"] = ("the annotated training cases and located scans cannot form both kinds "
                                                "of pair: the proxy validation cases join the training pairs")
+        if "fallback" in self.unlabeled_info:
             log.warning("%s: %s", self.run_dir, self.unlabeled_info["fallback"])
 
     def _located_scans(self, ctx: DistContext) -> tuple[Any, dict[str, Any]]:
