@@ -77,3 +77,31 @@ def test_the_proxy_split_of_a_tiny_budget(tiny_cfg) -> None:
         proxy_split(split, tiny_cfg, cases=IDS[:3])
     with pytest.raises(KidneySSLError, match="must be training cases"):
         proxy_split(split, tiny_cfg, cases=IDS[18:22])
+
+
+def test_side_proxy_at_a_budget_whose_locator_found_nothing(tiny_cache, tiny_cfg, tmp_path) -> None:
+    """2 annotated cases and no usable located scan: the budget's cases go on alone (validation
+    cases join the training pairs), recorded; no label outside the budget is read."""
+    import json
+
+    from kidneyssl.training.distributed import init_distributed
+    from kidneyssl.training.tasks.side import SideTask
+
+    ctx = init_distributed("cpu")
+    probe = SideTask(tiny_cache)
+    probe.setup(tiny_cfg, None, None, ctx)
+    assert probe.split is not None
+    budget = sorted(probe.split.train)[:2]
+    located = tmp_path / "located"
+    located.mkdir()
+    (located / "locate.json").write_text(json.dumps({
+        "status": "finished", "model": "scratch.pt", "touched_cases": budget,
+        "cases": {"scan_0": {"kidney_voxels": 0, "confidence": 0.0}}}))
+    task = SideTask(tiny_cache, unlabeled=located, label_cases=budget)
+    task.setup(tiny_cfg, None, tmp_path / "run", ctx)
+    assert task.proxy.train == () and set(task.proxy.val) == set(budget) and task.train_pairs is None
+    task.prepare(ctx)
+    assert task.train_pairs is not None and len(task.train_pairs) == tiny_cfg.pretrain.pairs_per_epoch
+    assert "proxy validation cases join the training pairs" in task.run_info()["unlabeled"]["fallback"]
+    assert set(task.labels_read(best=True)) == set(task.labels_read(best=False)) == set(budget)
+    assert task.run_info()["label_cases"] == budget
