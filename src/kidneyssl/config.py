@@ -33,6 +33,7 @@ __all__ = [
     "LR_SCHEDULES",
     "ExperimentConfig",
     "PROXY_INPUTS",
+    "SELECT_BY",
     "ConfigError",
     "config_to_dict",
     "config_from_dict",
@@ -132,6 +133,8 @@ class ModelConfig:
 #: Proxy-task inputs: the whole region around each kidney (the paper's text), or the region with
 #: everything outside the kidney mask zeroed (the authors' code).
 PROXY_INPUTS = ("region", "masked")
+#: What a pretraining run's ``best.pt`` may be chosen on (:attr:`PretrainConfig.select_by`).
+SELECT_BY = ("val_loss", "probe_dice")
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,13 @@ class PretrainConfig:
         seed: seed for pair sampling, initialisation and data order.
         unlabeled_min_confidence: with unlabeled scans (``pretrain --unlabeled``), a located scan
             is used only when the mean kidney probability inside its located mask is at least this.
+        probe_steps: after every pretraining epoch, train a frozen-encoder probe (a 1x1x1 conv head
+            on the encoder's features, :mod:`kidneyssl.training.tasks.probe`) for this many steps
+            on the run's own held-out training cases and record its kidney Dice (``probe_dice``);
+            0 (default): no probe. It informs and chooses nothing unless ``select_by`` says so.
+        select_by: what ``best.pt`` is chosen on: ``val_loss`` (the method's validation loss,
+            default) or ``probe_dice`` (the probe's Dice; needs ``probe_steps`` > 0, and the
+            probe cases' labels then count as read by ``best.pt``).
     """
 
     epochs: int = 50
@@ -172,8 +182,16 @@ class PretrainConfig:
     proxy_input: str = "region"
     seed: int = 0
     unlabeled_min_confidence: float = 0.5
+    probe_steps: int = 0
+    select_by: str = "val_loss"
 
     def __post_init__(self) -> None:
+        if self.probe_steps < 0:
+            raise ConfigError(f"pretrain.probe_steps must be >= 0, got {self.probe_steps}")
+        if self.select_by not in SELECT_BY:
+            raise ConfigError(f"pretrain.select_by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
+        if self.select_by == "probe_dice" and self.probe_steps == 0:
+            raise ConfigError("pretrain.select_by=probe_dice needs the probe: set pretrain.probe_steps > 0")
         if not 0.0 <= self.unlabeled_min_confidence <= 1.0:
             raise ConfigError("pretrain.unlabeled_min_confidence must be in [0, 1], got "
                               f"{self.unlabeled_min_confidence}")
@@ -363,6 +381,10 @@ class ProtocolConfig:
             "worse") for a comparison only with at least this many seeds and paired cases (and
             an interval that excludes 0 after the Holm correction); below, it prints the numbers
             and says they are too few (:func:`kidneyssl.reporting.statistics.compare_methods`).
+        label_fractions, label_counts: label budgets (issue 22): every model is also fine-tuned
+            on nested subsets of the training cases, ``round(f x training cases)`` for each
+            fraction and ``n`` for each count (:mod:`kidneyssl.training.label_budget`); the full
+            training set is always one of the budgets. Empty (default): the full set only.
     """
 
     seeds: tuple[int, ...] = (0,)
@@ -373,8 +395,15 @@ class ProtocolConfig:
     init_parts: str = "encoder"
     min_seeds_for_verdict: int = 2
     min_cases_for_verdict: int = 10
+    label_fractions: tuple[float, ...] = ()
+    label_counts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        bad_f = [f for f in self.label_fractions if not 0.0 < f <= 1.0]
+        if bad_f or len(set(self.label_fractions)) != len(self.label_fractions):
+            raise ConfigError(f"protocol.label_fractions must be distinct numbers in (0, 1], got {self.label_fractions!r}")
+        if any(n < 1 for n in self.label_counts) or len(set(self.label_counts)) != len(self.label_counts):
+            raise ConfigError(f"protocol.label_counts must be distinct integers >= 1, got {self.label_counts!r}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"protocol.seeds must be distinct and non-empty, got {self.seeds!r}")
         for name in ("min_seeds_for_verdict", "min_cases_for_verdict"):

@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--seeds``, ``--methods``, ``--proxy-variants``, ``--init-parts`` and ``--test-fraction``
-    (they set ``protocol.*``)."""
+    """``--seeds``, ``--methods``, ``--proxy-variants``, ``--init-parts``, ``--test-fraction``,
+    ``--label-fractions`` and ``--label-counts`` (they set ``protocol.*``)."""
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                         help="one full run per seed (sets protocol.seeds), e.g. --seeds 0 1 2")
     parser.add_argument("--proxy-variants", nargs="+", choices=("region", "masked"), default=None,
@@ -61,6 +61,13 @@ def add_protocol_arguments(parser: argparse.ArgumentParser) -> None:
                              "proxy gives its encoder)")
     parser.add_argument("--test-fraction", type=float, default=None,
                         help="fraction of --data held out as the test part (sets protocol.test_fraction)")
+    parser.add_argument("--label-fractions", type=float, nargs="+", default=None, metavar="F",
+                        help="label budgets as fractions of the training cases, e.g. 0.1 0.25 0.5 1.0: every model "
+                             "is also trained on nested subsets of that size (sets protocol.label_fractions; the "
+                             "full training set is always run) and the report adds Dice against annotated cases")
+    parser.add_argument("--label-counts", type=int, nargs="+", default=None, metavar="N",
+                        help="label budgets as numbers of annotated training cases, e.g. 5 10 20 (sets "
+                             "protocol.label_counts)")
 
 
 def protocol_overrides(args: argparse.Namespace) -> list[str]:
@@ -78,6 +85,10 @@ def protocol_overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"protocol.init_parts={args.init_parts}")
     if getattr(args, "test_fraction", None) is not None:
         out.append(f"protocol.test_fraction={args.test_fraction}")
+    if getattr(args, "label_fractions", None):
+        out.append(f"protocol.label_fractions=[{', '.join(repr(float(f)) for f in args.label_fractions)}]")
+    if getattr(args, "label_counts", None):
+        out.append(f"protocol.label_counts=[{', '.join(str(int(n)) for n in args.label_counts)}]")
     return out + unlabeled_overrides(args)
 
 
@@ -94,6 +105,13 @@ def print_result(result) -> None:  # noqa: ANN001 - ExperimentResult, imported l
             print(f"{d['model']} - {d['reference']} ({d['part']}) Dice: {d['mean']:+.4f} "
                   f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({interval}, {d['n_cases']} cases x "
                   f"{d['n_seeds']} seed(s)): {d['conclusion']}")
+    fractions = getattr(result, "label_fractions", None) or {}
+    if fractions:
+        print(f"label fractions: {result.report.parent / 'label_fractions.md'}")
+        for e in fractions.get("cases_saved", []):
+            saved = {"not reached": "scratch never reaches it", "below the curve": "below scratch's smallest budget"}
+            what = saved.get(e["status"], f"scratch needs {e['scratch_cases']:.1f} cases ({e['saved']:+.1f})")
+            print(f"{e['model']} with {e['annotated_cases']} annotated cases: test Dice {e['dice']:.4f}; {what}")
     if result.differences.get("rule"):
         made = ", ".join(f"{n} on {part}" for part, n in result.differences.get("n_comparisons", {}).items())
         print(f"{result.differences['rule']} Comparisons made (Holm-corrected per part): {made or 'none'}.")

@@ -36,6 +36,9 @@ __all__ = [
     "plot_dice_curves",
     "plot_seed_curves",
     "plot_overlays",
+    "model_colours",
+    "new_figure",
+    "save_figure",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,9 +78,9 @@ class OverlayCase:
     spacing_mm: tuple[float, float, float] | None = None
 
 
-def _new_figure(width_in: float, height_in: float,
+def new_figure(width_in: float, height_in: float,
                 layout: Literal["constrained", "compressed", "tight"] | None = None) -> "Figure":
-    # Lazy import; Figure + Agg canvas = no pyplot, no display, no global state.
+    """A matplotlib ``Figure`` on an Agg canvas: no pyplot, no display, no global state (lazy import)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -86,7 +89,8 @@ def _new_figure(width_in: float, height_in: float,
     return fig
 
 
-def _save(fig: "Figure", path: str | Path) -> Path:
+def save_figure(fig: "Figure", path: str | Path) -> Path:
+    """Write ``fig`` as PNG, atomically."""
     path = Path(path)
 
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI), suffix=".png")
@@ -102,7 +106,8 @@ def _epoch_axis(ax: Any, epochs: Sequence[np.ndarray]) -> None:
         ax.set_xlim(xs.min() - 1, xs.max() + 1)
 
 
-def _model_colours(names: Sequence[str]) -> dict[str, str]:
+def model_colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour per model, the paper's models always in the same one."""
     colours: dict[str, str] = {}
     free = [c for c in _CYCLE]
     for name in names:
@@ -174,6 +179,10 @@ def _series(rows: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np
     return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
 
+#: History fields that are flags, not curves.
+_NOT_PLOTTED = {"probe_held_out"}
+
+
 def _history_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
     """Group the numeric keys present in the rows into panels (title, keys)."""
     keys: list[str] = []
@@ -181,15 +190,17 @@ def _history_panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[s
         for key, value in row.items():
             if key != "epoch" and key not in keys and _as_float(value) is not None:
                 keys.append(key)
-    keys = [k for k in keys if np.isfinite(_series(rows, k)[1]).any()]
-    losses = [k for k in keys if "loss" in k]
+    keys = [k for k in keys if np.isfinite(_series(rows, k)[1]).any() and k not in _NOT_PLOTTED]
+    probe = [k for k in keys if k.startswith("probe_")]  # the frozen-encoder probe, beside the proxy loss
+    losses = [k for k in keys if "loss" in k and k not in probe]
     weights = [k for k in keys if k.startswith("w_")]
     validation = [k for k in keys if k.startswith("val_") and k not in losses]
     seconds = [k for k in keys if k == "seconds"]
-    used = set(losses) | set(weights) | set(validation) | set(seconds)
+    used = set(losses) | set(weights) | set(validation) | set(seconds) | set(probe)
     other = [k for k in keys if k not in used]
     panels = [
         ("Loss", losses),
+        ("Frozen-encoder probe (held-out training cases)", probe),
         ("Validation metrics", validation),
         ("Loss weights (BCE / Dice)", weights),
         ("Other", other),
@@ -218,7 +229,7 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
     panels = _history_panels(rows)
     ncols = max(1, min(len(panels), 3))
     nrows = max(1, math.ceil(len(panels) / 3))
-    fig = _new_figure(4.2 * ncols, 3.2 * nrows + 0.4)
+    fig = new_figure(4.2 * ncols, 3.2 * nrows + 0.4)
     fig.suptitle(title or "Training history")
     if not panels:
         ax = fig.add_subplot(1, 1, 1)
@@ -236,7 +247,7 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: str | Path, title: str
         ax.legend(fontsize=8)
         _epoch_axis(ax, all_xs)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_dice_curves(
@@ -265,8 +276,8 @@ def plot_dice_curves(
     """
     if int(window) < 1:
         raise ValueError(f"moving-average window must be >= 1, got {window}")
-    colours = _model_colours(list(histories))
-    fig = _new_figure(7.0, 4.6)
+    colours = model_colours(list(histories))
+    fig = new_figure(7.0, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     any_data = False
     all_xs = []
@@ -290,7 +301,7 @@ def plot_dice_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_seed_curves(
@@ -308,8 +319,8 @@ def plot_seed_curves(
         path: output PNG.
         key: the history key plotted (``val_dice``; ``val_accuracy`` for the proxy task).
     """
-    colours = _model_colours(list(curves))
-    fig = _new_figure(7.0, 4.6)
+    colours = model_colours(list(curves))
+    fig = new_figure(7.0, 4.6)
     ax = fig.add_subplot(1, 1, 1)
     all_xs = []
     any_data = False
@@ -346,7 +357,7 @@ def plot_seed_curves(
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def select_axial_slice(gt: np.ndarray, predictions: Mapping[str, np.ndarray] | None = None) -> int:
@@ -423,7 +434,7 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
         models += [m for m in case.predictions if m not in models]
     ncols = max(1, len(models))
     # constrained layout keeps the two-line titles clear of the fixed-aspect images above them
-    fig = _new_figure(3.6 * ncols, 4.0 * len(cases) + 0.8, layout="constrained")
+    fig = new_figure(3.6 * ncols, 4.0 * len(cases) + 0.8, layout="constrained")
     for r, case in enumerate(cases):
         gt = np.asarray(case.gt) > 0
         preds = {m: np.asarray(p) > 0 for m, p in case.predictions.items()}
@@ -457,7 +468,7 @@ def plot_overlays(cases: Sequence[OverlayCase], path: str | Path, max_cases: int
                Patch(color=OVERLAP_COLOUR, label="overlap")]
     fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     fig.suptitle("Axial slices with the largest ground-truth area (cf. paper Fig. 4)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def refresh_history_plot(run_dir: str | Path, history: Sequence[Mapping[str, Any]]) -> None:

@@ -44,6 +44,11 @@ __all__ = [
     "DEFAULT_BASELINES",
     "COMPARED_METRICS",
     "INTERVAL_WORDS",
+    "Block",
+    "render_markdown",
+    "render_html",
+    "format_seconds",
+    "compute_table",
 ]
 
 log = logging.getLogger(__name__)
@@ -158,7 +163,8 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _render_md(blocks: Sequence[Block]) -> str:
+def render_markdown(blocks: Sequence[Block]) -> str:
+    """The blocks as Markdown (``report.md``)."""
     out = []
     for kind, payload in blocks:
         if kind == "h1":
@@ -194,7 +200,8 @@ th{background:#eee}img{max-width:100%}pre{background:#f6f6f6;padding:.8em;overfl
 figcaption{font-style:italic;color:#555}"""
 
 
-def _render_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str) -> str:
+def render_html(blocks: Sequence[Block], images: Mapping[str, bytes], title: str) -> str:
+    """The blocks as one self-contained HTML page, images embedded (``report.html``)."""
     out = [f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
            f"<style>{_CSS}</style></head><body>"]
     for kind, payload in blocks:
@@ -253,7 +260,8 @@ def _config_summary(config: Mapping[str, Any]) -> list[str]:
     return items
 
 
-def _format_seconds(value: Any) -> str:
+def format_seconds(value: Any) -> str:
+    """``12.3 s (0:00:12)``; ``–`` when not a finite number."""
     try:
         seconds = float(value)
     except (TypeError, ValueError):
@@ -446,6 +454,7 @@ def write_experiment_report(
     metrics: Sequence[str] = COMPARED_METRICS,
     notes: Sequence[str] = (),
     budgets: Mapping[str, Mapping[str, Any]] | None = None,
+    compute: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Write the experiment's report folder.
 
@@ -471,6 +480,8 @@ def write_experiment_report(
             show, from the command that ran it).
         budgets: pretraining method -> its budget (means over seeds of ``optimizer_steps``,
             ``samples_seen``, ``device_seconds``; ``device``; ``seeds``), shown as a table.
+        compute: stage -> ``{"wall_seconds", "devices", "device_seconds", "device"}`` (the
+            experiment's ``compute``); shown instead of ``timings`` when given.
 
     The thresholds for stating a direction are ``config["protocol"]["min_seeds_for_verdict"]``
     and ``["min_cases_for_verdict"]`` (defaults of :class:`kidneyssl.config.ProtocolConfig`);
@@ -534,6 +545,11 @@ def write_experiment_report(
         plot_seed_curves(loss_only, out / loss_name, key="val_loss", ylabel="validation restoration loss (MSE)",
                          title="Image-only pretraining: validation loss per epoch")
         images[loss_name] = (out / loss_name).read_bytes()
+    probe_name = "probe_dice.png"
+    if any("probe_dice" in row for by_seed in proxy_histories.values() for h in by_seed.values() for row in h):
+        plot_seed_curves(proxy_histories, out / probe_name, key="probe_dice", ylabel="frozen-encoder probe Dice",
+                         title="Pretraining: kidney Dice of a linear probe on the frozen encoder per epoch")
+        images[probe_name] = (out / probe_name).read_bytes()
     if overlays:
         plot_overlays(overlays, out / FIG4_NAME)
         images[FIG4_NAME] = (out / FIG4_NAME).read_bytes()
@@ -629,24 +645,47 @@ def write_experiment_report(
     if loss_name in images:
         blocks.append(("img", (loss_name, "Image-only pretraining: validation restoration loss per epoch on fixed "
                                           "crops of the held-out training cases (z-scored intensities)")))
+    if probe_name in images:
+        blocks.append(("img", (probe_name, "Frozen-encoder probe (pretrain.probe_steps): kidney Dice of a 1x1x1 conv "
+                                           "head trained on the frozen encoder's features of the pretraining's "
+                                           "held-out training cases, per epoch; it informs and chooses nothing "
+                                           "unless pretrain.select_by is probe_dice")))
     if overlays:
         blocks.append(("img", (FIG4_NAME, "Fig. 4: ground truth (green) and prediction (red), overlap yellow, on "
                                           "the axial slice with the largest ground-truth area (first seed, test "
                                           "cases); radiological display (patient right on the image left)")))
     else:
         blocks.append(("p", "Fig. 4 left out: no overlay cases were given."))
-    if timings:
-        blocks += [("h2", "Timings"), ("table", (["Stage", "time"], [[str(k), _format_seconds(v)]
+    if compute:
+        blocks += [("h2", "Compute"),
+                   ("p", "Wall time of every stage and its device-seconds (wall time x devices held), from "
+                         "`experiment.json`; a resumed stage adds up its parts."),
+                   ("table", compute_table(compute))]
+    elif timings:
+        blocks += [("h2", "Timings"), ("table", (["Stage", "time"], [[str(k), format_seconds(v)]
                                                                      for k, v in timings.items()]))]
     config_yaml = yaml.safe_dump(_plain(config), sort_keys=False, default_flow_style=None)
     blocks += [("h2", "Configuration"), ("details", ("Full resolved configuration", config_yaml))]
     if not rows:
         log.warning("experiment report without any per-case metrics")
 
-    _write_text(out / "report.html", _render_html(blocks, images, title))
+    _write_text(out / "report.html", render_html(blocks, images, title))
     report = out / "report.md"
-    _write_text(report, _render_md(blocks))
+    _write_text(report, render_markdown(blocks))
     return report, differences
+
+
+def compute_table(compute: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Stage, wall time, devices, device-seconds (and hours), device: one row per stage, then the total."""
+    header = ["Stage", "wall time", "devices", "device-seconds", "device"]
+    body, total = [], 0.0
+    for stage, c in compute.items():
+        device_s = float(c.get("device_seconds", math.nan))
+        total += device_s if math.isfinite(device_s) else 0.0
+        body.append([str(stage), format_seconds(c.get("wall_seconds")), str(c.get("devices", "?")),
+                     f"{device_s:.1f} ({device_s / 3600:.3f} h)", str(c.get("device", "?"))])
+    body.append(["total", "", "", f"{total:.1f} ({total / 3600:.3f} h)", ""])
+    return header, body
 
 
 def _plain(value: Any) -> Any:

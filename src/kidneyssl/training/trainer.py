@@ -124,7 +124,7 @@ def _resume_state(folder: RunFolder, task: Task, model: Any, optimizer: Any, sca
     restore_rng_state(state["rng"], ctx.device)
     best = dict(state["best"])
     if "score" not in best:  # written before the trainer: {"val_dice"|"val_loss": value, "epoch": e}
-        best["score"] = best.get(task.score_key)
+        best["score"] = best.get(task.selection[0])
     return int(state["epoch"]) + 1, best
 
 
@@ -207,7 +207,7 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
                            start_epoch=start_epoch, probe=plan.announce and plan.probe and ctx.is_main,
                            probe_steps=plan.probe_steps, precision=precision)
     if not announce_plan([stage], plan, ctx=ctx, cfg=cfg):
-        return FitResult(folder.path, task.score_key, -1, math.nan, {}, [])
+        return FitResult(folder.path, task.selection[0], -1, math.nan, {}, [])
 
     from kidneyssl.models.registry import network_spec
     from kidneyssl.training.logs import RunLogger
@@ -237,6 +237,7 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
     common = {"split": task.split.to_dict() if task.split is not None else None, "world_size": ctx.world_size,
               "architecture": spec.to_dict(), **task.checkpoint_extra()}
     cfg_dict = config_to_dict(cfg)
+    key = task.selection[0]
     row: dict[str, Any] = {}
     try:
         for epoch in range(start_epoch, settings.epochs):
@@ -249,6 +250,7 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
                 desc=f"{stage.name} {epoch + 1}/{settings.epochs}", on_step=logger.on_step(epoch),
                 lr_at=functools.partial(_lr_at, settings, epoch, steps))
             metrics = task.validate(net, epoch, ctx)
+            metrics.update(task.monitor(net, epoch, ctx))  # informs; chooses only if selection names it
             # the budget so far (every method alike, so unequal budgets are visible side by side):
             # optimiser steps (ranks step together) and samples over all ranks, summed over epochs
             done = history[-1] if history else {}
@@ -256,19 +258,21 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
                    "seconds": time.perf_counter() - t0,
                    "optimizer_steps": int(done.get("optimizer_steps", 0)) + result.steps,
                    "samples_seen": int(done.get("samples_seen", 0)) + result.items}
-            score = float(metrics[task.score_key])
+            score = float(metrics[key])
             improved = task.better(score, best["score"])
             if improved:
-                best = {"score": score, "epoch": epoch, task.score_key: score}
+                best = {"score": score, "epoch": epoch, key: score}
             if ctx.is_main:
                 history.append(row)
                 meta = {"epoch": epoch, "best": best, "metrics": row, **common}
                 state = unwrap(model).state_dict()
                 if improved:
                     save_checkpoint(folder.best, kind=task.kind, config=cfg_dict, model_state=state,
-                                    touched_cases=task.touched_cases(best=True), **meta)
+                                    touched_cases=task.touched_cases(best=True),
+                                    labels_read=task.labels_read(best=True), **meta)
                 save_checkpoint(folder.last, kind=task.kind, config=cfg_dict, model_state=state,
-                                touched_cases=task.touched_cases(best=False), optimizer=optimizer.state_dict(),
+                                touched_cases=task.touched_cases(best=False),
+                                labels_read=task.labels_read(best=False), optimizer=optimizer.state_dict(),
                                 scaler=scaler.state_dict() if scaler is not None else None,
                                 rng=capture_rng_state(ctx.device), **meta)
                 folder.write_history(history)
@@ -283,5 +287,5 @@ def _fit(task: Task, folder: RunFolder, cfg: ExperimentConfig, info: dict[str, A
         folder.write_info({**run_info, "status": "finished", "best": best})
         history = folder.read_history()
     score = best["score"]
-    return FitResult(folder.path, task.score_key, int(best["epoch"]), float(score if score is not None else math.nan),
+    return FitResult(folder.path, key, int(best["epoch"]), float(score if score is not None else math.nan),
                      history[-1] if history else row, history)

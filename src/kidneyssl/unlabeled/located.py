@@ -28,7 +28,8 @@ from kidneyssl.data.cache import Cache
 from kidneyssl.errors import DataError
 from kidneyssl.unlabeled.locate import LOCATE_JSON
 
-__all__ = ["UNLABELED_PREFIX", "LocatedSet", "read_locate_json", "prepare_located", "open_located"]
+__all__ = ["UNLABELED_PREFIX", "LocatedSet", "read_locate_json", "filter_located", "prepare_located",
+           "open_located"]
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,8 @@ def read_locate_json(located_dir: str | Path) -> dict[str, Any]:
     return info
 
 
-def _filter(cases: dict[str, dict[str, Any]], min_confidence: float) -> tuple[list[str], list[str], list[str]]:
-    """(kept, without kidney, below confidence) case ids of a ``locate.json``."""
+def filter_located(cases: dict[str, dict[str, Any]], min_confidence: float) -> tuple[list[str], list[str], list[str]]:
+    """(kept, without kidney, below confidence) case ids of a ``locate.json``'s ``cases``."""
     no_kidney = sorted(c for c, r in cases.items() if int(r.get("kidney_voxels", 0)) <= 0)
     low = sorted(c for c, r in cases.items()
                  if int(r.get("kidney_voxels", 0)) > 0 and float(r.get("confidence", 0.0)) < min_confidence)
@@ -110,7 +111,7 @@ def prepare_located(located_dir: str | Path, cache_dir: str | Path, cfg: Preproc
 
     located_dir = Path(located_dir)
     info = read_locate_json(located_dir)
-    keep, no_kidney, low = _filter(info["cases"], min_confidence)
+    keep, no_kidney, low = filter_located(info["cases"], min_confidence)
     if not keep:
         raise DataError(located_dir / LOCATE_JSON, "confidence",
                         f"at least one scan with a located kidney and confidence >= {min_confidence:g}",
@@ -137,7 +138,7 @@ def open_located(located_dir: str | Path, cache_dir: str | Path, cfg: Preprocess
     located_dir = Path(located_dir)
     info = read_locate_json(located_dir)
     cases: dict[str, dict[str, Any]] = info["cases"]
-    keep, no_kidney, low = _filter(cases, min_confidence)
+    keep, no_kidney, low = filter_located(cases, min_confidence)
     cache = open_cache(cache_dir, expected=cfg)
     used, right, left = [], 0, 0
     for cid in keep:

@@ -14,8 +14,13 @@ Experiment folder::
     RUN/seed_S/mws_K/, RUN/seed_S/mwos/   fine-tuned from pretrain_K/best.pt, and from scratch
     RUN/seed_S/pretrain_u/, mws_u/     with ``unlabeled``: the side proxy on the training cases plus
                                        the unlabeled scans as seed S's MwoS located them, and MwS+U
+    RUN/seed_S/fXXX/...                with label budgets (``protocol.label_fractions`` /
+                                       ``label_counts``): the same runs on a budget's cases
+                                       (``f025`` = 25 %, ``n005`` = 5 cases; see below)
     RUN/eval/seed_S/<model>.json       per-case metrics on the original grid (validation and test)
+    RUN/eval/seed_S/fXXX/<model>.json  the same for a label budget
     RUN/report/                        Table 1, paired differences, Fig. 4, Fig. 5, report.md/.html
+    RUN/report/label_fractions.*       with label budgets: Dice against annotated cases, cases saved
 
 The experiment is a list of :class:`Stage` values built once (:func:`build_stages`) and run by a
 short loop; a stage's identity is its fields, and ``experiment.json`` marks each one done by its
@@ -36,6 +41,29 @@ What it guarantees:
 * With scans without masks (``unlabeled``), **MwS+U** is the side proxy (first side input) pretrained
   on the training cases plus the unlabeled scans whose kidneys seed S's MwoS located (trained on the
   training cases only, so the locator never saw a validation or test case).
+
+Label budgets (issue 22). With ``protocol.label_fractions`` / ``label_counts`` every model is also
+trained on nested subsets of the training cases (:mod:`kidneyssl.training.label_budget`: drawn per
+seed, balanced by number of kidneys, recorded in ``split.json``), with the same settings; the
+validation and test cases stay those of the split, and the full training set keeps today's
+folders and keys (``seed_S/mwos``), so an experiment can be continued with budgets. What a budget
+means for pretraining:
+
+* a method that reads no label (:attr:`~kidneyssl.training.tasks.base.Task.reads_labels` False:
+  MAE, Models Genesis) pretrains ONCE per seed on all training images (``seed_S/pretrain_K``) and
+  is fine-tuned from there on each budget;
+* a method that reads masks (the side proxy) pretrains once per budget and may read the masks of
+  that budget's cases only. For the side proxy the other training images join its training pairs
+  as located scans (``seed_S/fXXX/training_scans/``: links to the dataset's images, never copies),
+  located by that budget's own scratch model, so the order within a budget is scratch -> side
+  pretraining (locator: ``fXXX/mwos/last.pt``) -> side fine-tuning. With 2 or 3 annotated cases
+  2 validate the proxy and the training pairs come from the rest and the located scans
+  (:func:`~kidneyssl.training.tasks.pretraining.proxy_split`); 1 is refused.
+
+Every checkpoint records the labels it read (``labels_read``), so no label outside a budget can
+reach a model of that budget unseen. ``experiment.json`` records each stage's wall time and
+device-seconds (``compute``); the label-fraction report sets pretraining cost beside the
+annotated cases saved (:mod:`kidneyssl.reporting.label_fractions`).
 """
 
 from __future__ import annotations
@@ -57,22 +85,27 @@ from kidneyssl.data.cache import Cache
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
 from kidneyssl.training.distributed import DistContext, broadcast_object, gather_objects, init_distributed, shard
+from kidneyssl.training.label_budget import LabelBudget
 from kidneyssl.training.plan import PlanOptions, StagePlan, announce_plan, estimate_stage, remaining_after
 from kidneyssl.training.split import Split
 
-__all__ = ["ExperimentResult", "Method", "Stage", "run_experiment", "with_network_pad_multiple", "evaluate_model", "model_names",
-           "seed_config", "experiment_methods", "build_stages", "run_demo", "SCRATCH_MODEL"]
+__all__ = ["ExperimentResult", "Method", "Stage", "run_experiment", "with_network_pad_multiple", "evaluate_model",
+           "model_names", "seed_config", "experiment_methods", "build_stages", "check_budgets", "run_demo",
+           "SCRATCH_MODEL"]
 
 log = logging.getLogger(__name__)
 
 N_OVERLAY_CASES = 3
 #: Protocol keys that only add runs or change the report; an experiment may be continued with
 #: other values of these.
-_EXTENDABLE = ("seeds", "proxy_variants", "methods", "min_seeds_for_verdict", "min_cases_for_verdict")
+_EXTENDABLE = ("seeds", "proxy_variants", "methods", "min_seeds_for_verdict", "min_cases_for_verdict",
+               "label_fractions", "label_counts")
 #: The model trained from scratch, and its run folder.
 SCRATCH_MODEL, SCRATCH_RUN = "MwoS", "mwos"
 #: The side proxy pretrained with located unlabeled scans: its model, pretraining key and folder.
 UNLABELED_MODEL, UNLABELED_KEY = "MwS+U", "u"
+#: A label budget's folder of links to the images of the training cases outside it.
+BUDGET_SCANS = "training_scans"
 
 
 @dataclass(frozen=True)
@@ -85,6 +118,7 @@ class ExperimentResult:
     summary: dict[str, Any]
     timings: dict[str, float]
     differences: dict[str, Any] = dataclasses.field(default_factory=dict)
+    label_fractions: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -97,6 +131,7 @@ class Method:
         key: its pretraining stage and folder key (``region``, ``mae``).
         model: the report's name of the model fine-tuned from it (``MwS-region``, ``MAE``).
         proxy_input: the side proxy's input (``region``/``masked``), else None.
+        reads_labels: whether its pretraining reads masks (the task's ``reads_labels``).
     """
 
     name: str
@@ -104,6 +139,7 @@ class Method:
     key: str
     model: str
     proxy_input: str | None = None
+    reads_labels: bool = True
 
 
 def experiment_methods(cfg: ExperimentConfig) -> list[Method]:
@@ -114,10 +150,14 @@ def experiment_methods(cfg: ExperimentConfig) -> list[Method]:
     """
     from kidneyssl.training.tasks.registry import PRETRAINING_METHODS, pretraining_class
 
-    known: dict[str, Method] = {f"side-{v}": Method(f"side-{v}", "side", v, f"MwS-{v}", v) for v in PROXY_INPUTS}
+    side_reads = bool(pretraining_class("side").reads_labels)
+    known: dict[str, Method] = {f"side-{v}": Method(f"side-{v}", "side", v, f"MwS-{v}", v, side_reads)
+                                for v in PROXY_INPUTS}
     for name in PRETRAINING_METHODS:
         if name != "side":
-            known[name] = Method(name, name, name, str(getattr(pretraining_class(name), "display_name", name)))
+            cls = pretraining_class(name)
+            known[name] = Method(name, name, name, str(getattr(cls, "display_name", name)),
+                                 reads_labels=bool(cls.reads_labels))
     names = cfg.protocol.methods or tuple(f"side-{v}" for v in cfg.protocol.proxy_variants)
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -156,6 +196,9 @@ class Stage:
             scratch.
         init: ``train``: the pretraining run folder it starts from (its ``best.pt``).
         unlabeled: the MwS+U branch (located unlabeled scans).
+        budget: the label budget (None: every training case, the experiment without budgets).
+        locator: a budget's pretraining that locates the other training images: the run folder
+            of the segmentation model that locates them (its ``last.pt``).
     """
 
     kind: str
@@ -165,21 +208,27 @@ class Stage:
     method: Method | None = None
     init: Path | None = None
     unlabeled: bool = False
+    budget: LabelBudget | None = None
+    locator: Path | None = None
 
     @property
     def key(self) -> str:
         """The stage's key in ``experiment.json`` (and the name its plan and logs show)."""
-        return f"seed_{self.seed}/{self.kind}_{self.name}"
+        where = f"seed_{self.seed}/" + (f"{self.budget.folder}/" if self.budget is not None else "")
+        return f"{where}{self.kind}_{self.name}"
 
     def config(self, cfg: ExperimentConfig) -> ExperimentConfig:
         """The stage's config: the seed's, with the side proxy's input where it has one."""
         return seed_config(cfg, self.seed, self.method.proxy_input if self.method else None)
 
 
-def build_stages(cfg: ExperimentConfig, run: Path, unlabeled: bool = False) -> list[Stage]:
+def build_stages(cfg: ExperimentConfig, run: Path, unlabeled: bool = False,
+                 budgets: Sequence[LabelBudget] = ()) -> list[Stage]:
     """Every stage of the experiment, in the order they run: per seed, pretraining per method,
     fine-tuning per method and from scratch, then (``unlabeled``) the side proxy with the scans
-    MwoS located and MwS+U, then scoring of every model."""
+    MwoS located and MwS+U, then scoring of every model; then per label budget (fewest cases
+    first): scratch, each method (pretraining on the budget first for a method that reads labels,
+    located by the budget's scratch model), and their scoring (see the module docstring)."""
     methods = experiment_methods(cfg)
     stages: list[Stage] = []
     for seed in cfg.protocol.seeds:
@@ -198,7 +247,44 @@ def build_stages(cfg: ExperimentConfig, run: Path, unlabeled: bool = False) -> l
                                 unlabeled=True)]
         stages += [Stage("eval", seed, s.name, s.folder, s.method) for s in stages
                    if s.kind == "train" and s.seed == seed]
+        for budget in budgets:
+            where = seed_dir / budget.folder
+            scratch = Stage("train", seed, SCRATCH_MODEL, where / SCRATCH_RUN, budget=budget)
+            here = [scratch]
+            for m in methods:
+                if m.reads_labels:  # pretrained on this budget's labels (and, side, its located images)
+                    p = Stage("pretrain", seed, m.key, where / f"pretrain_{m.key}", m, budget=budget,
+                              locator=scratch.folder if m.method == "side" else None)
+                    here += [p, Stage("train", seed, m.model, where / f"mws_{m.key}", m, p.folder, budget=budget)]
+                else:  # image-only: the seed's one pretraining on all training images
+                    here.append(Stage("train", seed, m.model, where / f"mws_{m.key}", m, pre[m.key].folder,
+                                      budget=budget))
+            stages += here + [Stage("eval", seed, s.name, s.folder, s.method, budget=budget)
+                              for s in here if s.kind == "train"]
     return stages
+
+
+def check_budgets(cfg: ExperimentConfig, budgets: Sequence[LabelBudget]) -> None:
+    """Refuse label budgets the methods cannot run on, before anything is trained.
+
+    Raises:
+        KidneySSLError: a budget below 2 cases for the side proxy (its validation needs two
+            annotated patients) or below 4 for another method that reads labels; or
+            ``pretrain.select_by=probe_dice`` for an image-only method, whose one pretraining per
+            seed serves every budget and would be chosen on labels outside the smaller ones.
+    """
+    if not budgets:
+        return
+    smallest = min(b.cases for b in budgets)
+    for m in experiment_methods(cfg):
+        need = 2 if m.method == "side" else 4
+        if m.reads_labels and smallest < need:
+            raise KidneySSLError(f"the {m.name} pretraining reads masks and needs at least {need} annotated cases; "
+                                 f"the smallest label budget has {smallest}")
+        if not m.reads_labels and cfg.pretrain.select_by == "probe_dice":
+            raise KidneySSLError(f"pretrain.select_by=probe_dice with label budgets: {m.name} pretrains once per "
+                                 "seed for every budget, and choosing its checkpoint on the probe would read labels "
+                                 "outside the smaller budgets; choose by val_loss")
 
 
 # -- the experiment's folder and state ------------------------------------------------------------
@@ -321,6 +407,14 @@ class _Inputs:
     test_source: Cache
     gt_paths: dict[str, Path]
     test_gt: dict[str, Path]
+    image_paths: dict[str, Path] = dataclasses.field(default_factory=dict)
+    budgets: list[LabelBudget] = dataclasses.field(default_factory=list)
+    #: seed -> budget size -> that budget's training cases
+    subsets: dict[int, dict[int, tuple[str, ...]]] = dataclasses.field(default_factory=dict)
+
+    def budget_cases(self, stage: Stage) -> list[str] | None:
+        """The training cases of ``stage``'s label budget (None: all)."""
+        return None if stage.budget is None else list(self.subsets[stage.seed][stage.budget.cases])
 
 
 def _task(stage: Stage, inputs: _Inputs, cfg: ExperimentConfig, unlabeled_dir: Path | None) -> Any:
@@ -330,37 +424,76 @@ def _task(stage: Stage, inputs: _Inputs, cfg: ExperimentConfig, unlabeled_dir: P
     from kidneyssl.training.tasks.segmentation import SegmentationTask
 
     split_file = inputs.split_file
+    cases = inputs.budget_cases(stage)
     if stage.kind == "pretrain":
         assert stage.method is not None
         extra: dict[str, Any] = {}
         if stage.unlabeled:
             extra = {"unlabeled": unlabeled_dir, "locator": RunFolder(stage.folder.parent / SCRATCH_RUN).last}
+        elif cases is not None:
+            extra = {"label_cases": cases}
+            if stage.locator is not None:
+                extra.update(unlabeled=stage.folder.parent / BUDGET_SCANS, locator=RunFolder(stage.locator).last)
         return pretraining_task(stage.method.method, inputs.cache_path, split_file, **extra)
     parts = cfg.protocol.init_parts if stage.method is not None and stage.method.method != "side" else "encoder"
     init = str(stage.init / "best.pt") if stage.init is not None else "scratch"
-    return SegmentationTask(inputs.cache_path, split_file, init=init, init_parts=parts)
+    return SegmentationTask(inputs.cache_path, split_file, init=init, init_parts=parts, train_cases=cases)
+
+
+def _link_budget_scans(stage: Stage, inputs: _Inputs, ctx: DistContext) -> None:
+    """Rank 0 fills ``<budget folder>/training_scans/`` with one link per training case outside
+    the stage's budget, to its image in the dataset (masks are never linked; images never copied)."""
+    import os
+
+    if ctx.is_main:
+        budget_cases = set(inputs.budget_cases(stage) or ())
+        wanted = {c: inputs.image_paths[c] for c in inputs.split.train if c not in budget_cases}
+        folder = stage.folder.parent / BUDGET_SCANS
+        folder.mkdir(parents=True, exist_ok=True)
+        names = {}
+        for cid, image in wanted.items():
+            suffix = ".nii.gz" if image.name.endswith(".nii.gz") else image.suffix
+            names[f"{cid}{suffix}"] = image.resolve()
+        for child in folder.iterdir():
+            if child.is_symlink() and (child.name not in names or Path(os.readlink(child)) != names[child.name]):
+                child.unlink()
+        for name, target in names.items():
+            if not (folder / name).is_symlink():
+                os.symlink(target, folder / name)
+    broadcast_object(None, ctx)
 
 
 def _plan(stages: Sequence[Stage], inputs: _Inputs, cfg: ExperimentConfig, ctx: DistContext,
           options: PlanOptions, unlabeled_dir: Path | None) -> list[StagePlan]:
-    """The training stages still to run, with time estimates from one probe per kind of stage (a
-    pretraining method's step, a segmentation step): they cost the same for every seed. Locating
-    the unlabeled scans is not estimated."""
+    """The training stages still to run. Each stage's own cases and iterations per epoch (a label
+    budget trains on fewer halves), with time estimates from one probe per kind of stage (a
+    pretraining method's step, a segmentation step): a step costs the same for every seed and
+    budget. Locating the unlabeled or a budget's other training images is not estimated."""
     from kidneyssl.training.trainer import training_precision
 
     probe = options.probe and options.announce and ctx.is_main
-    probed: dict[tuple[str, str], StagePlan] = {}
+    timed: dict[tuple[str, str], StagePlan] = {}
+    facts: dict[tuple[tuple[str, str], LabelBudget | None], StagePlan] = {}
     out = []
     for stage in stages:
         sig = (stage.kind, stage.method.method if stage.kind == "pretrain" and stage.method else "segmentation")
-        if sig not in probed:
+        key = (sig, stage.budget)
+        if key not in facts:
             scfg = stage.config(cfg)
             task = _task(dataclasses.replace(stage, unlabeled=False), inputs, cfg, None)
             scfg = task.effective_config(scfg)
             task.setup(scfg, None, None, ctx)
-            probed[sig] = estimate_stage(task, ctx, name=stage.key, probe=probe,
-                                         precision=training_precision(scfg, ctx.device))
-        out.append(dataclasses.replace(probed[sig], name=stage.key))
+            plan = estimate_stage(task, ctx, name=stage.key, probe=probe and sig not in timed,
+                                  precision=training_precision(scfg, ctx.device))
+            if sig in timed:
+                known = timed[sig]
+                plan = dataclasses.replace(plan, seconds_per_iteration=known.seconds_per_iteration,
+                                           data_seconds_per_iteration=known.data_seconds_per_iteration,
+                                           seconds_per_val_unit=known.seconds_per_val_unit)
+            elif probe:
+                timed[sig] = plan
+            facts[key] = plan
+        out.append(dataclasses.replace(facts[key], name=stage.key))
     return out
 
 
@@ -407,8 +540,9 @@ def _prepare_inputs(run: Path, cfg: ExperimentConfig, ctx: DistContext, data_dir
         if ctx.is_main and not dry_run:
             save_split(split, split_path)
     gather_objects(None, ctx)
-    gt_paths = {c.case_id: c.segmentation for c in open_dataset(data_dir, data_format, kidney_labels).cases
-                if c.segmentation is not None}
+    dataset_cases = open_dataset(data_dir, data_format, kidney_labels).cases
+    gt_paths = {c.case_id: c.segmentation for c in dataset_cases if c.segmentation is not None}
+    image_paths = {c.case_id: c.imaging for c in dataset_cases if c.imaging is not None}
     if test_cache is not None:
         assert test_data is not None  # a test cache exists only for a test dataset
         test_ids, test_source = annotated_case_ids(test_cache), test_cache
@@ -419,8 +553,10 @@ def _prepare_inputs(run: Path, cfg: ExperimentConfig, ctx: DistContext, data_dir
     missing = [c for c in list(split.val) if c not in gt_paths] + [c for c in test_ids if c not in test_gt]
     if missing:
         raise KidneySSLError(f"no segmentation file for scored case(s) {missing[:5]}")
-    return _Inputs(cache_path, cache, split, None if dry_run else split_path, test_ids, test_source, gt_paths,
-                   test_gt)
+    if scratch is not None:  # the dry run's tasks plan on the experiment's split, kept out of the run folder
+        split_path = scratch / "split.json"
+        save_split(split, split_path)
+    return _Inputs(cache_path, cache, split, split_path, test_ids, test_source, gt_paths, test_gt, image_paths)
 
 
 def with_network_pad_multiple(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -546,11 +682,13 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
                              kidney_labels, options.dry_run, scratch_root)
     cache_path_box.append(inputs.cache_path)
     split = inputs.split
-    stages = build_stages(cfg, run, unlabeled=unlabeled_dir is not None)
-    log.info("experiment: %d training, %d validation, %d test cases%s; seeds %s; methods %s",
+    _label_budgets(inputs, cfg, run, ctx, options.dry_run)
+    stages = build_stages(cfg, run, unlabeled=unlabeled_dir is not None, budgets=inputs.budgets)
+    log.info("experiment: %d training, %d validation, %d test cases%s; seeds %s; methods %s%s",
              len(split.train), len(split.val), len(inputs.test_ids),
              f" (test from {test_data})" if test_data is not None else "", list(cfg.protocol.seeds),
-             [m.name for m in experiment_methods(cfg)])
+             [m.name for m in experiment_methods(cfg)],
+             f"; label budgets {[b.label for b in inputs.budgets]} and all" if inputs.budgets else "")
 
     pending = [s for s in stages if s.kind != "eval" and done.get(s.key) != "done"]
     stage_plans = _plan(pending, inputs, cfg, ctx, options, unlabeled_dir)
@@ -562,33 +700,42 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
     names = model_names(cfg, unlabeled=unlabeled_dir is not None)
     histories: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     proxy_histories: dict[str, dict[int, list[dict[str, Any]]]] = {}
-    budget_rows: dict[str, list[dict[str, Any]]] = {}
+    pretrain_costs: dict[str, list[dict[str, Any]]] = {}
     unlabeled_reports: dict[int, dict[str, Any]] = {}
     overlay_masks: dict[str, dict[str, np.ndarray]] = {}
     overlay_ids = list(inputs.test_ids or split.val)[:N_OVERLAY_CASES]
     overlay_source = inputs.test_source if inputs.test_ids else inputs.cache
     first_seed = cfg.protocol.seeds[0]
 
+    budget_rows: list[dict[str, Any]] = []
     for stage in stages:
         if stage.kind == "eval":
             model_rows, masks = _evaluate_stage(stage, inputs, run, ctx, done.get(stage.key) == "done",
-                                                overlay_ids, mark)
+                                                overlay_ids if stage.budget is None else (), mark)
+            if stage.budget is not None:
+                budget_rows.extend(model_rows)
+                continue
             rows.extend(model_rows)
             if stage.seed == first_seed:
                 overlay_masks[stage.name] = masks
             continue
         if done.get(stage.key) != "done":
+            if stage.locator is not None:
+                _link_budget_scans(stage, inputs, ctx)
             t0 = time.perf_counter()
             later = remaining_after(stage_plans, stage.key) if any(p.name == stage.key for p in stage_plans) else 0.0
             what = (f"{stage.method.name} pretraining" if stage.kind == "pretrain" and stage.method
-                    else f"fine-tuned from {stage.init.name}" if stage.init else "from scratch")
-            log.info("== %s (%s%s): %s", stage.key, what,
-                     ", + unlabeled scans located by this seed's MwoS" if stage.unlabeled else "", stage.folder)
+                    else f"fine-tuned from {stage.init.relative_to(run)}" if stage.init else "from scratch")
+            how = (", + unlabeled scans located by this seed's MwoS" if stage.unlabeled
+                   else f", label budget {stage.budget.label}" if stage.budget is not None else "")
+            log.info("== %s (%s%s): %s", stage.key, what, how, stage.folder)
             fit(_task(stage, inputs, cfg, unlabeled_dir), stage.folder, stage.config(cfg), ctx=ctx,
                 plan=dataclasses.replace(quiet, stage_name=stage.key, later_seconds=later),
                 on_epoch=refresh_history_plot,
                 **_stage_folder_args(stage.folder, "pretrain" if stage.kind == "pretrain" else "segmentation", fresh))
             mark(stage.key, time.perf_counter() - t0)
+        if stage.budget is not None:  # the report's curves and tables are of the full training set
+            continue
         history = RunFolder(stage.folder).read_history()
         if stage.kind == "train":
             histories[stage.name][stage.seed] = history
@@ -596,13 +743,15 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
             assert stage.method is not None
             label = f"{stage.method.name}+U" if stage.unlabeled else stage.method.name
             proxy_histories.setdefault(label, {})[stage.seed] = history
-            budget_rows.setdefault(label, []).append({**(history[-1] if history else {}), **compute.get(stage.key, {})})
+            pretrain_costs.setdefault(label, []).append({**(history[-1] if history else {}),
+                                                        **compute.get(stage.key, {})})
             if stage.unlabeled:
                 unlabeled_reports[stage.seed] = (RunFolder(stage.folder).info() or {}).get("unlabeled", {})
 
     # the report (rank 0)
     report_path = run / "report" / "report.md"
     differences: dict[str, Any] = {}
+    fractions: dict[str, Any] = {}
     if ctx.is_main:
         from kidneyssl.reporting.figures import OverlayCase
         from kidneyssl.reporting.report import write_experiment_report
@@ -621,7 +770,9 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
         report_path, differences = write_experiment_report(
             run / "report", rows, histories, proxy_histories, overlays, config_to_dict(cfg),
             timings=dict(timings), split=split_info, unlabeled=unlabeled_reports or None, notes=report_notes,
-            budgets=_budgets(budget_rows))
+            budgets=_budgets(pretrain_costs), compute=dict(compute))
+        if inputs.budgets:
+            fractions = _label_fraction_report(run, cfg, stages, inputs, rows, budget_rows, compute)
         mark("report", time.perf_counter() - t0)
     from kidneyssl.metrics import summarize
 
@@ -629,10 +780,62 @@ def _run_experiment(data_dir: str | Path, run: Path, cfg: ExperimentConfig, ctx:
                for name in names for part in ("val", "test")}
     final = {name: float(np.mean([h[-1]["val_dice"] for h in histories[name].values() if h]))
              for name in names if histories[name]}
-    return ExperimentResult(run, Path(report_path), final, summary, dict(timings), differences)
+    return ExperimentResult(run, Path(report_path), final, summary, dict(timings), differences, fractions)
 
 
-def _budgets(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+def _label_budgets(inputs: _Inputs, cfg: ExperimentConfig, run: Path, ctx: DistContext, dry_run: bool) -> None:
+    """Resolve the label budgets, draw each seed's nested subsets into ``inputs`` and record them
+    in ``split.json`` (rank 0; not on a dry run)."""
+    from kidneyssl.io.atomic import atomic_write_json
+    from kidneyssl.training.label_budget import kidney_counts, label_subsets, resolve_budgets, subsets_record
+
+    p = cfg.protocol
+    budgets = resolve_budgets(p.label_fractions, p.label_counts, len(inputs.split.train))
+    check_budgets(cfg, budgets)
+    inputs.budgets = budgets
+    if not budgets:
+        return
+    groups = kidney_counts(inputs.cache, inputs.split.train)
+    inputs.subsets = {int(seed): label_subsets(inputs.split.train, groups, budgets, p.split_seed, int(seed))
+                      for seed in p.seeds}
+    if ctx.is_main and not dry_run and inputs.split_file is not None:
+        record = json.loads(Path(inputs.split_file).read_text())
+        record["label_budgets"] = subsets_record(inputs.subsets, budgets, groups, p.split_seed)
+        atomic_write_json(Path(inputs.split_file), record)
+    broadcast_object(None, ctx)
+
+
+def _label_fraction_report(run: Path, cfg: ExperimentConfig, stages: Sequence[Stage], inputs: _Inputs,
+                           rows: Sequence[dict[str, Any]], budget_rows: Sequence[dict[str, Any]],
+                           compute: dict[str, Any]) -> dict[str, Any]:
+    """The label-fraction report (:mod:`kidneyssl.reporting.label_fractions`) from the scored rows
+    and each stage's device-seconds."""
+    from kidneyssl.reporting.label_fractions import write_label_fraction_report
+
+    n_train = len(inputs.split.train)
+    all_rows = [{**r, "annotated_cases": n_train} for r in rows if r["model"] != UNLABELED_MODEL] + list(budget_rows)
+    methods = experiment_methods(cfg)
+    # the device-seconds of each (model, annotated cases, seed): its pretraining and its fine-tuning
+    cost: dict[str, dict[int, dict[int, dict[str, Any]]]] = {}
+    for stage in stages:
+        if stage.kind != "train" or stage.unlabeled:
+            continue
+        n = stage.budget.cases if stage.budget is not None else n_train
+        entry = {"finetune": compute.get(stage.key, {}), "pretrain": {}, "pretrain_stage": None}
+        if stage.init is not None:
+            pre = next(s for s in stages if s.kind == "pretrain" and s.folder == stage.init)
+            entry.update(pretrain=compute.get(pre.key, {}), pretrain_stage=pre.key)
+        cost.setdefault(stage.name, {}).setdefault(n, {})[stage.seed] = entry
+    budgets = {b.cases: b.label for b in inputs.budgets}
+    budgets[n_train] = f"all ({n_train} cases)"
+    shared = [m.model for m in methods if not m.reads_labels]
+    _, result = write_label_fraction_report(
+        run / "report", all_rows, scratch=SCRATCH_MODEL, models=[m.model for m in methods], budgets=budgets,
+        cost=cost, shared_pretraining=shared, config=config_to_dict(cfg))
+    return result
+
+
+def _budgets(rows: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:  # pretraining costs
     """Each pretraining method's budget over its seeds: mean optimiser steps, samples seen and
     device-seconds, from the last history row and ``experiment.json``'s compute record."""
     out = {}
@@ -655,18 +858,23 @@ def _evaluate_stage(stage: Stage, inputs: _Inputs, run: Path, ctx: DistContext, 
     from kidneyssl.training.runfolder import RunFolder
 
     eval_dir = run / "eval" / f"seed_{stage.seed}"
+    if stage.budget is not None:
+        eval_dir = eval_dir / stage.budget.folder
     rows_file, masks_file = eval_dir / f"{stage.name}.json", eval_dir / f"{stage.name}_overlay_masks.npz"
     if is_done and rows_file.is_file() and masks_file.is_file():
         with np.load(masks_file) as npz:
             return json.loads(rows_file.read_text()), {k: npz[k] for k in npz.files}
     t0 = time.perf_counter()
-    log.info("== evaluate %s (seed %d) on %d validation and %d test cases", stage.name, stage.seed,
-             len(inputs.split.val), len(inputs.test_ids))
+    log.info("== evaluate %s (seed %d%s) on %d validation and %d test cases", stage.name, stage.seed,
+             f", label budget {stage.budget.label}" if stage.budget is not None else "", len(inputs.split.val),
+             len(inputs.test_ids))
     ckpt = RunFolder(stage.folder).last
     val_rows, _ = evaluate_model(ckpt, inputs.cache, list(inputs.split.val), inputs.gt_paths, ctx)
     test_rows, masks = evaluate_model(ckpt, inputs.test_source, inputs.test_ids, inputs.test_gt, ctx, overlay_ids)
     model_rows = [{"part": "val", **r} for r in val_rows] + [{"part": "test", **r} for r in test_rows]
-    model_rows = [{"seed": int(stage.seed), "model": stage.name, **r} for r in model_rows]
+    budget = ({"label_budget": stage.budget.folder, "annotated_cases": stage.budget.cases}
+              if stage.budget is not None else {})
+    model_rows = [{"seed": int(stage.seed), "model": stage.name, **budget, **r} for r in model_rows]
     if ctx.is_main:
         atomic_write_json(rows_file, model_rows)
 

@@ -132,12 +132,16 @@ class Task(ABC):
         kind: the run and checkpoint kind: ``segmentation`` or ``pretrain``.
         score_key: the validation value ``best.pt`` is chosen on (a key of :meth:`validate`).
         higher_is_better: the direction of ``score_key``.
+        reads_labels: whether the method reads annotation masks (segmentation and the side proxy
+            do; image-only methods such as MAE and Models Genesis do not). An experiment with
+            label budgets pretrains a method that reads none once per seed on all training images,
+            and one that reads masks once per budget on that budget's cases.
 
     Life cycle, as :func:`~kidneyssl.training.trainer.fit` drives it: :meth:`setup` (cheap: cases,
     datasets; also used to plan stages that have not started), :meth:`prepare` (work before the
     first step that needs the run folder, skipped on a dry run), :meth:`build_model`,
-    :meth:`initialize` (new runs only), then per epoch :meth:`epoch_items`, :meth:`loss` per item
-    and :meth:`validate`.
+    :meth:`initialize` (new runs only), then per epoch :meth:`epoch_items`, :meth:`loss` per item,
+    :meth:`validate` and :meth:`monitor`.
 
     Args:
         cache_dir: the prepared cache (None on resume: the run's own).
@@ -148,6 +152,7 @@ class Task(ABC):
     kind: ClassVar[str]
     score_key: ClassVar[str]
     higher_is_better: ClassVar[bool]
+    reads_labels: ClassVar[bool] = True
 
     def __init__(self, cache_dir: str | Path | None = None, split_file: str | Path | None = None) -> None:
         self.cache_dir = cache_dir
@@ -244,6 +249,18 @@ class Task(ABC):
     def validate(self, model: Any, epoch: int, ctx: DistContext) -> dict[str, Any]:
         """Validation after ``epoch``: history fields, identical on every rank (collective)."""
 
+    def monitor(self, model: Any, epoch: int, ctx: DistContext) -> dict[str, Any]:
+        """Extra history fields after :meth:`validate` (e.g. a frozen-encoder probe's Dice),
+        identical on every rank; they choose nothing unless :attr:`selection` names one. None by
+        default."""
+        return {}
+
+    @property
+    def selection(self) -> tuple[str, bool]:
+        """The history field ``best.pt`` is chosen on and whether higher is better (default
+        ``score_key``, ``higher_is_better``)."""
+        return self.score_key, self.higher_is_better
+
     @abstractmethod
     def plan(self, ctx: DistContext, layout: BatchLayout) -> TaskPlan:
         """What the plan shows of this stage (no timings)."""
@@ -270,6 +287,12 @@ class Task(ABC):
     def touched_cases(self, best: bool) -> list[str]:
         """The cases whose labels or images shaped the weights (``best``: of ``best.pt``, chosen on
         validation cases where the method validates on labelled ones)."""
+
+    def labels_read(self, best: bool) -> list[str]:
+        """The cases whose LABELS shaped the weights (or chose them: ``best``), a part of
+        :meth:`touched_cases`, which also counts images: a label budget holds when these lie
+        inside it. Default: every touched case (a method that reads no label says so)."""
+        return self.touched_cases(best)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """Method-specific entries of every checkpoint."""
@@ -299,4 +322,4 @@ class Task(ABC):
         """Whether ``value`` improves on ``best`` (None: nothing yet)."""
         if best is None or not math.isfinite(best):
             return math.isfinite(value)
-        return value > best if self.higher_is_better else value < best
+        return value > best if self.selection[1] else value < best

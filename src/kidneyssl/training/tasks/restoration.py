@@ -122,6 +122,7 @@ class RestorationTask(PretrainingTask):
     """
 
     transfers_decoder: ClassVar[bool] = True
+    reads_labels: ClassVar[bool] = False  # images only: never a label file
     sample_name: ClassVar[str] = "crops"
     display_name: ClassVar[str]
     config_class: ClassVar[type[RestorationConfig]] = RestorationConfig

@@ -130,6 +130,7 @@ class SegmentationTask(Task):
         self.train_cases = None if train_cases is None else sorted(str(c) for c in train_cases)
         self.pos_weight: float | None = None
         self.init_touched: list[str] = []
+        self.init_labels: list[str] = []
         self._loader_announced = False
         self.halves: Any = None
 
@@ -171,6 +172,9 @@ class SegmentationTask(Task):
                 self.pos_weight = float(info["pos_weight"])
             report = info.get("init_report")
             self.init_touched = [str(c) for c in report.get("touched_cases", ())] if isinstance(report, dict) else []
+            if isinstance(report, dict):  # written before labels_read existed: every touched case counts
+                self.init_labels = [str(c) for c in report.get("labels_read" if "labels_read" in report
+                                                               else "touched_cases") or ()]
         if self.train_cases is not None:
             outside = sorted(set(self.train_cases) - set(split.train))
             if outside or not self.train_cases:
@@ -249,10 +253,13 @@ class SegmentationTask(Task):
             raise CheckpointError(f"{self.init}: {self.init_parts} tensors missing from the checkpoint: "
                                   f"{list(report.missing)[:3]}")
         self.init_touched = [str(c) for c in touched or []]
+        # a checkpoint written before labels_read existed: every case it touched counts as a label
+        self.init_labels = [str(c) for c in (ckpt["labels_read"] if "labels_read" in ckpt else touched) or []]
         log.info("initialised the %s from %s (%s pretraining)", self.init_parts, self.init, method)
         return {"loaded": len(report.loaded), "missing": list(report.missing),
                 "unexpected": list(report.unexpected), "held_out_cases_touched": overlap,
-                "touched_cases": self.init_touched, "method": method, "parts": self.init_parts,
+                "touched_cases": self.init_touched, "labels_read": self.init_labels, "method": method,
+                "parts": self.init_parts,
                 "prefixes": prefixes,
                 "proxy_input": ckpt["config"].get("pretrain", {}).get("proxy_input", "unknown")
                 if method == "side" else None}
@@ -372,6 +379,13 @@ class SegmentationTask(Task):
         assert self.split is not None
         trained = set(self.cases) | set(self.init_touched)
         return sorted(trained | set(self.split.val)) if best else sorted(trained)
+
+    def labels_read(self, best: bool) -> list[str]:
+        # the training cases' labels, and those its initialisation read (an image-only
+        # pretraining touched images only); best.pt was chosen on the validation labels
+        assert self.split is not None
+        labels = set(self.cases) | set(self.init_labels)
+        return sorted(labels | set(self.split.val)) if best else sorted(labels)
 
     def checkpoint_extra(self) -> dict[str, Any]:
         return {"init": self.init, "pos_weight": float(self.pos_weight if self.pos_weight is not None else math.nan)}

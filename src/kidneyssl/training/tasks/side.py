@@ -14,6 +14,18 @@ prepared into ``RUN/unlabeled_cache`` (:mod:`kidneyssl.unlabeled.located`); thei
 proxy TRAINING pairs only (proxy validation stays on annotated cases, so runs with and without
 unlabeled scans are validated alike). The locator must not have been trained on a validation or
 test case of the split, and its training cases count as touched by this run.
+
+At a label budget (``label_cases``, issue 22) the proxy reads the masks of those cases only; the
+other training images come in as located scans (the experiment locates them with the same
+budget's scratch model). With located scans, 2 or 3 annotated cases suffice: 2 validate (a
+same-side pair needs two patients) and the training pairs come from the rest and the located
+scans (:func:`~kidneyssl.training.tasks.pretraining.proxy_split` with ``min_train=0``); one
+annotated case cannot validate the proxy and is refused. When the budget's locator finds no
+usable kidney in the other images (a scratch model trained on 2 cases may find none), the
+budget's annotated cases go on alone, and when the training kidneys cannot form both kinds of
+pair (fewer than 4 annotated cases and no usable scan, or scans located on one side only) the
+proxy validation cases join the training pairs (``best.pt`` is then chosen on pairs of cases it
+trained on); ``run.json`` records this as ``unlabeled.fallback``.
 """
 
 from __future__ import annotations
@@ -57,14 +69,17 @@ class SideTask(PretrainingTask):
             (with ``locator``) any scans ``locate`` reads. On resume the run's own are used.
         locator: a segmentation checkpoint that locates ``unlabeled`` first.
         allow_locator_overlap: accept a locator trained on validation/test cases (recorded).
+        label_cases: the training cases whose masks the proxy may read (a label budget).
     """
 
     name: ClassVar[str] = "side"
     sample_name: ClassVar[str] = "pairs"
+    reads_labels: ClassVar[bool] = True  # kidney locations (and, masked, the crops) come from the masks
 
     def __init__(self, cache_dir: Any = None, split_file: Any = None, *, unlabeled: str | Path | None = None,
-                 locator: str | Path | None = None, allow_locator_overlap: bool = False) -> None:
-        super().__init__(cache_dir, split_file)
+                 locator: str | Path | None = None, allow_locator_overlap: bool = False,
+                 label_cases: Sequence[str] | None = None) -> None:
+        super().__init__(cache_dir, split_file, label_cases=label_cases)
         self.unlabeled = unlabeled
         self.locator = locator
         self.allow_locator_overlap = bool(allow_locator_overlap)
@@ -79,16 +94,32 @@ class SideTask(PretrainingTask):
         return dataclasses.replace(cfg, pretrain=dataclasses.replace(cfg.pretrain, epochs=int(epochs)))
 
     # -- life cycle -------------------------------------------------------------------------
-    def _setup_method(self, info: dict[str, Any] | None, ctx: DistContext) -> None:
-        pc = self._cfg.pretrain
+    @property
+    def min_proxy_train(self) -> int:
+        """0 with scans to locate: their kidneys give training pairs (the annotated cases may all validate)."""
+        return 0 if self.unlabeled is not None else 2
+
+    def _setup(self, info: dict[str, Any] | None, ctx: DistContext) -> None:
         if info is not None and info.get("unlabeled"):
             self.unlabeled = info["unlabeled"]["located_dir"]  # resume: the scans it was started with
             self.allow_locator_overlap = bool(info["unlabeled"].get("allow_locator_overlap",
                                                                     self.allow_locator_overlap))
+        super()._setup(info, ctx)
+
+    def _setup_method(self, info: dict[str, Any] | None, ctx: DistContext) -> None:
+        pc = self._cfg.pretrain
         assert self.cache is not None
         self.val_pairs = self._pairs(self.cache, self.proxy.val, pc.val_pairs, pc.seed + VAL_SALT)
-        self.train_pairs = self._pairs(self.cache, self.proxy.train, pc.pairs_per_epoch, pc.seed)
-        if len(self.val_pairs) == 0 or len(self.train_pairs) == 0:
+        # with scans to locate, prepare() makes the training pairs; here they may not form yet
+        # (a label budget of 2-3 cases leaves 0 or 1 annotated case to train on)
+        try:
+            self.train_pairs = self._pairs(self.cache, self.proxy.train, pc.pairs_per_epoch, pc.seed) \
+                if self.proxy.train else None
+        except KidneySSLError:
+            if self.unlabeled is None:
+                raise
+            self.train_pairs = None
+        if len(self.val_pairs) == 0 or (self.train_pairs is not None and len(self.train_pairs) == 0):
             raise KidneySSLError(f"{self.cache_dir}: the proxy {'validation' if len(self.val_pairs) == 0 else 'training'}"
                                  " cases give no kidney pairs")
 
@@ -111,22 +142,41 @@ class SideTask(PretrainingTask):
         if not isinstance(self.cache, Cache):
             raise KidneySSLError(f"{self.cache_dir}: scans without masks join pairs from a kidneyssl cache; "
                                  "prepare the dataset instead of reading nnU-Net's preprocessed folder")
-        self.located, self.unlabeled_info = self._located_scans(ctx)
-        self.extra_touched = sorted(set(self.located.touched_cases or ()))
-        pair_cache = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
         pc = self._cfg.pretrain
-        self.train_pairs = self._pairs(pair_cache, list(self.proxy.train) + self.located.prefixed_ids,
-                                       pc.pairs_per_epoch, pc.seed)
+        self.located, self.unlabeled_info = self._located_scans(ctx)
+        source: CaseSource = self.cache
+        scans: list[str] = []
+        if self.located is not None:
+            self.extra_touched = self.extra_labels = sorted(set(self.located.touched_cases or ()))
+            source = CacheUnion(self.cache, {UNLABELED_PREFIX: self.located.cache})
+            scans = self.located.prefixed_ids
+        try:
+            if not self.proxy.train and not scans:
+                raise KidneySSLError("no training case and no located scan")
+            self.train_pairs = self._pairs(source, list(self.proxy.train) + scans, pc.pairs_per_epoch, pc.seed)
+            if self.located is None:
+                self.unlabeled_info["fallback"] = "no located scan usable: the annotated training cases alone give the pairs"
+        except KidneySSLError:
+            if self.label_cases is None:
+                raise
+            # a label budget of 2-3 cases whose locator found nothing usable, or scans located on one side only
+            self.train_pairs = self._pairs(source, list(self.proxy.train) + list(self.proxy.val) + scans,
+                                           pc.pairs_per_epoch, pc.seed)
+            self.unlabeled_info["fallback"] = ("the annotated training cases and located scans cannot form both kinds "
+                                               "of pair: the proxy validation cases join the training pairs")
+        if "fallback" in self.unlabeled_info:
+            log.warning("%s: %s", self.run_dir, self.unlabeled_info["fallback"])
 
     def _located_scans(self, ctx: DistContext) -> tuple[Any, dict[str, Any]]:
-        """The located unlabeled scans, and what ``run.json`` records of them.
+        """The located unlabeled scans (None at a label budget when none is usable), and what
+        ``run.json`` records of them.
 
         Raises:
             DataError: the scans are not located and no locator is given; no scan passes the filter.
             CheckpointError: the locator touched a held-out case of the split.
         """
         from kidneyssl.unlabeled.locate import LOCATE_JSON, locate_path
-        from kidneyssl.unlabeled.located import open_located, prepare_located, read_locate_json
+        from kidneyssl.unlabeled.located import filter_located, open_located, prepare_located, read_locate_json
 
         assert self.run_dir is not None and self.split is not None and self.unlabeled is not None
         located_dir = Path(self.unlabeled)
@@ -146,6 +196,13 @@ class SideTask(PretrainingTask):
         overlap = check_touched_cases(located_dir / LOCATE_JSON, record.get("touched_cases"), self.split,
                                       self.allow_locator_overlap, what="locator")
         min_conf = self._cfg.pretrain.unlabeled_min_confidence
+        if self.label_cases is not None and not filter_located(record["cases"], min_conf)[0]:
+            # a budget's own scratch model may find nothing in the other images: the budget's
+            # annotated cases go on alone (recorded) rather than stopping the experiment
+            return None, {"located_dir": str(located_dir.resolve()), "used": 0, "min_confidence": min_conf,
+                          "scans": len(record["cases"]), "locator": record.get("model"),
+                          "locator_touched_cases": record.get("touched_cases"),
+                          "held_out_cases_touched_by_locator": overlap, "cases": []}
         located = None
         if ctx.is_main:
             located = prepare_located(located_dir, self.run_dir / "unlabeled_cache", self._cfg.preprocess, min_conf)
@@ -170,6 +227,8 @@ class SideTask(PretrainingTask):
     def epoch_items(self, epoch: int, ctx: DistContext, layout: BatchLayout) -> tuple[Iterable[Any], int]:
         from kidneyssl.training.loop import epoch_order
 
+        if self.train_pairs is None:
+            raise RuntimeError("prepare() has not made the training pairs from the located scans")
         self.train_pairs.set_epoch(epoch)
         order = epoch_order(len(self.train_pairs), epoch, self._cfg.pretrain.seed, ctx)
         return pair_batches(self.train_pairs, order, layout.micro_batch), math.ceil(len(order) / layout.micro_batch)
@@ -199,20 +258,25 @@ class SideTask(PretrainingTask):
 
     def plan(self, ctx: DistContext, layout: BatchLayout) -> TaskPlan:
         pc = self._cfg.pretrain
-        iterations = self.per_rank_units(len(self.train_pairs), ctx.world_size, layout.micro_batch)
+        iterations = self.per_rank_units(pc.pairs_per_epoch, ctx.world_size, layout.micro_batch)
         crop = "x".join(str(c) for c in pc.crop_size)
+        located = len(self.located.case_ids) if self.located is not None else 0
+        scans = (f" + {located} located scans" if located else " + located scans (not counted yet)"
+                 if self.unlabeled is not None else "")
         return TaskPlan(
-            train_cases=len(self.proxy.train), val_cases=len(self.proxy.val), iterations_per_epoch=iterations,
+            train_cases=len(self.proxy.train) + located, val_cases=len(self.proxy.val), iterations_per_epoch=iterations,
             steps_per_epoch=iterations, batch=f"{layout.micro_batch} pairs of {crop} crops",
             val_units=self.per_rank_units(len(self.val_pairs), ctx.world_size, layout.micro_batch),
             val_unit=f"batch of {layout.micro_batch} pairs",
-            strategy=f"embedding distance of {len(self.val_pairs)} fixed kidney-crop pairs")
+            strategy=f"embedding distance of {len(self.val_pairs)} fixed kidney-crop pairs; training pairs from "
+                     f"{len(self.proxy.train)} annotated cases{scans}")
 
     def probe(self, ctx: DistContext, layout: BatchLayout) -> tuple[Any, Callable[[Any], Any]]:
         import torch
 
         n = layout.micro_batch
-        batch = next(pair_batches(self.train_pairs, list(range(min(n, len(self.train_pairs)))), n))
+        source = self.train_pairs if self.train_pairs is not None else self.val_pairs  # same cost per pair
+        batch = next(pair_batches(source, list(range(min(n, len(source)))), n))
         val_batch = next(pair_batches(self.val_pairs, list(range(min(n, len(self.val_pairs)))), n))
 
         def validate(m: Any) -> Any:
