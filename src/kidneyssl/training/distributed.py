@@ -20,7 +20,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from kidneyssl.training.launch import LaunchEnvironment, launch_environment
 
@@ -263,3 +263,24 @@ def unwrap(model: Any) -> Any:
     """The plain module inside a DDP / ``torch.compile`` wrapper."""
     inner = getattr(model, "module", model)
     return getattr(inner, "_orig_mod", inner)
+
+
+def decided_by_rank0(decide: Callable[[], T], ctx: DistContext) -> T:
+    """Run ``decide`` on rank 0 only and give every rank its result, or raise on every rank the
+    library error it raised (so no rank waits in a collective for a rank that has failed). For
+    decisions that read and write shared state once, e.g. claiming an output folder."""
+    from kidneyssl.errors import KidneySSLError
+
+    answer: Any = None
+    if ctx.is_main:
+        try:
+            answer = decide()
+        except KidneySSLError as err:
+            answer = err
+    answer = broadcast_object(answer, ctx)
+    if isinstance(answer, BaseException):
+        raise answer
+    return answer
+
+
+__all__.append("decided_by_rank0")

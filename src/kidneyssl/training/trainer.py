@@ -34,7 +34,14 @@ from typing import Any, Callable
 from kidneyssl.config import ExperimentConfig, config_to_dict
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.checkpoint import load_checkpoint, save_checkpoint
-from kidneyssl.training.distributed import DistContext, broadcast_object, init_distributed, unwrap, wrap_ddp
+from kidneyssl.training.distributed import (
+    DistContext,
+    broadcast_object,
+    decided_by_rank0,
+    init_distributed,
+    unwrap,
+    wrap_ddp,
+)
 from kidneyssl.training.loop import build_grad_scaler, build_optimizer, scheduled_lr, train_one_epoch
 from kidneyssl.training.plan import PlanOptions, announce_plan, estimate_stage
 from kidneyssl.training.runfolder import RunFolder, begin_run
@@ -84,20 +91,13 @@ def claim_run(folder: RunFolder, task: Task, cfg: ExperimentConfig, ctx: DistCon
         RunFolderError: another live process trains in the folder (its lock), or see
             :func:`~kidneyssl.training.runfolder.begin_run`.
     """
-    decision: Any = None
-    if ctx.is_main:
-        try:
-            if locks is not None and not dry_run:
-                locks.enter_context(folder.lock())  # before begin_run: a forced start resets the folder
-            decision = begin_run(folder, task.kind, cfg, extend=task.with_epochs,
-                                 epochs_of=lambda c: task.settings(c).epochs, resume=resume, force=force,
-                                 extend_epochs=extend_epochs, is_main=not dry_run)
-        except KidneySSLError as err:
-            decision = err
-    decision = broadcast_object(decision, ctx)
-    if isinstance(decision, BaseException):
-        raise decision
-    return decision
+    def decide() -> tuple[ExperimentConfig, dict[str, Any] | None]:
+        if locks is not None and not dry_run:
+            locks.enter_context(folder.lock())  # before begin_run: a forced start resets the folder
+        return begin_run(folder, task.kind, cfg, extend=task.with_epochs, epochs_of=lambda c: task.settings(c).epochs,
+                         resume=resume, force=force, extend_epochs=extend_epochs, is_main=not dry_run)
+
+    return decided_by_rank0(decide, ctx)
 
 
 def _lr_at(settings: Any, epoch: int, steps_per_epoch: int, step: int) -> float:

@@ -84,7 +84,14 @@ from kidneyssl.config import PROXY_INPUTS, ExperimentConfig, config_to_dict, sav
 from kidneyssl.data.cache import Cache
 from kidneyssl.errors import KidneySSLError, RunFolderError
 from kidneyssl.io.atomic import atomic_write_json
-from kidneyssl.training.distributed import DistContext, broadcast_object, gather_objects, init_distributed, shard
+from kidneyssl.training.distributed import (
+    DistContext,
+    broadcast_object,
+    decided_by_rank0,
+    gather_objects,
+    init_distributed,
+    shard,
+)
 from kidneyssl.training.label_budget import LabelBudget
 from kidneyssl.training.plan import PlanOptions, StagePlan, announce_plan, estimate_stage, remaining_after
 from kidneyssl.training.split import Split
@@ -329,16 +336,7 @@ def _read_state(run: Path, cfg: ExperimentConfig, force: bool) -> dict[str, Any]
 
 def _claim(run: Path, cfg: ExperimentConfig, force: bool, ctx: DistContext) -> dict[str, Any]:
     """Rank 0 reads and checks the folder; every rank gets its answer (or its error)."""
-    answer: Any = None
-    if ctx.is_main:
-        try:
-            answer = _read_state(run, cfg, force)
-        except KidneySSLError as err:
-            answer = err
-    answer = broadcast_object(answer, ctx)
-    if isinstance(answer, BaseException):
-        raise answer
-    return answer
+    return decided_by_rank0(lambda: _read_state(run, cfg, force), ctx)
 
 
 def _stage_folder_args(folder: Path, kind: str, force_fresh: bool) -> dict[str, Any]:
