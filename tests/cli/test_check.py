@@ -67,7 +67,10 @@ def test_check_says_what_it_skipped(tmp_path, capsys):
 
 def test_check_formats_and_kidney_labels(tmp_path, capsys):
     _case(tmp_path, "case_00000", label_value=3)  # a KiTS23 cyst-only "kidney"
-    assert main(["check", "--data", str(tmp_path)]) == 1
+    # Label 3 exists only in KiTS21/KiTS23, so a folder without a marker is read as KiTS23 and said so.
+    assert main(["check", "--data", str(tmp_path)]) == 0
+    assert "kits23 format, kidney = label 1, 2, 3" in capsys.readouterr().err
+    assert main(["check", "--data", str(tmp_path), "--format", "kits19"]) == 1
     assert "read it as KiTS23) (--format kits23)" in capsys.readouterr().out
     assert main(["check", "--data", str(tmp_path), "--format", "kits23"]) == 0
     capsys.readouterr()

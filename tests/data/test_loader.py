@@ -45,7 +45,7 @@ def test_worker_count_is_capped_at_the_cpus_available(make_cache, tmp_path, monk
         assert build_loader(ds, [0, 1], num_workers=4).num_workers == 2  # type: ignore[attr-defined]
         assert build_loader(ds, [0, 1], num_workers=4, announce=False).num_workers == 2  # type: ignore[attr-defined]
         assert build_loader(ds, [0, 1], num_workers=1).num_workers == 1  # type: ignore[attr-defined]
-    assert [r.getMessage() for r in caplog.records] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "kidneyssl.data.loader"] == [
         "data loader: 2 reader processes instead of the 4 asked for (2 CPUs available to this process)"]
     monkeypatch.delattr(loader.os, "sched_getaffinity")  # not Linux: os.cpu_count()
     monkeypatch.setattr(loader.os, "cpu_count", lambda: 3)

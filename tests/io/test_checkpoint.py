@@ -41,7 +41,7 @@ def test_errors_name_the_file_and_problem(tmp_path):
     with pytest.raises(CheckpointError, match="not a kidneyssl checkpoint"):
         load_checkpoint(other)
     siam = tmp_path / "s.pt"
-    save_checkpoint(siam, kind="siamese", config={}, model_state={})
+    save_checkpoint(siam, kind="pretrain", config={}, model_state={})
     with pytest.raises(CheckpointError, match="expected a segmentation checkpoint"):
         load_checkpoint(siam, kind="segmentation")
     old = tmp_path / "old.pt"
