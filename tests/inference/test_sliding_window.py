@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kidneyssl.config import InferenceConfig, ModelConfig
+from kidneyssl.config import InferenceConfig
 from kidneyssl.inference.sliding_window import infer_volume, probability_predictor
 from kidneyssl.io.geometry import Side
 from kidneyssl.preprocessing.halves import half_bounds
@@ -185,25 +185,10 @@ def test_real_model_bf16_close_to_float32(demo_model, make_blob_image):
     assert np.abs(bf16 - fp32).max() < 0.05
 
 
-def test_bf16_and_fp32_masks_agree_on_a_trained_toy_model(make_blob_image):
+def test_bf16_and_fp32_masks_agree_on_a_trained_toy_model(trained_toy_model, make_blob_image):
     """A small DenseUNet3D trained for a few steps to segment the blobs: bf16 autocast and fp32
     inference of the whole volume give the same mask (Dice >= 0.99)."""
-    from kidneyssl.models import DenseUNet3D
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(init_features=8, growth_rate=8, block_layers=(1, 1, 1, 1), norm_groups=4,
-                      reconstruction=False)
-    model = DenseUNet3D(cfg)
-    images = [make_blob_image(shape=(16, 32, 48), seed=s) for s in range(2)]
-    x = torch.from_numpy(np.stack(images))[:, None]
-    y = (x > 0.5).float()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(20):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).logits, y)
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = trained_toy_model
     test = make_blob_image(shape=(16, 32, 48), seed=7)
     target = test > 0.5
     masks = {}

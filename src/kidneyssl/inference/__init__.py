@@ -3,8 +3,8 @@ prediction of NIfTI/KiTS19/DICOM inputs back on the input's own grid.
 
 Modules: ``segment`` (THE procedure), ``engine`` (backend and precision of a network),
 ``strategy`` (THE strategy decision), ``device`` (memory and processor facts), ``sliding_window``
-(the runner), ``precision`` (the bf16 probe), ``ov_backend`` (OpenVINO), ``regions`` (the body's
-box), ``cache`` (the user's cache folder), ``postprocess``, ``predict`` and ``inputs``.
+(the runner), ``precision`` (the bf16 probe), ``ov_backend`` (OpenVINO), ``cache`` (the user's
+cache folder), ``postprocess``, ``predict`` and ``inputs``.
 
 Importing this package does not import torch; the functions do when called.
 """

@@ -3,8 +3,8 @@
 A CPU flag does not predict speed: with native bf16 (AVX512-BF16) PyTorch's bf16 convolutions were
 slower than its float32 ones on one machine while OpenVINO's bf16 hint was several times faster on
 the same machine (``results/precision_probe.json``). So on a CPU with native bf16 the first call
-times one short forward pass per precision (:data:`PROBE_SHAPE`, best of two after a warm-up) for
-the backend in use, and picks bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The
+times one short forward pass per precision (:data:`PROBE_SHAPE`, best of three interleaved rounds
+after a warm-up) for the backend in use, and picks bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The
 result is cached per machine in the user's cache folder (:mod:`kidneyssl.inference.cache`), keyed
 by the CPU model, the cores available, the thread count, the library versions, the backend and
 the network's architecture; the decision and the measured ratio are reported once.
@@ -90,13 +90,18 @@ def machine_key(backend: str, threads: int, model_key: str) -> dict[str, Any]:
             "backend": backend, "model": model_key, "shape": list(PROBE_SHAPE), **_versions(backend)}
 
 
-def _best_time(run: Callable[[], Any], repeats: int = 2) -> float:
-    run()  # warm-up: compilation, kernel generation, first-touch allocations
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _best_times(runs: dict[str, Callable[[], Any]], rounds: int = 3) -> dict[str, float]:
+    """Best time of each callable over ``rounds`` interleaved rounds, after one warm-up call
+    each (compilation, kernel generation, first-touch allocations). Interleaving spreads a
+    shared machine's load changes over every candidate alike."""
+    for run in runs.values():
         run()
-        best = min(best, time.perf_counter() - t0)
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
     return best
 
 
@@ -132,12 +137,12 @@ def choose_precision(requested: str, device: Any, *, backend: str = "torch",
     if cached and cached.get("key") == key and cached.get("precision") in ("fp32", "bf16"):
         return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"), cached.get("fp32_s"),
                                cached.get("bf16_s"), str(path))
-    fp32_s = _best_time(probe("fp32"))
-    bf16_s = _best_time(probe("bf16"))
+    best = _best_times({"fp32": probe("fp32"), "bf16": probe("bf16")})
+    fp32_s, bf16_s = best["fp32"], best["bf16"]
     speedup = fp32_s / max(bf16_s, 1e-9)
     choice = PrecisionChoice("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32", "measured", speedup,
                              fp32_s, bf16_s, str(path))
     write_json(path, {"key": key, **{k: v for k, v in asdict(choice).items() if k not in ("reason", "cache_file")},
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    log.info("precision probe (%s, %d threads): %s", backend, threads, choice.describe())
+    log.debug("precision probe (%s, %d threads): %s", backend, threads, choice.describe())
     return choice

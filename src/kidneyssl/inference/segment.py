@@ -7,17 +7,19 @@ Every code path that scores or applies a model calls :func:`segment_image`: per-
 
 1. finds the lateral split plane from the image alone (the body's lateral centre,
    :func:`kidneyssl.preprocessing.split_plane.find_split_x` without a mask);
-2. with ``crop_body``, keeps the body's bounding box (:func:`kidneyssl.inference.regions.body_box`):
-   the air around the patient is never given to the network, and its probabilities are 0;
-3. takes the network's backend and precision from an
+2. takes the network's backend and precision from an
    :class:`~kidneyssl.inference.engine.InferenceModel` (a bare module runs on torch) and plans the
    strategy for the device (:func:`kidneyssl.inference.strategy.plan_inference`: the two halves
    of :func:`kidneyssl.preprocessing.halves.half_bounds` -- the same halves training uses --
    whenever they fit the memory, the sliding window as a fallback);
-4. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
+3. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
    largest component per side, :func:`kidneyssl.inference.postprocess.keep_kidney_components`);
-5. with a :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord`, restores the probabilities to
+4. with a :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord`, restores the probabilities to
    the original file's grid (trilinear) and thresholds there.
+
+The network always sees whole half volumes, air around the patient included: its GroupNorm
+statistics span its whole input, and running it on the body's bounding box alone changed the masks
+far beyond the agreement target (``benchmarks/results/agreement_demo.json``).
 
 Because the cache stores exactly ``preprocess_image(read_volume(imaging))``, the experiment's
 Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoint (tested).
@@ -37,7 +39,6 @@ from kidneyssl.inference.postprocess import (
     keep_kidney_components,
     threshold_probabilities,
 )
-from kidneyssl.inference.regions import body_box
 from kidneyssl.inference.sliding_window import infer_volume
 from kidneyssl.inference.strategy import InferencePlan, plan_inference
 from kidneyssl.preprocessing.pipeline import PreprocessRecord
@@ -60,7 +61,6 @@ class Segmentation:
         original_probabilities: float32 probabilities on the original grid (when asked).
         timings: seconds for ``infer``, ``postprocess`` and ``restore``.
         plan: backend, precision, memory budget, strategy and window used.
-        box: the region of the preprocessed grid the network ran on (``(Z, Y, X)`` slices).
     """
 
     mask: np.ndarray
@@ -71,7 +71,6 @@ class Segmentation:
     original_probabilities: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     plan: InferencePlan | None = None
-    box: tuple[slice, slice, slice] | None = None
 
 
 def as_inference_model(model: Any, cfg: ExperimentConfig, *, device: Any = "cpu", backend: str | None = None,
@@ -97,7 +96,7 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
                   device: Any = "cpu", sw_device: Any = None,
                   bf16: bool = False, strategy: str = "auto", progress: bool = False,
                   keep_probabilities: bool = False, precision: str | None = None,
-                  backend: str | None = None, crop_body: bool = True) -> Segmentation:
+                  backend: str | None = None) -> Segmentation:
     """Segment the kidneys of one preprocessed image (the module docstring lists the steps).
 
     Args:
@@ -118,7 +117,6 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
             ``whole``.
         keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
             record).
-        crop_body: run the network on the body's bounding box only (see the module docstring).
     """
     icfg = cfg.inference
     engine = as_inference_model(model, cfg, device=sw_device or device, backend=backend,
@@ -132,31 +130,18 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     split_x = int(find_split_x(None, image))
-    full = (slice(0, image.shape[0]), slice(0, image.shape[1]), slice(0, image.shape[2]))
-    box = body_box(image, cfg.preprocess.pad_multiple) if crop_body else full
-    if not box[2].start < split_x < box[2].stop:  # the plane must cut the region in two
-        box = full
-    region = image[box]
-    region_split = split_x - box[2].start
-    plan = plan_inference(region.shape, region_split, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
+    plan = plan_inference(image.shape, split_x, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
                           precision=engine.precision, device=engine.device, backend=engine.backend)
-    prob_region = infer_volume(engine.logits, region, icfg, split_x=region_split, device=device,
-                               sw_device=sw_device, progress=progress, spacing_mm=spacing,
-                               strategy=plan.strategy, roi_size=plan.roi_size,  # type: ignore[arg-type]
-                               pad_multiple=cfg.preprocess.pad_multiple)
+    prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
+                        progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
+                        roi_size=plan.roi_size, pad_multiple=cfg.preprocess.pad_multiple)
     engine.release()
-    if box == full:
-        prob = prob_region
-    else:
-        prob = np.zeros(image.shape, dtype=np.float32)
-        prob[box] = prob_region
-    del prob_region
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
     timings["postprocess"] = time.perf_counter() - t0
     result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=plan.strategy,
-                          timings=timings, plan=plan, box=box)
+                          timings=timings, plan=plan)
     if record is None:
         return result
     t0 = time.perf_counter()
