@@ -40,21 +40,22 @@ FALLBACK_BUDGET_MB = 4000
 #: Peak activation memory (bytes per input voxel) of ``DenseUNet3D`` with the paper's
 #: ``ModelConfig`` (16 initial features, growth 16) in ``torch.inference_mode`` on CPU, float32,
 #: through the fused CPU pass (``models.cpu_forward``): the peak RSS increase of one forward pass
-#: in a fresh process (``results/predict_factor.json``).
+#: in a fresh process, 654 and 600 B/voxel at 64x128x128 and 96x256x160 (``results/predict_factor.json``).
 PAPER_BYTES_PER_VOXEL = 660.0
-#: bfloat16 autocast on the fused pass: bf16 parts should need less, but only the unfused pass was
-#: measured (0.51 of its float32 figure); the budget keeps that absolute figure, 594 B/voxel.
-BF16_FACTOR = 0.9
-#: The network's module path, which GPUs run (``results/predict_factor.json`` before the fused
-#: pass: 1154 and 1113 B/voxel float32).
+#: bfloat16 autocast on the fused pass: 477 and 417 B/voxel at the same sizes, 0.73 and 0.70 of
+#: float32 (``results/predict_factor.json``).
+BF16_FACTOR = 0.75
+#: The network's module path, which GPUs run: 1154 and 1113 B/voxel float32 (round 3's
+#: ``results/predict_factor.json``, before the fused pass).
 MODULE_PATH_BYTES_PER_VOXEL = 1150.0
-#: bfloat16 autocast on a GPU: 0.74 of float32 was measured there (issue 19), so the budget uses
-#: 0.75 (the CPU's 0.52 does not carry over: the caching allocator keeps float32 copies around).
+#: bfloat16 autocast on a GPU peaked at 0.74 of float32 there (issue 19; on the CPU this path
+#: measured 0.52), so the budget uses 0.75.
 MODULE_PATH_BF16_FACTOR = 0.75
-#: OpenVINO's CPU plugin, paper network, float32 and its bf16 hint: peak RSS increase of the
-#: first inference of a compiled model per input voxel (``results/openvino_memory.json``).
-OPENVINO_BYTES_PER_VOXEL = 660.0
-OPENVINO_BF16_FACTOR = 0.6
+#: OpenVINO's CPU plugin, paper network: the peak RSS increase of the first inference of a
+#: compiled model per input voxel, 790 B float32 and 406 B with the bf16 hint at 96x256x160
+#: (``results/predict_factor.json``).
+OPENVINO_BYTES_PER_VOXEL = 790.0
+OPENVINO_BF16_FACTOR = 0.52
 _PAPER_FULL_RES_CHANNELS = 16 + 2 * 16  # init features + first dense block's growth
 
 
