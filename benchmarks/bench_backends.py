@@ -1,6 +1,8 @@
 """Backends and precisions for one half volume of the paper network, in one process, interleaved:
 PyTorch's fused CPU pass (fp32, bf16 autocast) and OpenVINO (fp32, bf16 hint), OpenVINO compiled
-for each static shape or once with free dimensions; and whether the precision probe's small input
+for each static shape or once with free dimensions, and with PyTorch's GroupNorm in the export
+(``torchgn``) against the per-channel form it uses (with each form's time share per operation
+type); and whether the precision probe's small input
 (``kidneyssl.inference.precision.PROBE_SHAPE``) ranks bf16 and fp32 as a half volume does.
 
     python benchmarks/bench_backends.py [--threads 2] [--rounds 2] [--shapes 96x256x160,96x256x144]
@@ -29,7 +31,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--shapes", default="96x256x160,96x256x144", help="half volumes (the two halves of a "
                    "300x512x512 scan at 1x0.8x0.8 mm, preprocessed: 96x256x160 and 96x256x144)")
-    p.add_argument("--paths", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16,openvino-bf16-dynamic")
+    p.add_argument("--paths", default="torch-fp32,torch-bf16,openvino-fp32,openvino-bf16,openvino-bf16-dynamic,"
+                   "openvino-bf16-torchgn")
     p.add_argument("--out", type=Path, default=HERE / "results" / "backends.json")
     args = p.parse_args()
     os.environ.setdefault("KIDNEYSSL_CACHE_DIR", tempfile.mkdtemp(prefix="bench_backends_cache_"))
@@ -40,7 +43,7 @@ def main() -> None:
     import kidneyssl  # noqa: F401  first: torch's allocator environment
     from kidneyssl.config import load_preset
     from kidneyssl.inference.device import cpu_model_name
-    from kidneyssl.inference.ov_backend import OpenVINONetwork, exported_model
+    from kidneyssl.inference.ov_backend import OpenVINONetwork, export_openvino, exported_model
     from kidneyssl.inference.precision import PROBE_SHAPE
     from kidneyssl.models import build_segmentation_model
 
@@ -50,6 +53,9 @@ def main() -> None:
     t0 = time.perf_counter()
     xml = exported_model(model)
     export_s = time.perf_counter() - t0
+    # the same network exported with PyTorch's GroupNorm (what the export computed before)
+    torch_gn_xml = export_openvino(model, Path(tempfile.mkdtemp(prefix="bench_backends_gn_")),
+                                   channel_group_norm=False)
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     inputs = {s: torch.randn(1, 1, *s) for s in [*shapes, PROBE_SHAPE]}
     core = ov.Core()
@@ -99,7 +105,7 @@ def main() -> None:
                     row["shapes"]["x".join(map(str, s))] = {"first_s": first, "second_s": timed(net, inputs[s])}
                 del net
             else:
-                onet = OpenVINONetwork(xml, precision, args.threads)
+                onet = OpenVINONetwork(torch_gn_xml if path.endswith("torchgn") else xml, precision, args.threads)
                 for s in [*shapes, PROBE_SHAPE]:
                     t = time.perf_counter()
                     onet._compile((1, 1, *s))
@@ -110,6 +116,28 @@ def main() -> None:
                 onet.release()
             rows.append(row)
             print(path, rnd, {k: round(v["second_s"], 2) for k, v in row["shapes"].items()}, flush=True)
+
+    def op_shares(model_xml: Path, shape: tuple[int, ...]) -> dict:
+        """Share of one bf16 inference's time per OpenVINO operation type (PERF_COUNT)."""
+        model_ov = core.read_model(str(model_xml))
+        model_ov.reshape({0: ov.PartialShape([1, 1, *shape])})
+        compiled = core.compile_model(model_ov, "CPU", {"INFERENCE_NUM_THREADS": args.threads, "PERF_COUNT": True,
+                                                        "PERFORMANCE_HINT": "LATENCY",
+                                                        "INFERENCE_PRECISION_HINT": "bf16"})
+        request = compiled.create_infer_request()
+        x = inputs[shape].numpy()
+        request.infer({0: x})
+        t = time.perf_counter()
+        request.infer({0: x})
+        total = time.perf_counter() - t
+        per_type: dict[str, float] = {}
+        for info in request.profiling_info:
+            per_type[info.node_type] = per_type.get(info.node_type, 0.0) + info.real_time.total_seconds()
+        busy = sum(per_type.values()) or 1.0
+        return {"seconds": round(total, 2),
+                "share": {k: round(v / busy, 3) for k, v in sorted(per_type.items(), key=lambda kv: -kv[1]) if v}}
+
+    profiles = {"channel_group_norm": op_shares(xml, shapes[0]), "torch_group_norm": op_shares(torch_gn_xml, shapes[0])}
 
     def best(path: str, shape: str, key: str = "second_s") -> float | None:
         vals = [r["shapes"][shape][key] for r in rows if r["path"] == path and shape in r["shapes"]]
@@ -138,7 +166,8 @@ def main() -> None:
               "cpu": cpu_model_name(), "cpu_count": os.cpu_count(), "openvino": ov.__version__,
               "torch": torch.__version__, "export_s": round(export_s, 2), "load_average_start": load_start,
               "load_average_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
-              "summary": summary, "first_call_s": first_calls, "rows": rows}
+              "summary": summary, "first_call_s": first_calls, "openvino_bf16_op_shares": profiles,
+              "rows": rows}
     text = json.dumps(result, indent=2, default=float)
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -111,8 +111,9 @@ def _export_group_norm(norm: Any) -> Any:
     return ChannelGroupNorm()
 
 
-def _logits_module(module: Any) -> Any:
-    """A copy of ``module`` returning its logits, with every 5-D GroupNorm in its export form."""
+def _logits_module(module: Any, channel_group_norm: bool = True) -> Any:
+    """A copy of ``module`` returning its logits, with every GroupNorm in its export form (or
+    PyTorch's own, ``channel_group_norm=False``, to measure the difference)."""
     import copy
 
     import torch
@@ -120,7 +121,7 @@ def _logits_module(module: Any) -> Any:
     net = copy.deepcopy(module)
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.GroupNorm):
+            if isinstance(child, torch.nn.GroupNorm) and channel_group_norm:
                 setattr(parent, name, _export_group_norm(child))
 
     class Logits(torch.nn.Module):
@@ -135,13 +136,14 @@ def _logits_module(module: Any) -> Any:
     return Logits(net).eval()
 
 
-def export_openvino(module: Any, folder: Path) -> Path:
+def export_openvino(module: Any, folder: Path, *, channel_group_norm: bool = True) -> Path:
     """Trace ``module`` (logits of a ``(1, 1, Z, Y, X)`` input, any multiple-of-16 size) and save
-    it as ``folder/model.xml`` (+ ``model.bin``, float32 weights). Returns the ``.xml`` path."""
+    it as ``folder/model.xml`` (+ ``model.bin``, float32 weights). Returns the ``.xml`` path.
+    ``channel_group_norm=False`` keeps PyTorch's GroupNorm (for benchmarks)."""
     import openvino as ov
     import torch
 
-    wrapper = _logits_module(module)  # a copy in eval mode: ``module`` is untouched
+    wrapper = _logits_module(module, channel_group_norm)  # a copy in eval mode: ``module`` is untouched
     # Autograd on: the traced graph is the plain module path (see the module docstring).
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that do not enter the graph
