@@ -6,7 +6,8 @@ cache; with the time each variant's inference took, interleaved case by case.
     python benchmarks/bench_agreement.py --checkpoint RUN/best.pt --cache CACHE [--cases 6]
         [--variants torch-fp32-crop,openvino-fp32,openvino-bf16-crop,...] [--out NAME.json]
 
-A variant name is ``<backend>-<precision>[-crop|-kidneys<margin>][-ctx<mm>]``:
+A variant name is ``<backend>-<precision>[-crop|-kidneys<margin>][-ctx<mm>]`` (``auto-auto`` is what
+``predict`` with no flags runs):
 
 - ``crop``: the network runs on the body's bounding box only (air around the patient removed);
 - ``kidneys16``: the fine pass of a two-pass scheme, run on each side's kidney box grown by 16
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_VARIANTS = ("openvino-fp32,openvino-bf16,torch-bf16,torch-fp32-crop,torch-fp32-ctx16,"
+DEFAULT_VARIANTS = ("auto-auto,openvino-fp32,openvino-bf16,torch-bf16,torch-fp32-crop,torch-fp32-ctx16,"
                     "torch-fp32-ctx0,torch-fp32-kidneys16,torch-fp32-kidneys32")
 
 
@@ -132,8 +133,7 @@ def main() -> None:
 
     def engine(backend: str, precision: str) -> InferenceModel:
         if (backend, precision) not in engines:
-            engines[(backend, precision)] = InferenceModel(module, backend=backend, precision=precision,
-                                                           model_cfg=cfg.model)
+            engines[(backend, precision)] = InferenceModel(module, backend=backend, precision=precision)
         return engines[(backend, precision)]
 
     variants = [v for v in args.variants.split(",") if v]

@@ -87,15 +87,13 @@ class InferenceModel:
             ``fp32`` or ``bf16``.
         device: where the network runs.
         threads: CPU threads for OpenVINO and the probe's cache key (default: torch's setting).
-        model_cfg: the network's ``ModelConfig`` (for the memory estimate); default
-            ``module.cfg`` when it has one.
 
     Attributes:
         backend, backend_reason: what runs the network, and why.
     """
 
     def __init__(self, module: Any, *, backend: str = "auto", precision: str = "auto", device: Any = "cpu",
-                 threads: int | None = None, model_cfg: Any = None) -> None:
+                 threads: int | None = None) -> None:
         import torch
 
         self.module = module
@@ -105,7 +103,6 @@ class InferenceModel:
             raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
         self.requested_precision = precision
         self.threads = int(threads) if threads else torch.get_num_threads()
-        self.model_cfg = model_cfg if model_cfg is not None else getattr(module, "cfg", None)
         self._choice: PrecisionChoice | None = None
         self._openvino: Any = None
         self._announced = False

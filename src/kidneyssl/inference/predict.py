@@ -107,7 +107,7 @@ def load_model(checkpoint_path: str | Path, device: Any = "cpu", *, backend: str
 
     module, cfg = load_network(checkpoint_path, device)
     engine = InferenceModel(module, backend=backend, precision=precision or cfg.inference.precision,
-                            device=device, threads=threads, model_cfg=cfg.model)
+                            device=device, threads=threads)
     return engine, cfg
 
 

@@ -88,7 +88,7 @@ def as_inference_model(model: Any, cfg: ExperimentConfig, *, device: Any = "cpu"
                              f"asked for {backend or model.backend}/{precision or model.precision}")
         return model
     return InferenceModel(model, backend=backend or "torch", precision=precision or cfg.inference.precision,
-                          device=device, model_cfg=cfg.model)
+                          device=device)
 
 
 def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
@@ -134,7 +134,7 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
                           precision=engine.precision, device=engine.device, backend=engine.backend)
     prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
                         progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
-                        roi_size=plan.roi_size, pad_multiple=cfg.preprocess.pad_multiple)
+                        roi_size=plan.roi_size)
     engine.release()
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
