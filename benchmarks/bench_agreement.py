@@ -13,7 +13,8 @@ A variant name is ``<backend>-<precision>[-crop|-kidneys<margin>][-ctx<mm>]`` (`
 - ``kidneys16``: the fine pass of a two-pass scheme, run on each side's kidney box grown by 16
   voxels, where the boxes come from the reference mask itself (an oracle coarse pass: the best
   any real coarse pass could do);
-- ``ctx16``: 16 mm of context across the split plane instead of the config's.
+- ``ctx16``: 16 mm of context across the split plane instead of the config's;
+- ``torchgn``: OpenVINO with PyTorch's GroupNorm in the export instead of the per-channel form.
 
 Every variant is post-processed and restored exactly as ``segment_image`` does. JSON to stdout
 and ``benchmarks/results/<out>``; the target is Dice >= 0.995 for every case.
@@ -25,6 +26,7 @@ import argparse
 import dataclasses
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,7 +46,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def parse_variant(name: str) -> dict:
     parts = name.split("-")
     out = {"backend": parts[0], "precision": parts[1], "crop": "crop" in parts[2:], "context_mm": None,
-           "kidney_margin": None}
+           "kidney_margin": None, "torch_group_norm": "torchgn" in parts[2:]}
     for p in parts[2:]:
         if p.startswith("ctx"):
             out["context_mm"] = float(p[3:])
@@ -131,20 +133,39 @@ def main() -> None:
     ids = sorted(cache.case_ids)[: args.cases]
     engines: dict[tuple[str, str], InferenceModel] = {}
 
-    def engine(backend: str, precision: str) -> InferenceModel:
-        if (backend, precision) not in engines:
-            engines[(backend, precision)] = InferenceModel(module, backend=backend, precision=precision)
-        return engines[(backend, precision)]
+    def engine(backend: str, precision: str, torch_group_norm: bool = False) -> InferenceModel:
+        key = (backend, precision + ("-torchgn" if torch_group_norm else ""))
+        if key not in engines:
+            if torch_group_norm:  # its own cache folder: both export forms share a cache key
+                import functools
+
+                import kidneyssl.inference.ov_backend as ov_backend
+
+                real, env = ov_backend.export_openvino, os.environ.get("KIDNEYSSL_CACHE_DIR")
+                ov_backend.export_openvino = functools.partial(real, channel_group_norm=False)  # type: ignore
+                os.environ["KIDNEYSSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_agreement_torchgn_")
+                try:
+                    engines[key] = InferenceModel(module, backend=backend, precision=precision)
+                finally:
+                    ov_backend.export_openvino = real  # type: ignore[assignment]
+                    if env is None:
+                        del os.environ["KIDNEYSSL_CACHE_DIR"]
+                    else:
+                        os.environ["KIDNEYSSL_CACHE_DIR"] = env
+            else:
+                engines[key] = InferenceModel(module, backend=backend, precision=precision)
+        return engines[key]
 
     variants = [v for v in args.variants.split(",") if v]
     rows: dict[str, list[dict]] = {v: [] for v in ["reference", *variants]}
     started, load_start = time.time(), os.getloadavg()
     def run(cid: str, image: np.ndarray, record, label: np.ndarray, backend: str, precision: str,
             crop: bool = False, context_mm: float | None = None, kidney_margin: int | None = None,
+            torch_group_norm: bool = False,
             reference_grid: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
         c = cfg if context_mm is None else dataclasses.replace(
             cfg, inference=dataclasses.replace(cfg.inference, half_context_mm=context_mm))
-        eng = engine(backend, precision)
+        eng = engine(backend, precision, torch_group_norm)
         t0 = time.perf_counter()
         if crop or kidney_margin is not None:
             grid_mask, original = segment_regions(eng, image, c, record, "body" if crop else "kidneys",

@@ -188,8 +188,8 @@ class InferenceModel:
 
     def describe(self) -> str:
         """One line: backend (and why), precision (and the measured ratio), threads."""
-        return (f"backend {self.backend} ({self.backend_reason}), precision {self.precision_choice.describe()}, "
-                f"{self.threads} threads")
+        return (f"backend {self.backend} ({self.backend_reason}), precision {self.precision_choice.describe()}"
+                + (f", {self.threads} OpenVINO threads" if self.backend == "openvino" else ""))
 
     def announce(self, context: str = "") -> None:
         """Log :meth:`describe` (after ``context``) once: the first call logs, later ones do not."""

@@ -217,8 +217,8 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     bpv = estimate_bytes_per_voxel(cfg.model, bf16=model.precision == "bf16", device=model.device,
                                    backend=model.backend)
     rule = describe_rule(budget, bpv) if strategy == "auto" else f"{strategy} (asked)"
-    model.announce(f"kidneyssl predict: device {device}{f' (network on {sw_device})' if sw_device else ''}, "
-                   f"strategy: {rule}")
+    model.announce(f"kidneyssl predict: {torch.get_num_threads()} torch threads, device {device}"
+                   f"{f' (network on {sw_device})' if sw_device else ''}, strategy: {rule}")
     items = find_inputs(input_path)
     out_dir = Path(out_dir)
     inputs = {p.resolve() for it in items for p in it.paths}
