@@ -1,15 +1,27 @@
-"""End-to-end prediction of one KiTS-size case: time per stage and peak memory.
+"""End-to-end prediction of one KiTS-size case: time per stage and peak memory, and (``--ref``)
+the same ``kidneyssl predict`` with no flags for a reference git revision, interleaved.
 
-A synthetic 300 x 512 x 512 CT at 1 x 0.8 x 0.8 mm (KiTS19 orientation, int16, .nii.gz) is
-predicted with the paper's ModelConfig (random weights: the time does not depend on them) on
-``--threads`` cores, in a fresh subprocess per configuration so that ``ru_maxrss`` is that run's
-peak. Stages: read, preprocess, infer, postprocess, restore, write.
+The scan is a synthetic kidney phantom (``kidneyssl.phantoms``) rendered on a 300 x 512 x 512
+grid at 1 x 0.8 x 0.8 mm (KiTS19 orientation, int16, .nii.gz). The network is ``--ckpt`` (a
+trained paper-network checkpoint: realistic masks, so realistic post-processing and writing) or,
+without it, the paper's ModelConfig with random weights (inference time does not depend on the
+weights, but the noisy masks make post-processing and writing slower than real ones).
 
-    python benchmarks/bench_predict.py                      # default config (auto strategy)
-    python benchmarks/bench_predict.py --variants auto,halves-bf16,sliding
-    python benchmarks/bench_predict.py --measure-factor     # activation bytes/voxel of the model
+    python benchmarks/bench_predict.py [--ckpt RUN/best.pt]               # variants of this tree
+    python benchmarks/bench_predict.py --variants auto,torch-fp32,openvino-bf16
+    python benchmarks/bench_predict.py --ref 94ae64e [--rounds 2] [--ckpt RUN/best.pt]
+    python benchmarks/bench_predict.py --measure-factor                    # activation bytes/voxel
 
-JSON goes to stdout and to ``benchmarks/results/predict.json``. Target (issue 9): < 15 s, < 4 GB with no flags.
+``--ref REV`` checks REV out into a temporary ``git worktree`` and runs ``kidneyssl predict
+--threads N`` (no other flag) of the reference and of this tree alternately, each in a fresh
+process: wall time, read-to-mask-written time (``predict_summary.json``), peak RSS. This tree's
+first run uses an empty cache folder (it exports to OpenVINO and probes the precision: "cold");
+the later runs reuse it ("warm"). The masks are compared with the reference tree's float32 masks
+(``--precision fp32``, the fp32 PyTorch halves masks): Dice >= 0.995 is the target.
+
+JSON to stdout and to ``benchmarks/results/predict.json`` (``predict_ref.json`` with ``--ref``,
+``predict_factor.json`` with ``--measure-factor``). Targets (issue 24, no flags, 2 threads, an
+AVX-512 CPU): < 10 s read to mask written, peak < 3 GB, >= 2.5x faster than 94ae64e.
 """
 
 from __future__ import annotations
@@ -18,6 +30,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,18 +38,21 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 SHAPE = (300, 512, 512)  # canonical (z, y, x)
 SPACING = (1.0, 0.8, 0.8)
-TARGET_S = 15.0
-TARGET_MB = 4096.0
+TARGET_S = 10.0
+TARGET_MB = 3072.0
+TARGET_SPEEDUP = 2.5
+TARGET_DICE = 0.995
 
 VARIANTS = {  # name -> child options
-    "auto": ["--precision", "auto"],  # what `predict` with no flags does: precision and budget auto
-    "auto-bf16": ["--bf16"],
-    "halves": ["--strategy", "halves"],
-    "halves-bf16": ["--strategy", "halves", "--bf16"],
+    "auto": [],  # what `predict` with no flags does: backend, precision and budget auto
+    "torch-fp32": ["--backend", "torch", "--precision", "fp32"],
+    "torch-bf16": ["--backend", "torch", "--precision", "bf16"],
+    "openvino-fp32": ["--backend", "openvino", "--precision", "fp32"],
+    "openvino-bf16": ["--backend", "openvino", "--precision", "bf16"],
     "sliding": ["--strategy", "sliding"],
-    "sliding-bf16": ["--strategy", "sliding", "--bf16"],
 }
 
 
@@ -44,33 +60,63 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _cpu() -> dict:
+    flags = ""
+    name = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags") and not flags:
+                flags = line.split(":", 1)[1]
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {"model": name, "flags": [f for f in wanted if f in flags.split()], "cpu_count": os.cpu_count()}
+
+
 def make_case(folder: Path) -> tuple[Path, Path]:
-    """Write the synthetic scan and a random-weight paper checkpoint into ``folder``."""
+    """Write the phantom scan (and its label) and a random-weight paper checkpoint into ``folder``."""
+    import math
+
     import numpy as np
     import torch
+    from scipy import ndimage
 
     from kidneyssl.config import config_to_dict, load_preset
+    from kidneyssl.io.checkpoint import save_checkpoint
     from kidneyssl.io.geometry import Geometry
     from kidneyssl.io.volumes import write_volume
     from kidneyssl.models import build_segmentation_model
-    from kidneyssl.io.checkpoint import save_checkpoint
+    from kidneyssl.phantoms.anatomy import sample_anatomy
+    from kidneyssl.phantoms.generate import _render_grid, kits_affine, label_on_grid
+    from kidneyssl.phantoms.render import render_hu
+    from kidneyssl.phantoms.shapes import Grid
 
+    # generate_case's steps on a fixed KiTS-size grid (its own grid is drawn at random)
+    anat = sample_anatomy(24)
+    top, bottom = anat.u_extent
+    spare = SHAPE[0] * SPACING[0] - (bottom - top)
+    fov = SHAPE[1] * SPACING[1]
+    dv, dw = anat.body_shift_mm
+    grid = Grid(shape=SHAPE, spacing=SPACING, origin=(top - 0.5 * max(spare, 0.0), -dv - fov / 2 + SPACING[1] / 2,
+                                                      -dw - fov / 2 + SPACING[2] / 2))
+    coarse = _render_grid(grid)
+    hu, _ = render_hu(anat, coarse)
+    hu = ndimage.gaussian_filter(hu, sigma=0.5)
+    scale = np.asarray(grid.spacing) / np.asarray(coarse.spacing)
+    offset = (np.asarray(grid.origin) - np.asarray(coarse.origin)) / np.asarray(coarse.spacing)
+    hu = ndimage.affine_transform(hu, scale, offset=offset, output_shape=grid.shape, order=1, mode="nearest")
     rng = np.random.default_rng(0)
-    z, y, x = np.ogrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
-    zz, yy, xx = z * SPACING[0], y * SPACING[1], x * SPACING[2]
-    cy, cx = SHAPE[1] * SPACING[1] / 2, SHAPE[2] * SPACING[2] / 2
-    body = ((yy - cy) / 150.0) ** 2 + ((xx - cx) / 180.0) ** 2 < 1.0
-    img = np.full(SHAPE, -1000, np.int16)
-    img[np.broadcast_to(body, SHAPE)] = 40
-    for side in (-1, 1):
-        r = ((zz - 150.0) / 55.0) ** 2 + ((yy - cy - 40.0) / 30.0) ** 2 + ((xx - cx - side * 75.0) / 28.0) ** 2
-        img[r < 1.0] = 200
-    img += rng.integers(-20, 21, size=SHAPE, dtype=np.int16)
-    affine = np.eye(4)
-    affine[:3, :3] = [[0.0, 0.0, -SPACING[2]], [0.0, -SPACING[1], 0.0], [-SPACING[0], 0.0, 0.0]]  # I, P, L
+    noise = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), sigma=(0.0, 0.6, 0.6))
+    hu += noise * (anat.hu["noise_sd"] / (float(noise.std()) + 1e-6))
+    img = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
+    geometry = Geometry(kits_affine(SPACING), SHAPE)
     scan = folder / "case_00000" / "imaging.nii.gz"
     scan.parent.mkdir(parents=True, exist_ok=True)
-    write_volume(img, Geometry(affine, SHAPE), scan)
+    write_volume(img, geometry, scan)
+    write_volume(label_on_grid(anat, grid), geometry, folder / "case_00000" / "segmentation.nii.gz")
+    assert math.prod(img.shape) == math.prod(SHAPE)
     cfg = load_preset("paper")
     torch.manual_seed(0)
     ckpt = folder / "paper_random.pt"
@@ -80,98 +126,233 @@ def make_case(folder: Path) -> tuple[Path, Path]:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One prediction in this (fresh) process; prints one JSON line."""
+    """One prediction in this (fresh) process, through the library's calls; prints one JSON line."""
     import kidneyssl  # noqa: F401  first, as the CLI does: it sets torch's allocator environment
     import torch
 
     torch.set_num_threads(args.threads)
     base_mb = _peak_mb()
-    import dataclasses
-
     from kidneyssl.inference.inputs import PredictionInput, read_input
     from kidneyssl.inference.predict import load_model, predict_volume
     from kidneyssl.io.volumes import write_mask
 
-    import dataclasses
-
-    from kidneyssl.inference.sliding_window import resolve_memory_budget_mb, resolve_precision
-
-    model, cfg = load_model(args.ckpt)
-    precision = resolve_precision(args.precision) if args.precision else ("bf16" if args.bf16 else "fp32")
-    if args.memory_budget_mb is not None:
-        cfg = dataclasses.replace(cfg, inference=dataclasses.replace(
-            cfg.inference, memory_budget_mb=args.memory_budget_mb))
+    t0 = time.perf_counter()
+    model, cfg = load_model(args.ckpt, backend=args.backend, precision=args.precision)
+    choice = model.describe()  # resolves the precision (a probe on first use per machine)
+    load_s = time.perf_counter() - t0
     after_load_mb = _peak_mb()
     t0 = time.perf_counter()
     volume = read_input(PredictionInput("case_00000", "00000", Path(args.scan)))
     read_s = time.perf_counter() - t0
-    budget_mb = resolve_memory_budget_mb(cfg.inference)
-    res = predict_volume(model, volume, cfg, bf16=precision == "bf16", strategy=args.strategy)
+    res = predict_volume(model, volume, cfg, strategy=args.strategy)
     t0 = time.perf_counter()
     write_mask(res.mask, Path(args.out) / "prediction_00000.nii.gz", like=volume.geometry)
     write_s = time.perf_counter() - t0
-    # A random-weight network marks ~half the volume, a noisy mask that compresses slowly; also time
-    # writing a kidney-sized mask (the synthetic kidneys, > 150 HU) to show a realistic write.
-    kidneys = (volume.array > 150).astype("uint8")
-    t0 = time.perf_counter()
-    write_mask(kidneys, Path(args.out) / "kidneys_00000.nii.gz", like=volume.geometry)
-    write_kidney_s = time.perf_counter() - t0
-    del kidneys
     stages = {"read": read_s, **res.timings, "write": write_s}
     print(json.dumps({
-        "strategy": res.strategy, "precision": precision, "bf16": precision == "bf16",
-        "memory_budget_mb": budget_mb, "checkpoint_memory_budget_mb": cfg.inference.memory_budget_mb,
-        "threads": torch.get_num_threads(),
-        "stages_s": {k: round(v, 3) for k, v in stages.items()},
-        "total_s": round(sum(stages.values()), 2),
-        "peak_rss_mb": round(_peak_mb(), 1),
+        "strategy": res.strategy, "inference": choice, "plan": res.plan, "threads": torch.get_num_threads(),
+        "load_model_s": round(load_s, 2), "stages_s": {k: round(v, 3) for k, v in stages.items()},
+        "total_s": round(sum(stages.values()), 2), "peak_rss_mb": round(_peak_mb(), 1),
         "rss_after_imports_mb": round(base_mb, 1), "rss_after_model_load_mb": round(after_load_mb, 1),
         "mask_voxels": int(res.mask.sum()),
-        "write_kidney_sized_mask_s": round(write_kidney_s, 3),
     }))
 
 
+FACTOR_CODE = r"""
+import kidneyssl, resource, sys, time, torch
+torch.set_num_threads(%d)
+from kidneyssl.config import load_preset
+from kidneyssl.models import build_segmentation_model
+shape, kind = tuple(int(v) for v in sys.argv[1].split("x")), sys.argv[2]
+m = build_segmentation_model(load_preset("paper").model, reconstruction=False).eval()
+x = torch.randn(1, 1, *shape)
+if kind.startswith("openvino"):
+    from kidneyssl.inference.engine import InferenceModel
+    net = InferenceModel(m, backend="openvino", precision=kind.split("-")[1])
+    net.precision
+    run = lambda: net.logits(x)
+else:
+    bf16 = kind.endswith("bf16")
+    def run():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return m.inference_forward(x)
+r0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter(); run(); first = time.perf_counter() - t
+peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - r0) * 1024 / x.numel()
+t = time.perf_counter(); run(); second = time.perf_counter() - t
+print(peak, first, second)
+"""
+
+
 def measure_factor(args: argparse.Namespace) -> dict:
-    """Peak RSS increase per input voxel of one forward pass (fresh process per size)."""
-    code = (
-        "import kidneyssl,resource,sys,time,torch;torch.set_num_threads(%d);"
-        "from kidneyssl.config import load_preset;from kidneyssl.models import build_segmentation_model;"
-        "m=build_segmentation_model(load_preset('paper').model,reconstruction=False).eval();"
-        "x=torch.randn(1,1,%%d,%%d,%%d);r0=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss;"
-        "t=time.perf_counter();ac=torch.autocast('cpu',dtype=torch.bfloat16,enabled=%%s)\n"
-        "with torch.inference_mode(), ac: y=m(x).logits\n"
-        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss-r0)*1024/x.numel(), time.perf_counter()-t)"
-    ) % args.threads
-    from kidneyssl.inference.sliding_window import cpu_has_native_bf16
+    """Peak RSS increase per input voxel of one forward pass (fresh process per size and path)."""
+    from kidneyssl.inference.device import cpu_has_native_bf16
+    from kidneyssl.inference.ov_backend import openvino_version
 
     # bfloat16 without native support runs PyTorch's reference convolution (minutes per call)
     native_bf16 = cpu_has_native_bf16()
-    precisions = (False, True) if native_bf16 else (False,)
+    kinds = ["torch-fp32"] + (["torch-bf16"] if native_bf16 else [])
+    if openvino_version():
+        kinds += ["openvino-fp32", "openvino-bf16"]
+    env = dict(os.environ, KIDNEYSSL_CACHE_DIR=tempfile.mkdtemp(prefix="bench_factor_cache_"))
     rows = []
     for shape in ((64, 128, 128), (96, 256, 160)):
-        for bf16 in precisions:
-            out = subprocess.run([sys.executable, "-c", code % (*shape, bf16)], capture_output=True,
-                                 text=True, check=True)
-            bpv, secs = (float(v) for v in out.stdout.split())
-            rows.append({"input": "x".join(map(str, shape)), "bf16": bf16,
-                         "bytes_per_voxel": round(bpv, 1), "forward_s": round(secs, 2)})
+        for kind in kinds:
+            out = subprocess.run([sys.executable, "-c", FACTOR_CODE % args.threads, "x".join(map(str, shape)), kind],
+                                 capture_output=True, text=True, env=env)
+            if out.returncode:
+                rows.append({"input": "x".join(map(str, shape)), "path": kind, "error": out.stderr[-500:]})
+                continue
+            bpv, first, second = (float(v) for v in out.stdout.split()[-3:])
+            rows.append({"input": "x".join(map(str, shape)), "path": kind, "bytes_per_voxel": round(bpv, 1),
+                         "first_s": round(first, 2), "second_s": round(second, 2)})
+            print(rows[-1], file=sys.stderr, flush=True)
+    shutil.rmtree(env["KIDNEYSSL_CACHE_DIR"], ignore_errors=True)
     return {"benchmark": "predict_activation_factor", "threads": args.threads, "rows": rows,
-            "native_bf16": native_bf16, "load_average": os.getloadavg()}
+            "native_bf16": native_bf16, "openvino": openvino_version(), "cpu": _cpu(),
+            "load_average": os.getloadavg()}
+
+
+# --- this tree vs a reference revision, the CLI with no flags ------------------------------------
+
+LAUNCH = r"""
+import resource, runpy, sys
+sys.argv = ["kidneyssl"] + sys.argv[1:]
+code = 0
+try:
+    runpy.run_module("kidneyssl.cli.main", run_name="__main__")
+except SystemExit as stop:
+    code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def _cli_predict(src: Path, scan_dir: Path, ckpt: Path, out: Path, threads: int, cache: Path,
+                 extra: list[str]) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    env = dict(os.environ, PYTHONPATH=str(src), KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache))
+    cmd = [sys.executable, "-c", LAUNCH, "predict", "--model", str(ckpt), "--input", str(scan_dir),
+           "--out", str(out), "--threads", str(threads), *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t0
+    row: dict = {"wall_s": round(wall, 2), "returncode": proc.returncode, "load_average": os.getloadavg()}
+    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
+    if peak:
+        row["peak_rss_mb"] = round(int(peak[-1].split()[1]) / 1024.0, 1)
+    summary_path = out / "predict_summary.json"
+    if proc.returncode or not summary_path.is_file():
+        row["error"] = proc.stderr[-1500:]
+        return row
+    summary = json.loads(summary_path.read_text())
+    timings = next(iter(summary["timings_s"].values()))
+    row["read_to_written_s"] = round(timings["total"], 2)
+    row["stages_s"] = {k: round(v, 3) for k, v in timings.items()}
+    row["inference"] = summary.get("inference") or summary.get("inference_plan")
+    row["log_head"] = [line for line in proc.stderr.splitlines() if "predict" in line][:3]
+    return row
+
+
+def _dice(a_path: Path, b_path: Path) -> float:
+    import nibabel as nib
+    import numpy as np
+
+    a = np.asarray(nib.load(str(a_path)).dataobj) > 0
+    b = np.asarray(nib.load(str(b_path)).dataobj) > 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+def compare_with_ref(args: argparse.Namespace, scan: Path, ckpt: Path, work: Path) -> dict:
+    rev = subprocess.run(["git", "rev-parse", args.ref], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    started, load_start = time.time(), os.getloadavg()
+    tmp = Path(tempfile.mkdtemp(prefix="bench_predict_ref_"))
+    ref_tree = tmp / "ref"
+    subprocess.run(["git", "worktree", "add", "--detach", str(ref_tree), rev], cwd=ROOT, check=True,
+                   capture_output=True)
+    runs: list[dict] = []
+    try:
+        trees = {"reference": ref_tree / "src", "candidate": ROOT / "src"}
+        cache = tmp / "cache"  # this tree's export and precision probe, filled by its first run
+        scan_dir = scan.parent.parent
+        for rnd in range(args.rounds):
+            for name, src in trees.items():
+                row = _cli_predict(src, scan_dir, ckpt, work / f"out_{name}", args.threads, cache, [])
+                row.update(tree=name, round=rnd, cache="cold" if name == "candidate" and rnd == 0 else "warm")
+                runs.append(row)
+                print(f"{name} round {rnd}: {row.get('read_to_written_s', row.get('error'))} s "
+                      f"(wall {row['wall_s']} s, {row.get('peak_rss_mb')} MB)", file=sys.stderr, flush=True)
+        # the agreement reference: the reference tree's float32 PyTorch halves masks
+        fp32 = _cli_predict(trees["reference"], scan_dir, ckpt, work / "out_reference_fp32", args.threads, cache,
+                            ["--precision", "fp32"])
+        fp32.update(tree="reference", round=-1, flags="--precision fp32")
+        runs.append(fp32)
+        name = "prediction_00000.nii.gz"
+        dice = {
+            "candidate_vs_reference_fp32": _dice(work / "out_candidate" / name, work / "out_reference_fp32" / name),
+            "reference_default_vs_reference_fp32": _dice(work / "out_reference" / name,
+                                                         work / "out_reference_fp32" / name),
+        }
+        label = scan.parent / "segmentation.nii.gz"
+        if label.is_file():
+            dice["candidate_vs_phantom_label"] = _dice(work / "out_candidate" / name, label)
+            dice["reference_fp32_vs_phantom_label"] = _dice(work / "out_reference_fp32" / name, label)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(ref_tree)], cwd=ROOT, capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def best(tree: str, key: str, warm_only: bool = True) -> float | None:
+        vals = [r[key] for r in runs if r["tree"] == tree and r["round"] >= 0 and key in r
+                and (not warm_only or r.get("cache") == "warm")]
+        return min(vals) if vals else None
+
+    summary = {
+        "reference_read_to_written_s": best("reference", "read_to_written_s"),
+        "candidate_read_to_written_s": best("candidate", "read_to_written_s"),
+        "candidate_cold_read_to_written_s": next((r.get("read_to_written_s") for r in runs
+                                                  if r.get("cache") == "cold"), None),
+        "reference_wall_s": best("reference", "wall_s"), "candidate_wall_s": best("candidate", "wall_s"),
+        "candidate_cold_wall_s": next((r.get("wall_s") for r in runs if r.get("cache") == "cold"), None),
+        "reference_peak_rss_mb": best("reference", "peak_rss_mb", False),
+        "candidate_peak_rss_mb": max((r["peak_rss_mb"] for r in runs if r["tree"] == "candidate"
+                                      and "peak_rss_mb" in r), default=None),
+        "dice": dice,
+    }
+    ref_t, cand_t = summary["reference_read_to_written_s"], summary["candidate_read_to_written_s"]
+    if ref_t and cand_t:
+        summary["speedup_read_to_written"] = round(ref_t / cand_t, 2)
+        summary["speedup_wall"] = round(summary["reference_wall_s"] / summary["candidate_wall_s"], 2)
+        summary["meets"] = {
+            "under_10_s": cand_t < TARGET_S,
+            "peak_under_3_gb": (summary["candidate_peak_rss_mb"] or 1e9) < TARGET_MB,
+            "speedup_2_5x": ref_t / cand_t >= TARGET_SPEEDUP,
+            "dice_0_995": dice["candidate_vs_reference_fp32"] >= TARGET_DICE,
+        }
+    return {"benchmark": "predict_vs_reference", "reference_rev": rev, "threads": args.threads,
+            "case": {"shape": SHAPE, "spacing_mm": SPACING, "format": "nii.gz int16, KiTS19 orientation (I, P, L)",
+                     "content": "kidney phantom (kidneyssl.phantoms, seed 24)"},
+            "checkpoint": str(ckpt), "cpu": _cpu(), "load_average_start": load_start,
+            "load_average_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
+            "summary": summary, "runs": runs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default="auto", help=f"comma list of {', '.join(VARIANTS)}")
-    parser.add_argument("--memory-budget-mb", type=int, default=None)
+    parser.add_argument("--ckpt", default=None, help="a trained segmentation checkpoint (default: random weights)")
+    parser.add_argument("--ref", default=None, help="compare `kidneyssl predict` with this git revision")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the --ref comparison")
     parser.add_argument("--measure-factor", action="store_true")
     parser.add_argument("--workdir", default=None, help="reuse a folder holding the scan/checkpoint")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--scan", help=argparse.SUPPRESS)
-    parser.add_argument("--ckpt", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--strategy", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--make-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,33 +367,42 @@ def main() -> None:
         name = "predict_factor.json"
     else:
         work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_predict_"))
-        scan, ckpt = work / "case_00000" / "imaging.nii.gz", work / "paper_random.pt"
-        if not (scan.is_file() and ckpt.is_file()):
+        scan, random_ckpt = work / "case_00000" / "imaging.nii.gz", work / "paper_random.pt"
+        if not (scan.is_file() and random_ckpt.is_file()):
             # in a subprocess: a child started by fork+exec can report its parent's peak RSS as
             # its own ru_maxrss, so the parent must stay small
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, __file__, "--make-case", str(work)], check=True)
-            print(f"wrote synthetic case in {time.perf_counter() - t0:.1f} s: {scan}", file=sys.stderr)
-        runs = {}
-        for name in args.variants.split(","):
-            cmd = [sys.executable, __file__, "--child", "--scan", str(scan), "--ckpt", str(ckpt),
-                   "--out", str(work), "--threads", str(args.threads), *VARIANTS[name]]
-            if args.memory_budget_mb is not None:
-                cmd += ["--memory-budget-mb", str(args.memory_budget_mb)]
-            env = dict(os.environ, KIDNEYSSL_NO_PROGRESS="1")
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if out.returncode != 0:
-                runs[name] = {"error": out.stderr.strip().splitlines()[-1:] or ["?"]}
-                continue
-            row = json.loads(out.stdout.strip().splitlines()[-1])
-            row["meets_target"] = row["total_s"] < TARGET_S and row["peak_rss_mb"] < TARGET_MB
-            runs[name] = row
-            print(f"{name}: {row['total_s']} s, {row['peak_rss_mb']} MB", file=sys.stderr)
-        result = {"benchmark": "predict_end_to_end", "case": {"shape": SHAPE, "spacing_mm": SPACING,
-                  "format": "nii.gz int16, KiTS19 orientation (I, P, L)"}, "model": "paper ModelConfig",
-                  "threads": args.threads, "target": {"seconds": TARGET_S, "peak_rss_mb": TARGET_MB},
-                  "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "runs": runs}
-        name = "predict.json"
+            env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+            subprocess.run([sys.executable, __file__, "--make-case", str(work)], check=True, env=env)
+            print(f"wrote the phantom case in {time.perf_counter() - t0:.1f} s: {scan}", file=sys.stderr)
+        ckpt = Path(args.ckpt) if args.ckpt else random_ckpt
+        if args.ref:
+            result = compare_with_ref(args, scan, ckpt, work)
+            name = "predict_ref.json"
+        else:
+            runs = {}
+            cache = Path(tempfile.mkdtemp(prefix="bench_predict_cache_"))
+            for variant in args.variants.split(","):
+                cmd = [sys.executable, __file__, "--child", "--scan", str(scan), "--ckpt", str(ckpt),
+                       "--out", str(work), "--threads", str(args.threads), *VARIANTS[variant]]
+                env = dict(os.environ, KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache),
+                           PYTHONPATH=str(ROOT / "src"))
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                if out.returncode != 0:
+                    runs[variant] = {"error": out.stderr.strip().splitlines()[-1:] or ["?"]}
+                    continue
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                row["meets_target"] = row["total_s"] < TARGET_S and row["peak_rss_mb"] < TARGET_MB
+                row["load_average"] = os.getloadavg()
+                runs[variant] = row
+                print(f"{variant}: {row['total_s']} s, {row['peak_rss_mb']} MB", file=sys.stderr)
+            shutil.rmtree(cache, ignore_errors=True)
+            result = {"benchmark": "predict_end_to_end", "case": {"shape": SHAPE, "spacing_mm": SPACING,
+                      "format": "nii.gz int16, KiTS19 orientation (I, P, L)"}, "checkpoint": str(ckpt),
+                      "weights": "trained" if args.ckpt else "random", "threads": args.threads,
+                      "target": {"seconds": TARGET_S, "peak_rss_mb": TARGET_MB}, "cpu": _cpu(),
+                      "load_average": os.getloadavg(), "runs": runs}
+            name = "predict.json"
     text = json.dumps(result, indent=2)
     print(text)
     (HERE / "results").mkdir(exist_ok=True)

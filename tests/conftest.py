@@ -14,6 +14,16 @@ SHARED = Path(os.environ.get("KIDNEYSSL_SHARED", REPO.parent / "shared"))
 os.environ.setdefault("KIDNEYSSL_NO_PROGRESS", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _inference_cache_dir(tmp_path_factory):
+    """Inference's cache folder (precision probes, OpenVINO exports) is a temporary one in tests,
+    never the user's; subprocesses inherit it."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path_factory.mktemp("kidneyssl_cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder; skips the test when it is absent (fresh clone without data)."""

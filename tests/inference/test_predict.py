@@ -94,7 +94,8 @@ def test_probabilities_and_sliding_window(box_model, small_cfg, make_kidney_scan
 
 
 def test_load_model_drops_reconstruction_branch(demo_checkpoint):
-    model, cfg = load_model(demo_checkpoint)
+    engine, cfg = load_model(demo_checkpoint)
+    model = engine.module
     assert not model.training and model.reconstruction is None
     assert cfg.preprocess.spacing_mm == (4.0, 3.0, 3.0)
     with torch.inference_mode():
@@ -172,3 +173,28 @@ def test_real_ras_ct_geometry(demo_checkpoint, real_ct_dir, tmp_path):
     summary = predict_path(demo_checkpoint, src, tmp_path)
     assert summary.ok
     assert_same_geometry(tmp_path / "prediction_example_ct_sm.nii.gz", src)
+
+
+def test_predict_says_its_plan_once_and_each_case_only_when_verbose(demo_checkpoint, make_kidney_scan, tmp_path):
+    """`kidneyssl predict` on a folder of 3 scans: the strategy rule once at the start, and no
+    per-case "half volume ..." line unless -v."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for seed in range(3):
+        img, _, aff = make_kidney_scan(shape=(30, 48, 56), seed=seed)
+        save_nifti(img, aff, folder / f"scan{seed}.nii.gz")
+
+    def predict(*flags: str) -> str:
+        cmd = [sys.executable, "-m", "kidneyssl.cli.main", "predict", *flags, "--model", str(demo_checkpoint),
+               "--input", str(folder), "--out", str(tmp_path / "out")]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stderr
+
+    default = predict()
+    assert "half volume" not in default
+    assert default.count("strategy: halves while each fits") == 1 and default.count("precision") == 1
+    assert "predicted 3 of 3 scans" in default
+    verbose = predict("-v")
+    assert verbose.count("half volume") == 3

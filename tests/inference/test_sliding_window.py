@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
 
-from kidneyssl.config import InferenceConfig, ModelConfig
-from kidneyssl.inference.sliding_window import (
-    BF16_FACTOR,
-    MODULE_PATH_BYTES_PER_VOXEL,
-    PAPER_BYTES_PER_VOXEL,
-    choose_strategy,
-    estimate_bytes_per_voxel,
-    infer_volume,
-    probability_predictor,
-)
+from kidneyssl.config import InferenceConfig
+from kidneyssl.inference.sliding_window import infer_volume, probability_predictor
 from kidneyssl.io.geometry import Side
 from kidneyssl.preprocessing.halves import half_bounds
 
@@ -85,27 +75,6 @@ def test_sliding_window_agrees_with_halves(box_predictor, blob_image):
     assert dice(mask_h, mask_s) > 0.99
     # windows see zero padding at their borders; Gaussian blending keeps that small
     assert np.abs(halves - sliding).mean() < 0.01
-
-
-def test_auto_picks_sliding_when_halves_exceed_budget(box_predictor, blob_image):
-    # half = 32*48*48 voxels; at 660 B/voxel that is ~46 MB
-    small = InferenceConfig(memory_budget_mb=10, sw_roi_size=(16, 32, 32), half_context_mm=0.0)
-    big = InferenceConfig(memory_budget_mb=100, half_context_mm=0.0)
-    assert choose_strategy(blob_image.shape, 32, small, 1.0, PAPER_BYTES_PER_VOXEL) == "sliding"
-    assert choose_strategy(blob_image.shape, 32, big, 1.0, PAPER_BYTES_PER_VOXEL) == "halves"
-    infer_volume(box_predictor, blob_image, small, split_x=32, spacing_mm=(1, 1, 1))
-    assert set(s[2:] for s in box_predictor.shapes) == {(16, 32, 32)}
-
-
-def test_estimate_bytes_per_voxel_scales_with_width():
-    paper = estimate_bytes_per_voxel(ModelConfig())
-    demo = estimate_bytes_per_voxel(ModelConfig(init_features=8, growth_rate=8))
-    assert paper == PAPER_BYTES_PER_VOXEL
-    assert demo == pytest.approx(paper / 2)
-    assert estimate_bytes_per_voxel(None, bf16=True) == pytest.approx(BF16_FACTOR * paper)
-    assert BF16_FACTOR < 1.0
-    # GPUs run the module path, which keeps its own (larger) figure
-    assert estimate_bytes_per_voxel(None, device="cuda") == MODULE_PATH_BYTES_PER_VOXEL > paper
 
 
 def test_tta_flip_averages_mirrored_predictions(make_blob_image):
@@ -216,110 +185,10 @@ def test_real_model_bf16_close_to_float32(demo_model, make_blob_image):
     assert np.abs(bf16 - fp32).max() < 0.05
 
 
-# --- automatic memory budget, window size and precision ---------------------------------------
-
-
-def test_auto_budget_picks_halves_when_available_memory_allows_else_sliding(box_predictor, blob_image,
-                                                                              monkeypatch):
-    import kidneyssl.inference.sliding_window as sw
-
-    cfg = InferenceConfig(sw_roi_size=(16, 32, 32), half_context_mm=0.0)  # memory_budget_mb=0: auto
-    half_mb = 32 * 48 * 32 * PAPER_BYTES_PER_VOXEL / 2**20  # the larger half, ~54 MB
-    monkeypatch.setattr(sw, "available_memory_mb", lambda device="cpu": 10 * half_mb)
-    assert sw.resolve_memory_budget_mb(cfg) == int(10 * half_mb * sw.AVAILABLE_MEMORY_SHARE)
-    assert choose_strategy(blob_image.shape, 32, cfg, 1.0, PAPER_BYTES_PER_VOXEL) == "halves"
-    plan = sw.plan_inference(blob_image.shape, 32, cfg, 1.0, precision="fp32")
-    assert (plan.strategy, plan.precision, plan.roi_size) == ("halves", "fp32", None)
-
-    monkeypatch.setattr(sw, "available_memory_mb", lambda device="cpu": half_mb)  # budget 0.6 half
-    assert choose_strategy(blob_image.shape, 32, cfg, 1.0, PAPER_BYTES_PER_VOXEL) == "sliding"
-    plan = sw.plan_inference(blob_image.shape, 32, cfg, 1.0, precision="fp32")
-    assert plan.strategy == "sliding" and plan.roi_size is not None
-    assert all(r >= lo for r, lo in zip(plan.roi_size, cfg.sw_roi_size))
-    assert math.prod(plan.roi_size) * PAPER_BYTES_PER_VOXEL / 2**20 <= plan.budget_mb
-    infer_volume(box_predictor, blob_image, cfg, split_x=32, spacing_mm=(1, 1, 1))
-    assert plan.roi_size != cfg.sw_roi_size  # grown towards the half volume
-    assert {s[2:] for s in box_predictor.shapes} == {plan.roi_size}
-
-    # an explicit budget wins over the available memory
-    fixed = InferenceConfig(memory_budget_mb=100_000, half_context_mm=0.0)
-    assert choose_strategy(blob_image.shape, 32, fixed, 1.0, PAPER_BYTES_PER_VOXEL) == "halves"
-
-
-def test_available_memory_is_known_on_this_cpu():
-    from kidneyssl.inference.sliding_window import available_memory_mb, resolve_memory_budget_mb
-
-    avail = available_memory_mb("cpu")
-    assert avail is None or avail > 0
-    assert resolve_memory_budget_mb(InferenceConfig()) >= 1
-    assert resolve_memory_budget_mb(InferenceConfig(memory_budget_mb=1234)) == 1234
-
-
-@pytest.mark.parametrize(
-    "half, budget_mb, expected",
-    [
-        ((64, 128, 96), 1e9, (64, 128, 96)),  # fits: the whole half volume
-        ((64, 128, 96), 0.0, (32, 64, 64)),  # nothing fits: the minimum
-        ((16, 32, 32), 0.0, (16, 32, 32)),  # half smaller than the minimum window
-        ((64, 128, 96), 64 * 128 * 64 * 1e-6, (48, 112, 96)),  # relatively largest axis first
-    ],
-)
-def test_sliding_window_roi(half, budget_mb, expected):
-    from kidneyssl.inference.sliding_window import sliding_window_roi
-
-    cfg = InferenceConfig(sw_roi_size=(32, 64, 64))
-    assert sliding_window_roi(half, cfg, 2**20 * 1e-6, budget_mb) == expected
-
-
-def test_resolve_precision(monkeypatch):
-    import kidneyssl.inference.sliding_window as sw
-
-    assert sw.resolve_precision("fp32") == "fp32" and sw.resolve_precision("bf16") == "bf16"
-    monkeypatch.setattr(sw, "cpu_has_native_bf16", lambda cpuinfo=None: True)
-    assert sw.resolve_precision("auto", "cpu") == "bf16"
-    monkeypatch.setattr(sw, "cpu_has_native_bf16", lambda cpuinfo=None: False)
-    assert sw.resolve_precision("auto", "cpu") == "fp32"
-    with pytest.raises(ValueError, match="precision"):
-        sw.resolve_precision("fp16")
-
-
-def test_cpu_has_native_bf16_reads_the_flags():
-    from kidneyssl.inference.sliding_window import cpu_has_native_bf16
-
-    assert cpu_has_native_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
-    assert cpu_has_native_bf16("flags : avx512_bf16 avx512f\n")
-    assert not cpu_has_native_bf16("flags : fpu avx avx2 fma\n")
-    assert not cpu_has_native_bf16("")
-
-
-@pytest.mark.parametrize("bad", [{"precision": "fp16"}, {"memory_budget_mb": -1},
-                                 {"sw_overlap": 1.0}, {"sw_roi_size": (0, 8, 8)}])
-def test_inference_config_validates(bad):
-    from kidneyssl.config import ConfigError
-
-    with pytest.raises(ConfigError):
-        InferenceConfig(**bad)
-
-
-def test_bf16_and_fp32_masks_agree_on_a_trained_toy_model(make_blob_image):
+def test_bf16_and_fp32_masks_agree_on_a_trained_toy_model(trained_toy_model, make_blob_image):
     """A small DenseUNet3D trained for a few steps to segment the blobs: bf16 autocast and fp32
     inference of the whole volume give the same mask (Dice >= 0.99)."""
-    from kidneyssl.models import DenseUNet3D
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(init_features=8, growth_rate=8, block_layers=(1, 1, 1, 1), norm_groups=4,
-                      reconstruction=False)
-    model = DenseUNet3D(cfg)
-    images = [make_blob_image(shape=(16, 32, 48), seed=s) for s in range(2)]
-    x = torch.from_numpy(np.stack(images))[:, None]
-    y = (x > 0.5).float()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(20):
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).logits, y)
-        loss.backward()
-        opt.step()
-    model.eval()
+    model = trained_toy_model
     test = make_blob_image(shape=(16, 32, 48), seed=7)
     target = test > 0.5
     masks = {}

@@ -122,7 +122,7 @@ def test_buffered_inference_matches_autograd_path(paper_cfg: ModelConfig) -> Non
     with_grad = model(x).logits  # grad enabled: concatenation path
     with torch.inference_mode():
         buffered = model.decode(model.encode(x))  # contiguous: preallocated dense-block buffer
-        fast = model(x).logits  # CPU inference path (models.cpu_forward)
+        fast = model.inference_forward(x)  # CPU inference path (models.cpu_forward)
         model_cl = model.to(memory_format=torch.channels_last_3d)
         cl = model_cl(x.to(memory_format=torch.channels_last_3d)).logits
     assert fast.is_contiguous() and fast.shape == with_grad.shape
@@ -154,14 +154,16 @@ def test_cpu_inference_forward_matches_the_module_path(cfg_name: str, request: p
     small = x[:1, :, :16, :32]  # bfloat16 is emulated (slow) on CPUs without it
     with torch.inference_mode():
         reference = model.decode(model.encode(x))
-        fused = model(x).logits
+        fused = model.inference_forward(x)
+        module_path = model(x).logits  # forward never switches to the fused pass
         reference_small = model.decode(model.encode(small))
         with torch.autocast("cpu", dtype=torch.bfloat16):
             reference_bf16 = model.decode(model.encode(small)).float()
-            fused_bf16 = model(small).logits.float()
+            fused_bf16 = model.inference_forward(small).float()
     scale = reference.abs().max()
     assert fused.is_contiguous() and fused.shape == reference.shape == (2, 1, 32, 48, 16)
     assert (fused - reference).abs().max() <= 1e-5 * scale
+    assert torch.equal(module_path, reference)
     # bfloat16 rounds differently along the two paths; both stay as close to float32
     bf16_error = (reference_bf16 - reference_small).abs().max()
     assert (fused_bf16 - reference_small).abs().max() <= 2 * bf16_error + 1e-3 * scale

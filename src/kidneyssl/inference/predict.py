@@ -4,8 +4,9 @@ The pipeline of one scan (``predict_volume``), every stage timed:
 
 1. **preprocess** exactly as at training, with the ``PreprocessConfig`` stored in the checkpoint
    (canonical orientation, resampling, HU window, z-score, padding);
-2. **infer** sigmoid probabilities on that grid (:func:`~kidneyssl.inference.infer_volume`: two
-   lateral halves when they fit the memory budget, else a Gaussian-blended sliding window);
+2. **infer** sigmoid probabilities on that grid (:func:`~kidneyssl.inference.segment.segment_image`:
+   two lateral halves when they fit the memory budget, else a Gaussian-blended
+   sliding window; backend and precision from :func:`load_model`);
 3. **postprocess** on the same canonical grid: threshold, keep the largest connected component on
    each side of the lateral split plane, and zero the probabilities outside a one-voxel margin of
    the kept components (so the mask on the original grid holds no other components, while the
@@ -36,7 +37,6 @@ from kidneyssl.errors import KidneySSLError
 from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.paths import describe_os_error
-from kidneyssl.models.transfer import load_model  # re-exported: kidneyssl.inference.load_model
 
 __all__ = [
     "PredictionResult",
@@ -91,6 +91,29 @@ class PredictSummary:
         return not self.failed
 
 
+def load_model(checkpoint_path: str | Path, device: Any = "cpu", *, backend: str = "auto",
+               precision: str | None = None, threads: int | None = None) -> tuple[Any, ExperimentConfig]:
+    """A segmentation checkpoint ready for inference: ``(InferenceModel, its config)``.
+
+    The network is rebuilt by :func:`kidneyssl.models.transfer.load_model` (``model.module``);
+    ``backend`` (``auto``: OpenVINO when installed and ``device`` is a CPU, see
+    :mod:`kidneyssl.inference.engine`) and ``precision`` (default: the checkpoint's
+    ``inference.precision``; ``auto`` is measured on first use) say how it runs. ``predict``,
+    ``locate`` and the experiment's Table 1 all load checkpoints here.
+
+    Raises:
+        CheckpointError: the checkpoint cannot be used (see the transfer function).
+        KidneySSLError: ``backend="openvino"`` without OpenVINO, or on a GPU.
+    """
+    from kidneyssl.inference.engine import InferenceModel
+    from kidneyssl.models.transfer import load_model as load_network
+
+    module, cfg = load_network(checkpoint_path, device)
+    engine = InferenceModel(module, backend=backend, precision=precision or cfg.inference.precision,
+                            device=device, threads=threads)
+    return engine, cfg
+
+
 def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device: Any = "cpu",
                    sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
                    strategy: str = "auto", progress: bool = False,
@@ -101,15 +124,16 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
     (the one inference procedure, also used by validation and the experiment's Table 1).
 
     Args:
-        model: segmentation network in eval mode (returns ``SegmentationOutput``), on
-            ``sw_device or device``.
+        model: an ``InferenceModel`` from :func:`load_model`, or a segmentation network in eval
+            mode (returns ``SegmentationOutput``; run by torch), on ``sw_device or device``.
         volume: the scan as read from disk (any orientation and spacing).
         cfg: the checkpoint's config; ``cfg.preprocess`` and ``cfg.inference`` are used.
         device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
         keep_probabilities: also return float32 probabilities on the original grid.
-        bf16: bfloat16 autocast for the network (same as ``precision="bf16"``).
+        bf16: bfloat16 for a bare network (same as ``precision="bf16"``).
         strategy: ``auto``, ``halves``, ``sliding`` or ``whole`` (see ``infer_volume``).
-        precision: ``auto``, ``fp32`` or ``bf16`` (default: the checkpoint's ``inference.precision``).
+        precision: ``auto``, ``fp32`` or ``bf16`` for a bare network (default: the checkpoint's
+            ``inference.precision``).
     """
     from kidneyssl.inference.segment import segment_image
     from kidneyssl.preprocessing.pipeline import preprocess_image
@@ -164,7 +188,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
                  tta: bool | None = None, largest_component: bool | None = None,
                  memory_budget_mb: int | None = None, bf16: bool = False, precision: str | None = None,
                  save_probabilities: bool = False, probability_format: ProbabilityFormat = "float32",
-                 strategy: str = "auto") -> PredictSummary:
+                 strategy: str = "auto", backend: str = "auto") -> PredictSummary:
     """Predict every scan under ``input_path`` and write ``prediction_<id>.nii.gz`` to ``out_dir``.
 
     Args:
@@ -173,8 +197,13 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             ``prediction_XXXXX.nii.gz``), a folder of NIfTI files (``<stem>.nii.gz`` ->
             ``prediction_<stem>.nii.gz``) or of DICOM series folders (``<folder>`` ->
             ``prediction_<folder>.nii.gz``), or one DICOM series folder.
-        threads: ``torch.set_num_threads`` (logged at start); ``None`` leaves torch's default.
+        threads: ``torch.set_num_threads`` (and OpenVINO's threads; logged at start); ``None``
+            leaves torch's default.
         tta, largest_component, memory_budget_mb: override the checkpoint's ``InferenceConfig``.
+        precision: ``auto`` (measured once per machine), ``fp32`` or ``bf16``; default the
+            checkpoint's ``inference.precision``. ``bf16`` is the same as ``precision="bf16"``.
+        backend: ``auto`` (OpenVINO when installed and the network runs on a CPU), ``torch`` or
+            ``openvino``.
         save_probabilities: also write ``probability_<id>.nii.gz`` (``probability_format``
             float32, or uint8 = round(255 * p)).
 
@@ -184,17 +213,19 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
 
     Raises:
         CheckpointError: the checkpoint cannot be used (nothing is predicted).
+        KidneySSLError: the OpenVINO backend asked for but not usable.
         DataError: ``input_path`` holds no scans, or an output would be written over, into or
             around one of them (nothing is predicted).
     """
     import torch
 
+    from kidneyssl.inference.device import estimate_bytes_per_voxel, resolve_memory_budget_mb
+    from kidneyssl.inference.strategy import describe_rule
     from kidneyssl.io.atomic import atomic_write_json
     from kidneyssl.progress import progress
 
     if threads is not None:
         torch.set_num_threads(int(threads))
-    from kidneyssl.inference.sliding_window import resolve_memory_budget_mb, resolve_precision
     from kidneyssl.io.outputs import check_outputs
 
     items = find_inputs(input_path)
@@ -202,16 +233,19 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     # Nothing is written over, into or around a scan it reads (its own names are never inputs).
     check_outputs([p for it in items for p in _output_paths(it, out_dir, save_probabilities)]
                   + [out_dir / SUMMARY_JSON], [p for it in items for p in it.paths], inputs_name="the scans")
-    model, cfg = load_model(model_path, sw_device or device)
-    overrides = {k: v for k, v in (("tta_flip", tta), ("largest_component", largest_component),
-                                   ("memory_budget_mb", memory_budget_mb)) if v is not None}
+    model, cfg = load_model(model_path, sw_device or device, backend=backend,
+                            precision=precision or ("bf16" if bf16 else None))
+    overrides: dict[str, Any] = {k: v for k, v in (("tta_flip", tta), ("largest_component", largest_component),
+                                                   ("memory_budget_mb", memory_budget_mb)) if v is not None}
     if overrides:
         cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, **overrides))
-    precision = resolve_precision(precision or ("bf16" if bf16 else cfg.inference.precision), sw_device or device)
-    log.info("kidneyssl predict: %d torch threads, device %s%s, precision %s, memory budget %d MB "
-             "(halves when they fit, else sliding windows)", torch.get_num_threads(), device,
-             f" (windows on {sw_device})" if sw_device else "", precision,
-             resolve_memory_budget_mb(cfg.inference, sw_device or device))
+    # Once per run, what applies to every case; each case's own plan is logged at DEBUG.
+    budget = resolve_memory_budget_mb(cfg.inference, model.device)
+    bpv = estimate_bytes_per_voxel(cfg.model, bf16=model.precision == "bf16", device=model.device,
+                                   backend=model.backend)
+    rule = describe_rule(budget, bpv) if strategy == "auto" else f"{strategy} (asked)"
+    model.announce(f"kidneyssl predict: {torch.get_num_threads()} torch threads, device {device}"
+                   f"{f' (network on {sw_device})' if sw_device else ''}, strategy: {rule}")
     summary = PredictSummary()
     for item in progress(items, desc="predict", unit="case"):
         t_case = time.perf_counter()
@@ -220,7 +254,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
             result = predict_volume(model, volume, cfg, device=device, sw_device=sw_device,
-                                    keep_probabilities=save_probabilities, strategy=strategy, precision=precision)
+                                    keep_probabilities=save_probabilities, strategy=strategy)
             del volume
             t0 = time.perf_counter()
             written = _write_outputs(result, item, out_dir, probability_format if save_probabilities else None)
@@ -246,7 +280,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
         if item.name in summary.failed:
             _remove_outputs(_output_paths(item, out_dir, probabilities=True))
     atomic_write_json(out_dir / SUMMARY_JSON, {
-        "model": str(model_path), "input": str(input_path),
+        "model": str(model_path), "input": str(input_path), "inference": model.describe(),
         "written": {k: str(v) for k, v in summary.written.items()},
         "failed": summary.failed, "strategy": summary.strategies, "inference_plan": summary.plans,
         "timings_s": summary.timings,

@@ -7,13 +7,19 @@ Every code path that scores or applies a model calls :func:`segment_image`: per-
 
 1. finds the lateral split plane from the image alone (the body's lateral centre,
    :func:`kidneyssl.preprocessing.split_plane.find_split_x` without a mask);
-2. picks precision and strategy for the device (:func:`kidneyssl.inference.sliding_window.plan_inference`:
-   the two halves of :func:`kidneyssl.preprocessing.halves.half_bounds` -- the same halves training
-   uses -- whenever they fit the memory, the sliding window as a fallback);
+2. takes the network's backend and precision from an
+   :class:`~kidneyssl.inference.engine.InferenceModel` (a bare module runs on torch) and plans the
+   strategy for the device (:func:`kidneyssl.inference.strategy.plan_inference`: the two halves
+   of :func:`kidneyssl.preprocessing.halves.half_bounds` -- the same halves training uses --
+   whenever they fit the memory, the sliding window as a fallback);
 3. infers sigmoid probabilities and post-processes them on the preprocessed grid (threshold,
    largest component per side, :func:`kidneyssl.inference.postprocess.keep_kidney_components`);
 4. with a :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord`, restores the probabilities to
    the original file's grid (trilinear) and thresholds there.
+
+The network always sees whole half volumes, air around the patient included: its GroupNorm
+statistics span its whole input, and running it on the body's bounding box alone changed the masks
+far beyond the agreement target (``benchmarks/results/agreement_demo.json``).
 
 Because the cache stores exactly ``preprocess_image(read_volume(imaging))``, the experiment's
 Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoint (tested).
@@ -28,15 +34,17 @@ from typing import Any
 import numpy as np
 
 from kidneyssl.config import ExperimentConfig
+from kidneyssl.inference.engine import InferenceModel
 from kidneyssl.inference.postprocess import (
     keep_kidney_components,
     threshold_probabilities,
 )
-from kidneyssl.inference.sliding_window import InferencePlan, infer_volume, plan_inference
+from kidneyssl.inference.sliding_window import infer_volume
+from kidneyssl.inference.strategy import InferencePlan, plan_inference
 from kidneyssl.preprocessing.pipeline import PreprocessRecord
 from kidneyssl.preprocessing.split_plane import find_split_x
 
-__all__ = ["Segmentation", "segment_image"]
+__all__ = ["Segmentation", "segment_image", "as_inference_model"]
 
 
 @dataclass
@@ -52,7 +60,7 @@ class Segmentation:
         original_mask: uint8 mask on the original file's grid (with a record), else ``None``.
         original_probabilities: float32 probabilities on the original grid (when asked).
         timings: seconds for ``infer``, ``postprocess`` and ``restore``.
-        plan: precision, memory budget, strategy and window used.
+        plan: backend, precision, memory budget, strategy and window used.
     """
 
     mask: np.ndarray
@@ -65,33 +73,56 @@ class Segmentation:
     plan: InferencePlan | None = None
 
 
+def as_inference_model(model: Any, cfg: ExperimentConfig, *, device: Any = "cpu", backend: str | None = None,
+                       precision: str | None = None) -> InferenceModel:
+    """``model`` itself when it is an :class:`InferenceModel` (then ``backend`` and ``precision``
+    must be unset or agree with it), else the module wrapped with ``backend`` (default
+    ``torch``) and ``precision`` (default ``cfg.inference.precision``).
+
+    Raises:
+        ValueError: an :class:`InferenceModel` with another backend or precision than asked.
+    """
+    if isinstance(model, InferenceModel):
+        if backend not in (None, "auto", model.backend) or precision not in (None, "auto", model.precision):
+            raise ValueError(f"this InferenceModel runs {model.backend}/{model.precision}; "
+                             f"asked for {backend or model.backend}/{precision or model.precision}")
+        return model
+    return InferenceModel(model, backend=backend or "torch", precision=precision or cfg.inference.precision,
+                          device=device)
+
+
 def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
                   record: PreprocessRecord | None = None, spacing_mm: Any = None,
                   device: Any = "cpu", sw_device: Any = None,
                   bf16: bool = False, strategy: str = "auto", progress: bool = False,
-                  keep_probabilities: bool = False, precision: str | None = None) -> Segmentation:
+                  keep_probabilities: bool = False, precision: str | None = None,
+                  backend: str | None = None) -> Segmentation:
     """Segment the kidneys of one preprocessed image (the module docstring lists the steps).
 
     Args:
-        model: segmentation network in ``eval()`` mode returning ``SegmentationOutput``, on
-            ``sw_device or device``.
+        model: an :class:`~kidneyssl.inference.engine.InferenceModel` (from
+            :func:`kidneyssl.inference.predict.load_model`), or a segmentation network in
+            ``eval()`` mode returning ``SegmentationOutput``, on ``sw_device or device``.
         image: ``(Z, Y, X)`` float32 preprocessed canonical image (e.g. a cached ``image.npy``).
         cfg: the checkpoint's config (``inference``, ``model``, ``preprocess``).
         record: the image's preprocessing record; with it the result is also restored to the
             original grid (``original_mask``) and its grid spacing is used.
         spacing_mm: grid spacing (z, y, x) without a record (default ``cfg.preprocess.spacing_mm``).
         device: where sliding-window outputs are stitched; ``sw_device``: where the network runs.
-        bf16: bfloat16 autocast for the network (same as ``precision="bf16"``).
-        precision: ``auto``, ``fp32`` or ``bf16``; default ``cfg.inference.precision`` (``auto``:
-            bf16 where the device computes it natively, else fp32).
+        bf16: bfloat16 for a bare network (same as ``precision="bf16"``).
+        precision: ``auto``, ``fp32`` or ``bf16`` for a bare network; default
+            ``cfg.inference.precision`` (``auto``: measured, :mod:`kidneyssl.inference.precision`).
+        backend: ``torch`` (default), ``openvino`` or ``auto`` for a bare network.
         strategy: ``auto`` (halves when they fit, else sliding window), ``halves``, ``sliding``,
             ``whole``.
         keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
             record).
     """
-    import torch
-
     icfg = cfg.inference
+    engine = as_inference_model(model, cfg, device=sw_device or device, backend=backend,
+                                precision=precision or ("bf16" if bf16 else None))
+    if engine is model:  # a loaded model says once how it runs; a bare one (validation) stays quiet
+        engine.announce()
     image = np.asarray(image)
     if record is not None:
         spacing_mm = record.spacing_mm
@@ -100,12 +131,11 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     t0 = time.perf_counter()
     split_x = int(find_split_x(None, image))
     plan = plan_inference(image.shape, split_x, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
-                          precision=precision or ("bf16" if bf16 else None), device=sw_device or device)
-    with torch.inference_mode():
-        prob = infer_volume(lambda x: model(x).logits, image, icfg, split_x=split_x, device=device,
-                            sw_device=sw_device, progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
-                            bytes_per_voxel=plan.bytes_per_voxel, bf16=plan.precision == "bf16",
-                            roi_size=plan.roi_size)
+                          precision=engine.precision, device=engine.device, backend=engine.backend)
+    prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
+                        progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
+                        roi_size=plan.roi_size)
+    engine.release()
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
@@ -115,15 +145,16 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     if record is None:
         return result
     t0 = time.perf_counter()
-    restored = record.restore(prob, order="linear")
-    result.original_mask = threshold_probabilities(restored, icfg.threshold)
+    if keep_probabilities:
+        restored = record.restore(prob, order="linear")
+        result.original_mask = threshold_probabilities(restored, icfg.threshold)
+        result.original_probabilities = np.asarray(restored, dtype=np.float32)
+        del restored
+    else:  # thresholded chunk by chunk: no full-resolution float32 array
+        result.original_mask = record.restore(prob, order="linear", threshold=icfg.threshold)
+        result.probabilities = None
     if tuple(result.original_mask.shape) != tuple(record.original.shape):  # the data layer's contract
         raise RuntimeError(f"restored mask shape {result.original_mask.shape} differs from the input's "
                            f"{record.original.shape}")
-    if keep_probabilities:
-        result.original_probabilities = np.asarray(restored, dtype=np.float32)
-    else:
-        result.probabilities = None
-    del restored
     timings["restore"] = time.perf_counter() - t0
     return result

@@ -1,6 +1,7 @@
-"""The segmentation network's forward pass for CPU inference: the same function as
+"""The segmentation network's forward pass for CPU inference: the same function as the logits of
 :meth:`DenseUNet3D.forward <kidneyssl.models.unet.DenseUNet3D.forward>`, with fewer passes over
-memory.
+memory. Only :meth:`DenseUNet3D.inference_forward <kidneyssl.models.unet.DenseUNet3D.inference_forward>`
+calls it (inference chooses it explicitly; ``forward`` never switches to it).
 
 On a CPU the network's convolutions run near the machine's matmul rate; around them, every dense
 layer concatenated all earlier feature maps, GroupNorm read them twice more and wrote a
@@ -16,10 +17,9 @@ normalised copy, and ReLU rewrote that copy. Here:
   ReLU. The concatenation is this write.
 
 PyTorch's own ``GroupNorm`` (channels-last kernel) computes its statistics in float32 from sums of
-squares; these are float64 and at least as accurate (tests compare both paths). Measured on a
-2-core AVX2 machine, 96x256x128 half volume: peak memory 2.1 GB instead of 2.7 GB, time ~4 %
-lower (the large speed-ups of this round come from ``blocks.Conv3d`` and transparent huge pages).
-Applies to float32 and bfloat16 CPU inference; autograd must be off.
+squares; these are float64 and at least as accurate (tests compare both paths). What it saves is
+memory more than time (``benchmarks/results/predict_factor.json``). Applies to float32 and
+bfloat16 CPU inference; autograd must be off.
 """
 
 from __future__ import annotations

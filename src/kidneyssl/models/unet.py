@@ -142,15 +142,26 @@ class DenseUNet3D(nn.Module):
         return self.reconstruction(features[-1:])
 
     def forward(self, x: Tensor) -> SegmentationOutput:
+        """Logits (and, in training with the branch built, the reconstruction) through the
+        modules: the one forward pass for training, export and any device. CPU inference calls
+        :meth:`inference_forward` instead."""
         with_recon = self.training and self.reconstruction is not None
-        if not with_recon and _cpu_inference(x):
-            # Inference on the CPU: the same function computed with fewer passes over memory
-            # (no concatenations, one GroupNorm+ReLU write per feature map; see cpu_forward).
-            return SegmentationOutput(cpu_inference_forward(self, x))
         features = self.encode(x)
         logits = self.decode(features)
         recon = self.reconstruct(features) if with_recon else None
         return SegmentationOutput(logits, recon)
+
+    def inference_forward(self, x: Tensor) -> Tensor:
+        """(B, out_channels, Z, Y, X) segmentation logits for inference (autograd off).
+
+        On the CPU this is :func:`~kidneyssl.models.cpu_forward.cpu_inference_forward`: the same
+        function as :meth:`forward`'s logits computed with fewer passes over memory (no
+        concatenations, one GroupNorm+ReLU write per feature map). Elsewhere, or with autograd
+        on, it is :meth:`forward`'s module path.
+        """
+        if _cpu_inference(x):
+            return cpu_inference_forward(self, x)
+        return self.decode(self.encode(x))
 
 
 def _cpu_inference(x: Tensor) -> bool:

@@ -1,0 +1,148 @@
+"""Precision ``auto`` by measurement: bfloat16 only where it is measured to be faster.
+
+A CPU flag does not predict speed: with native bf16 (AVX512-BF16) PyTorch's bf16 convolutions were
+slower than its float32 ones on one machine while OpenVINO's bf16 hint was several times faster on
+the same machine (``results/precision_probe.json``). So on a CPU with native bf16 the first call
+times one short forward pass per precision (:data:`PROBE_SHAPE`, best of three interleaved rounds
+after a warm-up) for the backend in use, and picks bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The
+result is cached per machine in the user's cache folder (:mod:`kidneyssl.inference.cache`), keyed
+by the CPU model, the cores available, the thread count, the library versions, the backend and
+the network's architecture; the decision and the measured ratio are reported once.
+
+Masks: that bf16 masks agree with float32 ones (Dice >= 0.995 on trained checkpoints) is measured
+by ``benchmarks/bench_predict.py --agreement`` and tested on a trained toy model; the probe only
+measures speed (its input is noise).
+
+CPUs without native bf16 run float32 without probing (emulated bf16 takes minutes), and CUDA
+devices run bf16 where ``torch.cuda.is_bf16_supported()`` (not measured: no GPU was available).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from kidneyssl.inference.cache import cache_dir, read_json, write_json
+from kidneyssl.inference.device import cpu_count, cpu_has_native_bf16, cpu_model_name
+from kidneyssl.inference.strategy import Precision
+
+__all__ = ["PROBE_SHAPE", "BF16_MIN_SPEEDUP", "PrecisionChoice", "machine_key", "choose_precision"]
+
+log = logging.getLogger(__name__)
+
+#: Input of the timing probe (Z, Y, X): ~0.2 M voxels, a few seconds for both precisions on two
+#: cores, yet large enough that per-call overheads do not dominate.
+PROBE_SHAPE = (32, 96, 64)
+#: bf16 must be at least this much faster than float32 (a margin over timing noise).
+BF16_MIN_SPEEDUP = 1.15
+_PROBE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PrecisionChoice:
+    """The precision inference runs in, and why.
+
+    Attributes:
+        precision: ``fp32`` or ``bf16``.
+        reason: ``asked``, ``measured`` (probed now), ``cached`` (probed earlier on this
+            machine), ``no native bf16`` or ``cuda``.
+        speedup: float32 time / bf16 time of the probe (``None`` without a probe).
+        fp32_s, bf16_s: the probe's best times.
+        cache_file: where the probe's result is kept.
+    """
+
+    precision: Precision
+    reason: str
+    speedup: float | None = None
+    fp32_s: float | None = None
+    bf16_s: float | None = None
+    cache_file: str | None = None
+
+    def describe(self) -> str:
+        """One line, e.g. ``bf16 (measured: 2.9x faster than fp32)``."""
+        if self.speedup is None:
+            return f"{self.precision} ({self.reason})"
+        return (f"{self.precision} ({self.reason}: bf16 {self.speedup:.2f}x the speed of fp32 on this machine, "
+                f"probe {'x'.join(map(str, PROBE_SHAPE))}: fp32 {self.fp32_s:.2f} s, bf16 {self.bf16_s:.2f} s)")
+
+
+def _versions(backend: str) -> dict[str, str]:
+    import torch
+
+    import kidneyssl
+
+    versions = {"kidneyssl": kidneyssl.__version__, "torch": torch.__version__}
+    if backend == "openvino":
+        from kidneyssl.inference.ov_backend import openvino_version
+
+        versions["openvino"] = openvino_version() or "?"
+    return versions
+
+
+def machine_key(backend: str, threads: int, model_key: str) -> dict[str, Any]:
+    """What the probe's result depends on: processor, cores, threads, library versions, backend
+    and the network's architecture (``model_key``)."""
+    return {"probe": _PROBE_VERSION, "cpu": cpu_model_name(), "cores": cpu_count(), "threads": int(threads),
+            "backend": backend, "model": model_key, "shape": list(PROBE_SHAPE), **_versions(backend)}
+
+
+def _best_times(runs: dict[str, Callable[[], Any]], rounds: int = 3) -> dict[str, float]:
+    """Best time of each callable over ``rounds`` interleaved rounds, after one warm-up call
+    each (compilation, kernel generation, first-touch allocations). Interleaving spreads a
+    shared machine's load changes over every candidate alike."""
+    for run in runs.values():
+        run()
+    best = {name: float("inf") for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
+def choose_precision(requested: str, device: Any, *, backend: str = "torch",
+                     probe: Callable[[Precision], Callable[[], Any]] | None = None,
+                     threads: int = 1, model_key: str = "") -> PrecisionChoice:
+    """The precision for ``requested`` (``auto``, ``fp32`` or ``bf16``) on ``device``.
+
+    Args:
+        probe: for ``auto`` on a CPU with native bf16: ``probe(precision)`` returns a callable
+            that runs one forward pass of the network at :data:`PROBE_SHAPE` in that precision
+            (timed here). ``None`` means float32 without measuring.
+        threads, model_key: part of the cache key (see :func:`machine_key`).
+
+    Raises:
+        ValueError: ``requested`` is not ``auto``, ``fp32`` or ``bf16``.
+    """
+    import torch
+
+    if requested not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be auto, fp32 or bf16, got {requested!r}")
+    if requested != "auto":
+        return PrecisionChoice(requested, "asked")  # type: ignore[arg-type]
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return PrecisionChoice("bf16" if torch.cuda.is_bf16_supported() else "fp32", "cuda")
+    if dev.type != "cpu" or not cpu_has_native_bf16() or probe is None:
+        return PrecisionChoice("fp32", "no native bf16")
+    key = machine_key(backend, threads, model_key)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    path = cache_dir("precision") / f"{backend}-{digest}.json"
+    cached = read_json(path)
+    if cached and cached.get("key") == key and cached.get("precision") in ("fp32", "bf16"):
+        return PrecisionChoice(cached["precision"], "cached", cached.get("speedup"), cached.get("fp32_s"),
+                               cached.get("bf16_s"), str(path))
+    best = _best_times({"fp32": probe("fp32"), "bf16": probe("bf16")})
+    fp32_s, bf16_s = best["fp32"], best["bf16"]
+    speedup = fp32_s / max(bf16_s, 1e-9)
+    choice = PrecisionChoice("bf16" if speedup >= BF16_MIN_SPEEDUP else "fp32", "measured", speedup,
+                             fp32_s, bf16_s, str(path))
+    write_json(path, {"key": key, **{k: v for k, v in asdict(choice).items() if k not in ("reason", "cache_file")},
+                      "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    log.debug("precision probe (%s, %d threads): %s", backend, threads, choice.describe())
+    return choice

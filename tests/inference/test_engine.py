@@ -1,0 +1,89 @@
+"""How a network runs inference: the backend choice (and its fallback without OpenVINO), the
+explicit fused CPU pass, and the loaded model's single report."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from kidneyssl.errors import KidneySSLError
+from kidneyssl.inference.engine import InferenceModel, resolve_backend, torch_logits
+
+
+@pytest.fixture
+def no_openvino(monkeypatch):
+    """OpenVINO absent: importing it fails."""
+    monkeypatch.setitem(sys.modules, "openvino", None)
+
+
+def test_auto_falls_back_to_torch_without_openvino(no_openvino, trained_toy_model):
+    backend, why = resolve_backend("auto", "cpu")
+    assert backend == "torch" and "pip install kidneyssl[openvino]" in why
+    engine = InferenceModel(trained_toy_model, backend="auto", precision="fp32")
+    assert engine.backend == "torch"
+    assert engine.logits(torch.zeros(1, 1, 16, 32, 32)).shape == (1, 1, 16, 32, 32)
+
+
+def test_asking_for_openvino_without_it_says_how_to_install(no_openvino):
+    with pytest.raises(KidneySSLError, match=r"pip install kidneyssl\[openvino\]"):
+        resolve_backend("openvino", "cpu")
+
+
+def test_backend_rules():
+    assert resolve_backend("torch", "cpu") == ("torch", "asked")
+    assert resolve_backend("auto", "cuda")[0] == "torch"  # OpenVINO runs on the CPU only
+    with pytest.raises(KidneySSLError, match="CPU"):
+        resolve_backend("openvino", "cuda")
+    with pytest.raises(ValueError, match="backend"):
+        resolve_backend("tensorrt", "cpu")
+
+
+def test_auto_picks_openvino_when_installed(trained_toy_model):
+    pytest.importorskip("openvino")
+    assert resolve_backend("auto", "cpu")[0] == "openvino"
+    assert InferenceModel(trained_toy_model, backend="auto", precision="fp32").backend == "openvino"
+
+
+def test_a_network_openvino_cannot_export_falls_back_to_torch_when_auto(trained_toy_model, monkeypatch, caplog,
+                                                                         tmp_path):
+    pytest.importorskip("openvino")
+    import kidneyssl.inference.ov_backend as ov_backend
+
+    monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path))  # nothing exported yet
+
+    def fail(module, folder):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr(ov_backend, "export_openvino", fail)
+    with caplog.at_level("WARNING", logger="kidneyssl"):
+        engine = InferenceModel(trained_toy_model, backend="auto", precision="fp32")
+    assert engine.backend == "torch" and "unsupported operator" in caplog.text
+    with pytest.raises(RuntimeError, match="unsupported"):
+        InferenceModel(trained_toy_model, backend="openvino", precision="fp32")
+
+
+def test_torch_backend_runs_the_fused_cpu_pass_explicitly(trained_toy_model, monkeypatch):
+    calls = []
+    forward = trained_toy_model.inference_forward
+    monkeypatch.setattr(trained_toy_model, "inference_forward", lambda x: calls.append(x.shape) or forward(x))
+    x = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        fused = torch_logits(trained_toy_model, x)
+        module_path = trained_toy_model(x).logits  # forward itself never switches
+    assert calls == [x.shape]
+    assert torch.allclose(fused, module_path, atol=1e-4)
+    # a network without inference_forward: its forward's logits
+    assert torch_logits(lambda t: t * 2, torch.ones(1)).item() == 2.0
+
+
+def test_loaded_model_announces_once(demo_checkpoint, caplog):
+    from kidneyssl.inference.predict import load_model
+
+    engine, _ = load_model(demo_checkpoint, backend="torch", precision="fp32")
+    with caplog.at_level("INFO", logger="kidneyssl"):
+        engine.announce("context")
+        engine.announce("context")
+    lines = [r.getMessage() for r in caplog.records if "backend torch" in r.getMessage()]
+    assert lines == ["context; backend torch (asked), precision fp32 (asked)"]

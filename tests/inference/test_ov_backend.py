@@ -1,0 +1,98 @@
+"""The OpenVINO backend: export cached per weights and OpenVINO version, static-shape compilation,
+and masks that agree with the torch backend's on a trained toy model (skipped without OpenVINO)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kidneyssl.config import config_to_dict, load_preset
+from kidneyssl.inference.engine import InferenceModel
+
+ov = pytest.importorskip("openvino")
+
+
+def dice(a, b) -> float:
+    a, b = a > 0, b > 0
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture
+def exports(monkeypatch, tmp_path):
+    """An empty cache folder; returns a list that records every export."""
+    import kidneyssl.inference.ov_backend as ov_backend
+
+    monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
+    made = []
+    real = ov_backend.export_openvino
+
+    def counting(module, folder):
+        made.append(folder)
+        return real(module, folder)
+
+    monkeypatch.setattr(ov_backend, "export_openvino", counting)
+    return made
+
+
+def _checkpoint(path, cfg, model):
+    from kidneyssl.io.checkpoint import save_checkpoint
+
+    save_checkpoint(path, kind="segmentation", config=config_to_dict(cfg), model_state=model.state_dict(), epoch=0)
+    return path
+
+
+def test_a_changed_checkpoint_is_exported_again(exports, tmp_path, monkeypatch):
+    import kidneyssl.inference.ov_backend as ov_backend
+    from kidneyssl.inference.cache import cache_dir
+    from kidneyssl.inference.predict import load_model
+    from kidneyssl.models import build_segmentation_model
+
+    cfg = load_preset("demo")
+    torch.manual_seed(0)
+    model = build_segmentation_model(cfg.model)
+    ckpt = _checkpoint(tmp_path / "a.pt", cfg, model)
+    first, _ = load_model(ckpt, backend="openvino", precision="fp32")
+    load_model(ckpt, backend="openvino", precision="fp32")  # the same weights: reused
+    assert len(exports) == 1 and len(list(cache_dir("openvino").iterdir())) == 1
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    _checkpoint(tmp_path / "a.pt", cfg, model)  # the same file, new weights
+    second, _ = load_model(ckpt, backend="openvino", precision="fp32")
+    assert len(exports) == 2 and second._xml != first._xml
+    # another OpenVINO version: exported again
+    monkeypatch.setattr(ov_backend, "openvino_version", lambda: "9999.0.0-test")
+    load_model(ckpt, backend="openvino", precision="fp32")
+    assert len(exports) == 3
+
+
+def test_openvino_logits_equal_torch_logits_at_any_shape(trained_toy_model, exports):
+    engine = InferenceModel(trained_toy_model, backend="openvino", precision="fp32")
+    for shape in ((16, 32, 48), (32, 16, 64)):  # neither is the export's example shape
+        x = torch.randn(1, 1, *shape)
+        with torch.inference_mode():
+            expected = trained_toy_model(x).logits
+        got = engine.logits(x)
+        assert got.shape == expected.shape and got.dtype == torch.float32
+        assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()))
+    assert len(exports) == 1
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_both_backends_give_the_same_masks_on_a_trained_toy_model(trained_toy_model, make_blob_image, small_cfg,
+                                                                  precision, exports):
+    """segment_image through OpenVINO (float32, and its bf16 hint where the CPU has bf16) against
+    the torch float32 masks: Dice >= 0.99."""
+    import dataclasses
+
+    from kidneyssl.inference.segment import segment_image
+
+    cfg = dataclasses.replace(small_cfg, model=trained_toy_model.cfg)
+    masks = {}
+    for backend, prec in (("torch", "fp32"), ("openvino", precision)):
+        engine = InferenceModel(trained_toy_model, backend=backend, precision=prec)
+        masks[backend] = [segment_image(engine, make_blob_image(shape=(16, 32, 48), seed=s), cfg,
+                                        spacing_mm=(1.0, 1.0, 1.0)).mask for s in (7, 8)]
+    for torch_mask, ov_mask in zip(masks["torch"], masks["openvino"]):
+        assert torch_mask.sum() > 100  # the blobs are found
+        assert dice(ov_mask, torch_mask) >= 0.99
