@@ -276,6 +276,15 @@ def compare_with_ref(args: argparse.Namespace, scan: Path, ckpt: Path, work: Pat
     runs: list[dict] = []
     try:
         trees = {"reference": ref_tree / "src", "candidate": ROOT / "src"}
+        if not args.ckpt:  # written by the reference, which cannot read newer config keys; both read it
+            ckpt = work / "paper_random_reference.pt"
+            code = ("import torch; from kidneyssl.config import load_preset, config_to_dict; "
+                    "from kidneyssl.io.checkpoint import save_checkpoint; "
+                    "from kidneyssl.models import build_segmentation_model; cfg = load_preset('paper'); "
+                    f"torch.manual_seed(0); save_checkpoint({str(ckpt)!r}, kind='segmentation', "
+                    "config=config_to_dict(cfg), model_state=build_segmentation_model(cfg.model).state_dict())")
+            subprocess.run([sys.executable, "-c", code], check=True,
+                           env=dict(os.environ, PYTHONPATH=str(trees["reference"])))
         cache = tmp / "cache"  # this tree's export and precision probe, filled by its first run
         scan_dir = scan.parent.parent
         for rnd in range(args.rounds):

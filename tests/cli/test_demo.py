@@ -14,6 +14,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
     rc = main(["demo", "-q", "--out", str(out), "--device", "cpu",
                "--set", "synth.cases=8", "--set", "train.val_fraction=0.25",
                "--set", "preprocess.spacing_mm=[12.0,6.0,6.0]", "--set", "pretrain.crop_size=[16,32,32]",
+               "--set", "train.crop_size=[16,16,16]",  # the demo's crop training and windowed inference
                "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2",
                "--set", "model.embedding_dim=8", "--set", "inference.half_context_mm=16",
                "--set", "pretrain.epochs=1", "--set", "pretrain.pairs_per_epoch=8", "--set", "pretrain.val_pairs=4",

@@ -15,7 +15,7 @@ import pytest
 from kidneyssl.cli.main import main
 
 TINY = ["--preset", "demo",
-        "--set", "preprocess.spacing_mm=[12.0,6.0,6.0]", "--set", "pretrain.crop_size=[16,32,32]",
+        "--set", "preprocess.spacing_mm=[12.0,6.0,6.0]", "--set", "pretrain.crop_size=[16,32,32]", "--set", "train.crop_size=null",
         "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2",
         "--set", "model.embedding_dim=8", "--set", "train.val_fraction=0.25",
         "--set", "protocol.test_fraction=0.25", "--set", "inference.half_context_mm=16",

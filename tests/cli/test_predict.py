@@ -20,7 +20,8 @@ def checkpoint(tmp_path_factory):
     from kidneyssl.models import build_segmentation_model
 
     cfg = load_preset("demo")
-    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)))  # small arrays
+    cfg = dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(8.0, 6.0, 6.0)),  # small arrays
+                              train=dataclasses.replace(cfg.train, crop_size=None))  # trained on halves
     torch.manual_seed(0)
     model = build_segmentation_model(cfg.model)
     path = tmp_path_factory.mktemp("cli_ckpt") / "seg.pt"

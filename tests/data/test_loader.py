@@ -50,3 +50,14 @@ def test_worker_count_is_capped_at_the_cpus_available(make_cache, tmp_path, monk
     monkeypatch.delattr(loader.os, "sched_getaffinity")  # not Linux: os.cpu_count()
     monkeypatch.setattr(loader.os, "cpu_count", lambda: 3)
     assert loader.available_cpus() == 3
+
+
+def test_readers_start_from_a_server_process_never_a_fork_of_the_trainer(make_cache, tmp_path):
+    """Forking a process whose native libraries run threads (OpenVINO after an inference) crashed the
+    readers with SIGSEGV, so readers come from a forkserver; items arrive in order all the same."""
+    cache = make_cache(tmp_path, n_cases=1)
+    ds = HalfVolumeDataset(cache, cache.case_ids)
+    loader = build_loader(ds, [1, 0], num_workers=1)
+    assert loader.multiprocessing_context.get_start_method() == "forkserver"  # type: ignore[attr-defined]
+    assert [(it["case_id"], it["side"]) for it in loader] == [(ds[i]["case_id"], ds[i]["side"]) for i in (1, 0)]
+    assert build_loader(ds, [0], num_workers=0).multiprocessing_context is None  # type: ignore[attr-defined]

@@ -132,13 +132,15 @@ def box_model() -> BoxModel:
 
 
 def small_config():
-    """Demo model, coarse preprocessing (small arrays), halves by default."""
+    """Demo model trained on whole halves (as the paper's), coarse preprocessing (small arrays),
+    halves by default."""
     import dataclasses
 
     from kidneyssl.config import PreprocessConfig, load_preset
 
     cfg = load_preset("demo")
     return dataclasses.replace(cfg, preprocess=PreprocessConfig(spacing_mm=(4.0, 3.0, 3.0)),
+                               train=dataclasses.replace(cfg.train, crop_size=None),
                                inference=dataclasses.replace(cfg.inference, half_context_mm=12.0))
 
 

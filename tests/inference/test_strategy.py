@@ -93,3 +93,20 @@ def test_inference_config_validates(bad):
 
     with pytest.raises(ConfigError):
         InferenceConfig(**bad)
+
+
+def test_a_network_trained_on_crops_runs_on_windows_of_its_crop_size(trained_toy_model, make_blob_image, small_cfg):
+    """GroupNorm normalises over the whole input, so a network trained on crops is run on windows
+    of the crop size (validation, Table 1 and predict alike); asked for halves, it runs on halves."""
+    import dataclasses
+
+    from kidneyssl.inference.segment import segment_image
+
+    cfg = dataclasses.replace(small_cfg, model=trained_toy_model.cfg)
+    image = make_blob_image(shape=(16, 32, 48), seed=7)
+    assert segment_image(trained_toy_model, image, cfg, spacing_mm=(1.0, 1.0, 1.0)).plan.strategy == "halves"
+    cropped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, crop_size=(16, 16, 16)))
+    plan = segment_image(trained_toy_model, image, cropped, spacing_mm=(1.0, 1.0, 1.0)).plan
+    assert (plan.strategy, plan.roi_size) == ("sliding", (16, 16, 16))
+    forced = segment_image(trained_toy_model, image, cropped, spacing_mm=(1.0, 1.0, 1.0), strategy="halves")
+    assert forced.plan.strategy == "halves" and forced.mask.sum() > 100

@@ -123,7 +123,7 @@ def good_scan(tmp_path) -> Path:
 #: A tiny training config (matches :func:`tiny_cache`).
 TRAIN_SETS = ["--preset", "demo", "--set", "preprocess.spacing_mm=[4.0,6.0,6.0]", "--set", "train.val_fraction=0.5",
               "--set", "model.init_features=4", "--set", "model.growth_rate=4", "--set", "model.norm_groups=2",
-              "--set", "inference.half_context_mm=16"]
+              "--set", "inference.half_context_mm=16", "--set", "train.crop_size=null"]
 
 
 def train_config():

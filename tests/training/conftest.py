@@ -11,6 +11,7 @@ import pytest
 TINY_OVERRIDES = [
     "preprocess.spacing_mm=[12.0,6.0,6.0]",
     "pretrain.crop_size=[16,32,32]",
+    "train.crop_size=null",  # whole halves at this tiny grid (crops: tests/data/test_segmentation.py)
     "model.init_features=4",
     "model.growth_rate=4",
     "model.norm_groups=2",

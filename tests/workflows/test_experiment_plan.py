@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-TINY = ["preprocess.spacing_mm=[12.0,6.0,6.0]", "pretrain.crop_size=[16,32,32]", "model.init_features=4",
+TINY = ["preprocess.spacing_mm=[12.0,6.0,6.0]", "pretrain.crop_size=[16,32,32]", "train.crop_size=null", "model.init_features=4",
         "model.growth_rate=4", "model.norm_groups=2", "model.embedding_dim=8", "train.val_fraction=0.25",
         "protocol.test_fraction=0.25", "inference.half_context_mm=16", "pretrain.epochs=1",
         "pretrain.pairs_per_epoch=8", "pretrain.val_pairs=4", "pretrain.batch_size=2", "train.epochs=3",

@@ -78,4 +78,8 @@ def build_loader(dataset: Any, order: Sequence[int], *, num_workers: int = 0, pi
         pin_memory=bool(pin_memory) and torch.cuda.is_available(),
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         persistent_workers=False,
+        # Readers start from a clean server process, never by forking this one: a fork of a process
+        # whose native libraries run threads (OpenVINO after an inference, in the experiment's
+        # scoring) crashed the reader with SIGSEGV. The datasets pickle as paths and indices.
+        multiprocessing_context="forkserver" if num_workers > 0 else None,
     )

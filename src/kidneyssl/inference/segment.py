@@ -17,9 +17,13 @@ Every code path that scores or applies a model calls :func:`segment_image`: per-
 4. with a :class:`~kidneyssl.preprocessing.pipeline.PreprocessRecord`, restores the probabilities to
    the original file's grid (trilinear) and thresholds there.
 
-The network always sees whole half volumes, air around the patient included: its GroupNorm
-statistics span its whole input, and running it on the body's bounding box alone changed the masks
-far beyond the agreement target (``benchmarks/results/agreement_demo.json``).
+The network always sees inputs of the size it was trained on, air around the patient included:
+its GroupNorm statistics span its whole input. A network trained on whole half volumes (the
+paper's) runs on whole halves; running it on the body's bounding box alone changed the masks far
+beyond the agreement target (``benchmarks/results/agreement_demo.json``). A network trained on
+random crops (``train.crop_size``) runs on sliding windows of that crop size, as nnU-Net infers at
+its patch size: on whole halves the same network found far less
+(``benchmarks/results/crop_trained_inference.json``).
 
 Because the cache stores exactly ``preprocess_image(read_volume(imaging))``, the experiment's
 Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoint (tested).
@@ -27,6 +31,7 @@ Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoi
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,12 +118,16 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
         precision: ``auto``, ``fp32`` or ``bf16`` for a bare network; default
             ``cfg.inference.precision`` (``auto``: measured, :mod:`kidneyssl.inference.precision`).
         backend: ``torch`` (default), ``openvino`` or ``auto`` for a bare network.
-        strategy: ``auto`` (halves when they fit, else sliding window), ``halves``, ``sliding``,
+        strategy: ``auto`` (a network trained on crops: sliding windows of its crop size; else
+            halves when they fit, else sliding window), ``halves``, ``sliding``,
             ``whole``.
         keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
             record).
     """
     icfg = cfg.inference
+    if strategy == "auto" and cfg.train.crop_size is not None:  # windows of the training input's size
+        icfg = dataclasses.replace(icfg, sw_roi_size=cfg.train.crop_size)
+        strategy = "sliding"
     engine = as_inference_model(model, cfg, device=sw_device or device, backend=backend,
                                 precision=precision or ("bf16" if bf16 else None))
     if engine is model:  # a loaded model says once how it runs; a bare one (validation) stays quiet
