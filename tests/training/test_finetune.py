@@ -147,7 +147,7 @@ def test_a_config_asking_for_more_workers_than_cpus_runs_with_the_cpus_and_says_
     asked: list[int] = []
 
     class Loader(torch.utils.data.DataLoader):  # records the count, reads in-process (no processes here)
-        def __init__(self, *args, num_workers=0, prefetch_factor=None, **kwargs):
+        def __init__(self, *args, num_workers=0, prefetch_factor=None, multiprocessing_context=None, **kwargs):
             asked.append(num_workers)
             super().__init__(*args, num_workers=0, **kwargs)
 
