@@ -116,7 +116,7 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    _write_results(out, report_dir, args.name)
+    write_results(out, report_dir, args.name)
     print(f"wall {wall / 60:.1f} min; report {result.report}")
 
 
@@ -238,10 +238,10 @@ def combine(works: list[Path], name: str = "science_demo", phantom_seed: int | N
         "timings_s": timings, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    _write_results(out, out_dir, name)
+    write_results(out, out_dir, name)
 
 
-def _write_results(out: dict, report_dir: Path, name: str = "science_demo") -> None:
+def write_results(out: dict, report_dir: Path, name: str = "science_demo") -> None:
     """The JSON, a copy of the report with its figures (links renamed), and the differences printed."""
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")

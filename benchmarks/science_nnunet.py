@@ -28,7 +28,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -82,6 +81,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the experiment's progress lines
 
+    from science_demo import write_results  # this folder is on sys.path when run as a script
+
     from kidneyssl.config import apply_overrides, load_preset
     from kidneyssl.models.nnunet import NNUNET_VERSION, nnunet_model_settings
     from kidneyssl.models.registry import build_network, network_spec
@@ -129,18 +130,7 @@ def main() -> None:
         "load_average_start": load_start, "load_average_end": os.getloadavg(),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
-    text = (report_dir / "report.md").read_text()
-    for fig in ("fig5_dice_curves.png", "proxy_accuracy.png", "fig4_overlays.png"):
-        if (report_dir / fig).is_file():
-            shutil.copy(report_dir / fig, RESULTS / f"{args.name}_{fig}")
-            text = text.replace(f"]({fig})", f"]({args.name}_{fig})")
-    (RESULTS / f"{args.name}_report.md").write_text(text)
-    for d in out["paired_differences"]:
-        print(f"{d['model']} - {d['reference']}  {d['part']:4s} {d['metric']:8s} {d['mean']:+.4f} "
-              f"[{d['ci_low']:+.4f}, {d['ci_high']:+.4f}] ({d['interval']}, {d['n_cases']} cases x "
-              f"{d['n_seeds']} seeds): {d['conclusion']}")
+    write_results(out, report_dir, args.name)  # the same files and printout as science_demo
 
 
 if __name__ == "__main__":
