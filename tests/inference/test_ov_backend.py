@@ -96,3 +96,30 @@ def test_both_backends_give_the_same_masks_on_a_trained_toy_model(trained_toy_mo
     for torch_mask, ov_mask in zip(masks["torch"], masks["openvino"]):
         assert torch_mask.sum() > 100  # the blobs are found
         assert dice(ov_mask, torch_mask) >= 0.99
+
+
+def test_networks_in_one_process_share_one_openvino_core(tmp_path, monkeypatch):
+    """Every network compiles through the process's one ``Core``: a ``Core`` per network crashed
+    long-lived processes (SIGSEGV after some tens of networks)."""
+    import kidneyssl.inference.ov_backend as ov_backend
+    from kidneyssl.models import build_segmentation_model
+
+    made = []
+    real_core = ov.Core
+
+    def counting_core(*args, **kwargs):
+        made.append(1)
+        return real_core(*args, **kwargs)
+
+    monkeypatch.setattr(ov, "Core", counting_core)
+    ov_backend._core.cache_clear()
+    cfg = load_preset("demo")
+    outputs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        xml = ov_backend.exported_model(build_segmentation_model(cfg.model).eval(), tmp_path / "exports")
+        net = ov_backend.OpenVINONetwork(xml, "fp32", 1)
+        outputs.append(net(torch.zeros(1, 1, 16, 32, 32)))
+    assert len(made) == 1
+    assert outputs[0].shape == outputs[1].shape == (1, 1, 16, 32, 32)
+    ov_backend._core.cache_clear()  # the next test's networks get a real, unpatched Core

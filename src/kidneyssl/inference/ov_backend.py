@@ -24,6 +24,7 @@ holds its activation memory.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -173,6 +174,17 @@ def exported_model(module: Any, folder: Path | None = None) -> Path:
     return xml
 
 
+@functools.cache
+def _core() -> Any:
+    """The process's one OpenVINO ``Core``. A new ``Core`` per network (as this module had) crashed
+    a long-lived process with SIGSEGV after some tens of networks (the test suite, which runs many
+    predictions in one process; also seen by others: ultralytics/ultralytics#25864), and a Core is
+    meant to be shared: it holds the plugins, which compile any number of models."""
+    import openvino as ov
+
+    return ov.Core()
+
+
 class OpenVINONetwork:
     """A predictor ``(1, 1, Z, Y, X)`` float tensor -> logits tensor run by OpenVINO's CPU plugin.
 
@@ -187,7 +199,7 @@ class OpenVINONetwork:
         import openvino as ov
 
         self._ov = ov
-        self._core = ov.Core()
+        self._core = _core()
         self._model = self._core.read_model(str(xml))
         self.precision = precision
         self.threads = int(threads)
