@@ -108,3 +108,15 @@ def test_foreground_crops_hold_kidney_and_larger_crops_are_zero_padded(make_cach
     big = CroppedHalves(halves, (32, 32, 48), seed=0)[0]  # halves are 16 x 32 x 32
     assert big["crop_start"] == (0, 0, 0) and big["image"].shape == (1, 32, 32, 48)
     assert not big["image"][0, 16:].any() and not big["image"][0, :, :, 32:].any()
+
+
+def test_items_are_writable_copies_of_the_memory_mapped_cache(make_cache, tmp_path):
+    """An augmentation may write into an item in place: the item is its own memory, and the cache
+    file is unchanged."""
+    cache = make_cache(tmp_path, n_cases=1)
+    ds = HalfVolumeDataset(cache, cache.case_ids, context=64)  # the half spans the whole width: one block
+    item = ds[0]
+    assert item["image"].numpy().flags.writeable
+    before = cache.load("case_00000").image.copy()
+    item["image"].add_(1.0)
+    np.testing.assert_array_equal(cache.load("case_00000").image, before)
