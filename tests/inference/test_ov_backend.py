@@ -112,7 +112,7 @@ def test_networks_in_one_process_share_one_openvino_core(tmp_path, monkeypatch):
         return real_core(*args, **kwargs)
 
     monkeypatch.setattr(ov, "Core", counting_core)
-    ov_backend._core.cache_clear()
+    ov_backend._core.cache_clear()  # the Core made next (a real one) stays the process's Core
     cfg = load_preset("demo")
     outputs = []
     for seed in (0, 1):
@@ -122,4 +122,3 @@ def test_networks_in_one_process_share_one_openvino_core(tmp_path, monkeypatch):
         outputs.append(net(torch.zeros(1, 1, 16, 32, 32)))
     assert len(made) == 1
     assert outputs[0].shape == outputs[1].shape == (1, 1, 16, 32, 32)
-    ov_backend._core.cache_clear()  # the next test's networks get a real, unpatched Core
