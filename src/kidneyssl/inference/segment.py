@@ -31,7 +31,6 @@ Table 1 and ``predict`` + ``evaluate`` give the same masks for the same checkpoi
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +44,7 @@ from kidneyssl.inference.postprocess import (
     threshold_probabilities,
 )
 from kidneyssl.inference.sliding_window import infer_volume
-from kidneyssl.inference.strategy import InferencePlan, plan_inference
+from kidneyssl.inference.strategy import InferencePlan, for_training_input, plan_inference
 from kidneyssl.preprocessing.pipeline import PreprocessRecord
 from kidneyssl.preprocessing.split_plane import find_split_x
 
@@ -124,10 +123,7 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
         keep_probabilities: keep the probabilities (preprocessed grid, and original grid with a
             record).
     """
-    icfg = cfg.inference
-    if strategy == "auto" and cfg.train.crop_size is not None:  # windows of the training input's size
-        icfg = dataclasses.replace(icfg, sw_roi_size=cfg.train.crop_size)
-        strategy = "sliding"
+    icfg, strategy = for_training_input(cfg.inference, cfg.train.crop_size, strategy)
     engine = as_inference_model(model, cfg, device=sw_device or device, backend=backend,
                                 precision=precision or ("bf16" if bf16 else None))
     if engine is model:  # a loaded model says once how it runs; a bare one (validation) stays quiet

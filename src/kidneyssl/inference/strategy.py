@@ -5,7 +5,8 @@
 Why halves by default: the network normalises with GroupNorm, whose statistics are taken over the
 whole input, so its output depends on the field of view; it was trained on half volumes (with
 some context across the split plane), so those are its in-distribution input. The sliding window
-is the fallback when a half does not fit the memory budget.
+is the fallback when a half does not fit the memory budget. A network trained on random crops
+instead (``train.crop_size``) runs on windows of its crop size (:func:`for_training_input`).
 
 The per-volume line saying why ("half volume ... needs ~N MB <= budget ...") is logged at DEBUG;
 a run says once, at its start, what rule applies (:meth:`InferencePlan.describe`).
@@ -13,6 +14,7 @@ a run says once, at its start, what rule applies (:meth:`InferencePlan.describe`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ __all__ = [
     "context_voxels",
     "largest_half",
     "choose_strategy",
+    "for_training_input",
     "sliding_window_roi",
     "plan_inference",
 ]
@@ -59,6 +62,16 @@ def _halves_need_mb(shape: Sequence[int], split_x: int, cfg: InferenceConfig, sp
                     bytes_per_voxel: float) -> tuple[tuple[int, int, int], float]:
     half = largest_half(shape, split_x, cfg, spacing_x_mm)
     return half, math.prod(half) * bytes_per_voxel / 2**20
+
+
+def for_training_input(cfg: InferenceConfig, crop_size: tuple[int, int, int] | None,
+                       strategy: str) -> tuple[InferenceConfig, str]:
+    """``(cfg, strategy)`` for a network trained on ``crop_size`` crops (``None``: whole halves):
+    asked for ``auto``, a crop-trained network runs on sliding windows of its crop size, the input
+    its GroupNorm statistics were learnt on; any other request is kept."""
+    if strategy != "auto" or crop_size is None:
+        return cfg, strategy
+    return dataclasses.replace(cfg, sw_roi_size=crop_size), "sliding"
 
 
 def choose_strategy(shape: Sequence[int], split_x: int, cfg: InferenceConfig, spacing_x_mm: float | None,
