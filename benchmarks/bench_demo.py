@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -27,21 +26,6 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"wall_s_max": 300.0, "test_dice_min": 0.80, "test_hd95_mm_max": 20.0}
-
-
-def cpu_flags() -> dict:
-    model, flags = platform.processor() or "?", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return {"model": model, "flags": [f for f in wanted if f in flags], "cpu_count": os.cpu_count()}
 
 
 def test_metrics(table1: Path) -> dict:
@@ -63,6 +47,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--name", default=None, help="results file stem (default demo or demo_avx2)")
     args = parser.parse_args()
+    from bench_predict import cpu_description  # this folder is on sys.path when run as a script
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -90,7 +75,7 @@ def main() -> None:
         "benchmark": "demo",
         "command": "kidneyssl " + " ".join(cmd[3:]),
         "isa": args.isa,
-        "cpu": cpu_flags(),
+        "cpu": cpu_description(),
         "threads": "torch default",
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),

@@ -60,7 +60,8 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _cpu() -> dict:
+def cpu_description() -> dict:
+    """CPU model, the instruction-set flags that matter for inference speed, and the core count."""
     flags = ""
     name = ""
     try:
@@ -209,7 +210,7 @@ def measure_factor(args: argparse.Namespace) -> dict:
             print(rows[-1], file=sys.stderr, flush=True)
     shutil.rmtree(env["KIDNEYSSL_CACHE_DIR"], ignore_errors=True)
     return {"benchmark": "predict_activation_factor", "threads": args.threads, "rows": rows,
-            "native_bf16": native_bf16, "openvino": openvino_version(), "cpu": _cpu(),
+            "native_bf16": native_bf16, "openvino": openvino_version(), "cpu": cpu_description(),
             "load_average": os.getloadavg()}
 
 
@@ -343,7 +344,7 @@ def compare_with_ref(args: argparse.Namespace, scan: Path, ckpt: Path, work: Pat
     return {"benchmark": "predict_vs_reference", "reference_rev": rev, "threads": args.threads,
             "case": {"shape": SHAPE, "spacing_mm": SPACING, "format": "nii.gz int16, KiTS19 orientation (I, P, L)",
                      "content": "kidney phantom (kidneyssl.phantoms, seed 24)"},
-            "checkpoint": str(ckpt), "cpu": _cpu(), "load_average_start": load_start,
+            "checkpoint": str(ckpt), "cpu": cpu_description(), "load_average_start": load_start,
             "load_average_end": os.getloadavg(), "seconds": round(time.time() - started, 1),
             "summary": summary, "runs": runs}
 
@@ -409,7 +410,7 @@ def main() -> None:
             result = {"benchmark": "predict_end_to_end", "case": {"shape": SHAPE, "spacing_mm": SPACING,
                       "format": "nii.gz int16, KiTS19 orientation (I, P, L)"}, "checkpoint": str(ckpt),
                       "weights": "trained" if args.ckpt else "random", "threads": args.threads,
-                      "target": {"seconds": TARGET_S, "peak_rss_mb": TARGET_MB}, "cpu": _cpu(),
+                      "target": {"seconds": TARGET_S, "peak_rss_mb": TARGET_MB}, "cpu": cpu_description(),
                       "load_average": os.getloadavg(), "runs": runs}
             name = "predict.json"
     text = json.dumps(result, indent=2)

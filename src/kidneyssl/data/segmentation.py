@@ -84,13 +84,13 @@ class HalfVolumeDataset:
         if case.label is None:
             raise KidneySSLError(f"{case_id}: the cache holds no label for this case (an unannotated case "
                                  "cannot be a segmentation training case)")
-        # A copy: the cache is memory-mapped read-only, and a tensor viewing it would crash (or warn)
-        # on the first in-place write downstream.
-        image = np.array(split_halves(case.image, split_x, self.context, self.multiple)[side],
-                         dtype=np.float32)
+        # Writable and contiguous: the cache is memory-mapped read-only, and a tensor viewing it would
+        # crash on the first in-place write downstream (copied only when the half is such a view).
+        image = np.require(split_halves(case.image, split_x, self.context, self.multiple)[side],
+                           dtype=np.float32, requirements=("C", "W"))
         label = (split_halves(case.label, split_x, self.context, self.multiple)[side] > 0).astype(np.float32)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image)[None]),
+            "image": torch.from_numpy(image[None]),
             "label": torch.from_numpy(np.ascontiguousarray(label)[None]),
             "case_id": case_id,
             "side": side.value,

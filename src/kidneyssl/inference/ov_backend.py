@@ -176,10 +176,9 @@ def exported_model(module: Any, folder: Path | None = None) -> Path:
 
 @functools.cache
 def _core() -> Any:
-    """The process's one OpenVINO ``Core``. A new ``Core`` per network (as this module had) crashed
-    a long-lived process with SIGSEGV after some tens of networks (the test suite, which runs many
-    predictions in one process; also seen by others: ultralytics/ultralytics#25864), and a Core is
-    meant to be shared: it holds the plugins, which compile any number of models."""
+    """The process's one OpenVINO ``Core``, shared by every network: several ``Core``s in one
+    process crash it with SIGSEGV (openvinotoolkit/openvino#35338), and one ``Core`` holds the
+    plugins, which compile any number of models."""
     import openvino as ov
 
     return ov.Core()
