@@ -142,7 +142,7 @@ def main() -> None:
                 import kidneyssl.inference.ov_backend as ov_backend
 
                 real, env = ov_backend.export_openvino, os.environ.get("KIDNEYSSL_CACHE_DIR")
-                ov_backend.export_openvino = functools.partial(real, channel_group_norm=False)  # type: ignore
+                ov_backend.export_openvino = functools.partial(real, group_norm="torch")  # type: ignore
                 os.environ["KIDNEYSSL_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_agreement_torchgn_")
                 try:
                     engines[key] = InferenceModel(module, backend=backend, precision=precision)

@@ -55,7 +55,7 @@ def main() -> None:
     export_s = time.perf_counter() - t0
     # the same network exported with PyTorch's GroupNorm (what the export computed before)
     torch_gn_xml = export_openvino(model, Path(tempfile.mkdtemp(prefix="bench_backends_gn_")),
-                                   channel_group_norm=False)
+                                   group_norm="torch")
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     inputs = {s: torch.randn(1, 1, *s) for s in [*shapes, PROBE_SHAPE]}
     core = ov.Core()

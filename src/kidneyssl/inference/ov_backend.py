@@ -15,6 +15,11 @@ per-channel scale and shift) instead of PyTorch's ``group_norm``: OpenVINO lower
 reshape to (groups, rest) and a normalisation that needs the plain channel-first layout, and the
 layout conversions around every one of the 38 GroupNorms took about a third of a half volume's
 time; the per-channel form keeps the convolutions' blocked layout (``results/backends.json``).
+Each mean over the voxels is taken one axis at a time, as a sum divided by the axis length:
+OpenVINO merges consecutive ``ReduceMean`` ops (and a mean over several axes is one) into a single
+reduction whose float32 accumulation over a whole half volume drifted by up to 1e-2, so float32
+OpenVINO masks differed from PyTorch's; a sum followed by a division is not merged, and no sum
+spans more than one axis (``results/openvino_fp32_accuracy.json``).
 
 Compilation is per static input shape: a model compiled for one shape ran a half volume
 2-3x faster than the same model compiled with free dimensions (``results/openvino_shapes.json``),
@@ -53,7 +58,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install kidneyssl[openvino]"
 #: Exports kept in the cache folder (each ~10 MB for the paper network).
 KEEP_EXPORTS = 8
-_EXPORT_VERSION = 2
+_EXPORT_VERSION = 3
 _EXAMPLE_SHAPE = (1, 1, 32, 32, 32)
 
 
@@ -82,7 +87,18 @@ def model_digest(module: Any) -> str:
     return h.hexdigest()
 
 
-def _export_group_norm(norm: Any) -> Any:
+def _spatial_mean(x: Any, merged: bool = False) -> Any:
+    """``x.mean(dim=(2, 3, 4), keepdim=True)``, exported as one sum per axis, each divided by that
+    axis's length (see the module docstring); ``merged=True`` is the single multi-axis mean, for
+    benchmarks."""
+    if merged:
+        return x.mean(dim=(2, 3, 4), keepdim=True)
+    for dim in (4, 3, 2):
+        x = x.sum(dim, keepdim=True) / x.shape[dim]
+    return x
+
+
+def _export_group_norm(norm: Any, merged_mean: bool = False) -> Any:
     """A module computing ``norm`` (an ``nn.GroupNorm`` over a 5-D input) from per-channel means:
     the group mean, then the mean square of the centred values (no cancellation), then one
     per-channel affine map. The same function as ``norm``; it exports to layout-neutral ops."""
@@ -101,8 +117,8 @@ def _export_group_norm(norm: Any) -> Any:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             n, c = x.shape[0], x.shape[1]
-            centred = x - self._per_channel(x.mean(dim=(2, 3, 4), keepdim=True), n, c)
-            var = self._per_channel((centred * centred).mean(dim=(2, 3, 4), keepdim=True), n, c)
+            centred = x - self._per_channel(_spatial_mean(x, merged_mean), n, c)
+            var = self._per_channel(_spatial_mean(centred * centred, merged_mean), n, c)
             scale = torch.rsqrt(var + self.eps)
             if self.weight is not None:
                 scale = scale * self.weight.view(1, c, 1, 1, 1)
@@ -112,9 +128,14 @@ def _export_group_norm(norm: Any) -> Any:
     return ChannelGroupNorm()
 
 
-def _logits_module(module: Any, channel_group_norm: bool = True) -> Any:
-    """A copy of ``module`` returning its logits, with every GroupNorm in its export form (or
-    PyTorch's own, ``channel_group_norm=False``, to measure the difference)."""
+#: GroupNorm forms an export can take: ``channel`` (shipped), and for benchmarks ``merged`` (the
+#: per-channel form with one multi-axis mean, exports before version 3) and ``torch`` (PyTorch's).
+GROUP_NORM_FORMS = ("channel", "merged", "torch")
+
+
+def _logits_module(module: Any, group_norm: str = "channel") -> Any:
+    """A copy of ``module`` returning its logits, with every GroupNorm in the ``group_norm`` form
+    (:data:`GROUP_NORM_FORMS`)."""
     import copy
 
     import torch
@@ -122,8 +143,8 @@ def _logits_module(module: Any, channel_group_norm: bool = True) -> Any:
     net = copy.deepcopy(module)
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
-            if isinstance(child, torch.nn.GroupNorm) and channel_group_norm:
-                setattr(parent, name, _export_group_norm(child))
+            if isinstance(child, torch.nn.GroupNorm) and group_norm != "torch":
+                setattr(parent, name, _export_group_norm(child, merged_mean=group_norm == "merged"))
 
     class Logits(torch.nn.Module):
         def __init__(self, net: torch.nn.Module) -> None:
@@ -137,14 +158,16 @@ def _logits_module(module: Any, channel_group_norm: bool = True) -> Any:
     return Logits(net).eval()
 
 
-def export_openvino(module: Any, folder: Path, *, channel_group_norm: bool = True) -> Path:
+def export_openvino(module: Any, folder: Path, *, group_norm: str = "channel") -> Path:
     """Trace ``module`` (logits of a ``(1, 1, Z, Y, X)`` input, any multiple-of-16 size) and save
     it as ``folder/model.xml`` (+ ``model.bin``, float32 weights). Returns the ``.xml`` path.
-    ``channel_group_norm=False`` keeps PyTorch's GroupNorm (for benchmarks)."""
+    ``group_norm`` other than ``channel`` is for benchmarks (:data:`GROUP_NORM_FORMS`)."""
+    if group_norm not in GROUP_NORM_FORMS:
+        raise ValueError(f"group_norm must be one of {', '.join(GROUP_NORM_FORMS)}, got {group_norm!r}")
     import openvino as ov
     import torch
 
-    wrapper = _logits_module(module, channel_group_norm)  # a copy in eval mode: ``module`` is untouched
+    wrapper = _logits_module(module, group_norm)  # a copy in eval mode: ``module`` is untouched
     # Autograd on: the traced graph is the plain module path (see the module docstring).
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape checks that do not enter the graph
