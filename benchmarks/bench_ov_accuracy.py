@@ -34,8 +34,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-
     from bench_predict import cpu_description
+
     from kidneyssl.inference import ov_backend
     from kidneyssl.inference.predict import load_model
     from kidneyssl.inference.strategy import context_voxels
