@@ -87,3 +87,69 @@ def test_loaded_model_announces_once(demo_checkpoint, caplog):
         engine.announce("context")
     lines = [r.getMessage() for r in caplog.records if "backend torch" in r.getMessage()]
     assert lines == ["context; backend torch (asked), precision fp32 (asked)"]
+
+
+@pytest.fixture
+def bf16_faster(monkeypatch, tmp_path):
+    """A CPU where the probe finds bf16 twice as fast, and an empty cache folder."""
+    import kidneyssl.inference.precision as precision
+
+    monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    monkeypatch.setattr(precision, "_best_times", lambda runs, rounds=3: {"fp32": 2.0, "bf16": 1.0})
+
+
+def _with_bf16_output(engine, monkeypatch, change):
+    """Record the precisions ``engine`` runs; its bf16 logits are ``change(fp32 logits)``."""
+    runs = []
+    real = engine._torch_run
+
+    def run(x, precision):
+        runs.append(precision)
+        out = real(x, "fp32")
+        return change(out) if precision == "bf16" else out
+
+    monkeypatch.setattr(engine, "_torch_run", run)
+    return runs
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_faster, trained_toy_model,
+                                                                       monkeypatch, caplog, agrees):
+    x = torch.randn(1, 1, 16, 32, 32)
+    with torch.inference_mode():
+        expected = trained_toy_model(x).logits
+    change = (lambda t: t * 1.5) if agrees else (lambda t: -t)  # the same mask, or its complement
+    engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
+    runs = _with_bf16_output(engine, monkeypatch, change)
+    assert engine.precision == "bf16" and engine.agreement_pending
+    with caplog.at_level("INFO", logger="kidneyssl"):
+        first = engine.logits(x)
+    assert runs == ["fp32", "bf16"]  # the first input runs in both precisions...
+    # ...and its answer is the kept precision's, as for every later input
+    assert torch.allclose(first, expected * 1.5 if agrees else expected, atol=1e-4)
+    assert not engine.agreement_pending
+    assert engine.precision == ("bf16" if agrees else "fp32")
+    assert ("mask Dice 1.0000" if agrees else "not bf16: bf16 mask Dice 0.0000") in caplog.text
+    engine.logits(x)
+    assert runs[2:] == ["bf16" if agrees else "fp32"]
+
+    # the verdict is kept for this checkpoint on this machine: no second check
+    again = InferenceModel(trained_toy_model, backend="torch", precision="auto")
+    assert not again.agreement_pending and again.precision == engine.precision
+    assert "cached for this checkpoint" in again.describe()
+    # other weights are checked anew
+    with torch.no_grad():
+        next(trained_toy_model.parameters()).add_(0.01)
+    try:
+        assert InferenceModel(trained_toy_model, backend="torch", precision="auto").agreement_pending
+    finally:
+        with torch.no_grad():
+            next(trained_toy_model.parameters()).sub_(0.01)
+
+
+def test_an_asked_precision_is_not_checked(bf16_faster, trained_toy_model, monkeypatch):
+    engine = InferenceModel(trained_toy_model, backend="torch", precision="bf16")
+    runs = _with_bf16_output(engine, monkeypatch, lambda t: -t)
+    engine.logits(torch.randn(1, 1, 16, 32, 32))
+    assert runs == ["bf16"] and not engine.agreement_pending

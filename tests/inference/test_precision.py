@@ -89,3 +89,21 @@ def test_the_real_probe_times_both_precisions_interleaved():
                                  rounds=2)
     assert order == ["fp32", "bf16"] * 3  # a warm-up each, then alternating rounds
     assert set(best) == {"fp32", "bf16"} and all(t >= 0 for t in best.values())
+
+
+def test_mask_agreement_verdicts_are_cached_per_weights_and_pruned(fake_probe, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(precision, "KEEP_AGREEMENTS", 2)
+    logits = torch.tensor([[-1.0, 2.0, 3.0, -4.0]])
+    check = precision.AgreementCheck("openvino", 2, "weights-a")
+    assert check.verdict is None
+    assert check.record(logits, logits * 0.5) is True and check.dice == 1.0
+    assert precision.AgreementCheck("openvino", 2, "weights-a").verdict is True  # cached
+    assert precision.AgreementCheck("openvino", 1, "weights-a").verdict is None  # other threads
+    failing = precision.AgreementCheck("openvino", 2, "weights-b")
+    assert failing.record(logits, -logits) is False and failing.dice == 0.0
+    assert precision.AgreementCheck("openvino", 2, "weights-b").verdict is False
+    precision.AgreementCheck("openvino", 2, "weights-c").record(logits, logits)
+    assert len(list(cache_dir("precision/agreement").iterdir())) == 2
+    assert precision.mask_dice([[0, 0]], [[0, 0]]) == 1.0 and precision.mask_dice([1, 1], [1, 0]) == pytest.approx(2 / 3)

@@ -20,13 +20,14 @@ asking for ``openvino`` there exports the current weights (a new cache entry per
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 from typing import Any, Callable, Literal
 
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.inference.ov_backend import INSTALL_HINT, openvino_version
-from kidneyssl.inference.precision import PROBE_SHAPE, PrecisionChoice, choose_precision
+from kidneyssl.inference.precision import PROBE_SHAPE, AgreementCheck, PrecisionChoice, choose_precision
 from kidneyssl.inference.strategy import Precision
 
 __all__ = ["Backend", "BACKENDS", "resolve_backend", "torch_logits", "InferenceModel"]
@@ -83,8 +84,8 @@ class InferenceModel:
         module: the network (``nn.Module`` in ``eval()`` mode returning logits or a
             ``SegmentationOutput``), on ``device``.
         backend: ``auto``, ``torch`` or ``openvino`` (see the module docstring).
-        precision: ``auto`` (measured once per machine, :mod:`kidneyssl.inference.precision`),
-            ``fp32`` or ``bf16``.
+        precision: ``auto`` (speed measured once per machine, mask agreement once per
+            checkpoint: :mod:`kidneyssl.inference.precision`), ``fp32`` or ``bf16``.
         device: where the network runs.
         threads: CPU threads for OpenVINO and the probe's cache key (default: torch's setting).
 
@@ -104,6 +105,7 @@ class InferenceModel:
         self.requested_precision = precision
         self.threads = int(threads) if threads else torch.get_num_threads()
         self._choice: PrecisionChoice | None = None
+        self._agreement: AgreementCheck | None = None
         self._openvino: Any = None
         self._announced = False
         self._xml: Any = None
@@ -128,12 +130,32 @@ class InferenceModel:
 
     @property
     def precision_choice(self) -> PrecisionChoice:
-        """The precision and why (measured on first use for ``auto``)."""
+        """The precision and why (measured on first use for ``auto``; bf16 chosen by speed gives
+        way to fp32 where this checkpoint's bf16 masks are known to disagree)."""
         if self._choice is None:
-            self._choice = choose_precision(self.requested_precision, self.device, backend=self.backend,
-                                            probe=self._probe, threads=self.threads,
-                                            model_key=self._architecture_key())
+            choice = choose_precision(self.requested_precision, self.device, backend=self.backend,
+                                      probe=self._probe, threads=self.threads, model_key=self._architecture_key())
+            if self.requested_precision == "auto" and choice.precision == "bf16":
+                from kidneyssl.inference.ov_backend import model_digest
+
+                self._agreement = AgreementCheck(self.backend, self.threads, model_digest(self.module))
+                if self._agreement.verdict is not None:
+                    choice = self._after_check(choice)
+            self._choice = choice
         return self._choice
+
+    def _after_check(self, choice: PrecisionChoice) -> PrecisionChoice:
+        assert self._agreement is not None
+        if self._agreement.verdict:
+            return dataclasses.replace(choice, note=self._agreement.describe())
+        return dataclasses.replace(choice, precision="fp32", note=f"not bf16: {self._agreement.describe()}")
+
+    @property
+    def agreement_pending(self) -> bool:
+        """``auto`` chose bf16 by speed and the next input decides whether its masks agree (that
+        input runs in both precisions; plan memory for float32)."""
+        choice = self.precision_choice
+        return choice.precision == "bf16" and self._agreement is not None and self._agreement.verdict is None
 
     @property
     def precision(self) -> Precision:
@@ -168,14 +190,27 @@ class InferenceModel:
 
         return OpenVINONetwork(self._xml, precision, self.threads)
 
-    def logits(self, x: Any) -> Any:
-        """``(B, 1, Z, Y, X)`` logits for ``x`` (on this model's device) in the chosen precision."""
-        precision = self.precision
+    def _run(self, x: Any, precision: Precision) -> Any:
         if self.backend == "torch":
             return self._torch_run(x.to(self.device), precision)
         if self._openvino is None or self._openvino.precision != precision:
+            self._openvino = None  # free the other precision's compiled model first
             self._openvino = self._openvino_network(precision)
         return self._openvino(x)
+
+    def logits(self, x: Any) -> Any:
+        """``(B, 1, Z, Y, X)`` logits for ``x`` (on this model's device) in the chosen precision.
+        While :attr:`agreement_pending`, ``x`` runs in both precisions and the answer is that of
+        the precision the check keeps, so a scan's mask does not depend on whether it came first."""
+        if not self.agreement_pending:
+            return self._run(x, self.precision)
+        assert self._agreement is not None and self._choice is not None
+        reference = self._run(x, "fp32")
+        low = self._run(x, "bf16")
+        self._agreement.record(reference, low)
+        self._choice = self._after_check(self._choice)
+        log.info("precision %s", self._choice.describe())
+        return low if self._choice.precision == "bf16" else reference
 
     __call__ = logits
 

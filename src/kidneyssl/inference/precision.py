@@ -9,9 +9,13 @@ result is cached per machine in the user's cache folder (:mod:`kidneyssl.inferen
 by the CPU model, the cores available, the thread count, the library versions, the backend and
 the network's architecture; the decision and the measured ratio are reported once.
 
-Masks: that bf16 masks agree with float32 ones (Dice >= 0.995 on trained checkpoints) is measured
-by ``benchmarks/bench_predict.py --agreement`` and tested on a trained toy model; the probe only
-measures speed (its input is noise).
+Masks: speed alone does not decide. The probe's input is noise, so whether bf16 masks agree with
+float32 ones is checked on real input, once per checkpoint (its weights) and machine: the first
+network input after ``auto`` chose bf16 is run in both precisions, and bf16 is kept only when its
+mask (logits > 0) agrees with float32's at Dice >= :data:`BF16_MIN_DICE` (:class:`AgreementCheck`;
+the verdict is cached beside the probe's); that input's answer is the kept precision's. A
+checkpoint whose outputs sit near the threshold (a few epochs of training) thus runs float32
+(``results/agreement_paper.json``), a well-trained one bf16 (``results/agreement_demo.json``).
 
 CPUs without native bf16 run float32 without probing (emulated bf16 takes minutes), and CUDA
 devices run bf16 where ``torch.cuda.is_bf16_supported()`` (not measured: no GPU was available).
@@ -26,11 +30,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from kidneyssl.inference.cache import cache_dir, read_json, write_json
+from kidneyssl.inference.cache import cache_dir, prune, read_json, write_json
 from kidneyssl.inference.device import cpu_count, cpu_has_native_bf16, cpu_model_name
 from kidneyssl.inference.strategy import Precision
 
-__all__ = ["PROBE_SHAPE", "BF16_MIN_SPEEDUP", "PrecisionChoice", "machine_key", "choose_precision"]
+__all__ = ["PROBE_SHAPE", "BF16_MIN_SPEEDUP", "BF16_MIN_DICE", "PrecisionChoice", "machine_key", "choose_precision",
+           "mask_dice", "AgreementCheck"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,10 @@ log = logging.getLogger(__name__)
 PROBE_SHAPE = (32, 96, 64)
 #: bf16 must be at least this much faster than float32 (a margin over timing noise).
 BF16_MIN_SPEEDUP = 1.15
+#: bf16 masks must agree with float32 masks at least this well (Dice) to be used.
+BF16_MIN_DICE = 0.995
+#: Mask-agreement verdicts kept (one per checkpoint; validation makes one per epoch on a GPU).
+KEEP_AGREEMENTS = 64
 _PROBE_VERSION = 1
 
 
@@ -50,6 +59,7 @@ class PrecisionChoice:
         precision: ``fp32`` or ``bf16``.
         reason: ``asked``, ``measured`` (probed now), ``cached`` (probed earlier on this
             machine), ``no native bf16`` or ``cuda``.
+        note: the bf16 mask check's outcome (:class:`AgreementCheck`), when there was one.
         speedup: float32 time / bf16 time of the probe (``None`` without a probe).
         fp32_s, bf16_s: the probe's best times.
         cache_file: where the probe's result is kept.
@@ -61,13 +71,15 @@ class PrecisionChoice:
     fp32_s: float | None = None
     bf16_s: float | None = None
     cache_file: str | None = None
+    note: str = ""
 
     def describe(self) -> str:
-        """One line, e.g. ``bf16 (measured: 2.9x faster than fp32)``."""
+        """One line, e.g. ``bf16 (measured: 2.9x faster than fp32)``, and the mask check's note."""
+        note = f"; {self.note}" if self.note else ""
         if self.speedup is None:
-            return f"{self.precision} ({self.reason})"
+            return f"{self.precision} ({self.reason}{note})"
         return (f"{self.precision} ({self.reason}: bf16 {self.speedup:.2f}x the speed of fp32 on this machine, "
-                f"probe {'x'.join(map(str, PROBE_SHAPE))}: fp32 {self.fp32_s:.2f} s, bf16 {self.bf16_s:.2f} s)")
+                f"probe {'x'.join(map(str, PROBE_SHAPE))}: fp32 {self.fp32_s:.2f} s, bf16 {self.bf16_s:.2f} s{note})")
 
 
 def _versions(backend: str) -> dict[str, str]:
@@ -146,3 +158,55 @@ def choose_precision(requested: str, device: Any, *, backend: str = "torch",
                       "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
     log.debug("precision probe (%s, %d threads): %s", backend, threads, choice.describe())
     return choice
+
+
+def mask_dice(a: Any, b: Any) -> float:
+    """Dice of two boolean masks (tensors or arrays); 1.0 when both are empty."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
+class AgreementCheck:
+    """Whether bf16 masks agree with float32 masks for one checkpoint on this machine: the cached
+    verdict, or (``verdict is None``) one to measure with :meth:`record` on the first input.
+
+    Args:
+        backend, threads: part of the cache key, as for the probe.
+        weights_key: digest of the checkpoint's weights (``ov_backend.model_digest``).
+    """
+
+    def __init__(self, backend: str, threads: int, weights_key: str) -> None:
+        key = machine_key(backend, threads, weights_key)
+        key["check"] = "bf16-mask-agreement"
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+        self.path = cache_dir("precision/agreement") / f"{backend}-{digest}.json"
+        self._key = key
+        cached = read_json(self.path)
+        ok = cached is not None and cached.get("key") == key and isinstance(cached.get("dice"), (int, float))
+        self.dice: float | None = float(cached["dice"]) if ok else None  # type: ignore[index]
+        self.measured_now = False
+
+    @property
+    def verdict(self) -> bool | None:
+        """``True``: bf16 agrees, ``False``: it does not, ``None``: not measured yet."""
+        return None if self.dice is None else self.dice >= BF16_MIN_DICE
+
+    def record(self, fp32_logits: Any, bf16_logits: Any) -> bool:
+        """Measure the agreement of the two outputs' masks, cache it, return the verdict."""
+        import torch
+
+        a = (torch.as_tensor(fp32_logits) > 0).cpu().numpy()
+        b = (torch.as_tensor(bf16_logits).float() > 0).cpu().numpy()
+        self.dice, self.measured_now = mask_dice(a, b), True
+        write_json(self.path, {"key": self._key, "dice": self.dice, "fp32_voxels": int(a.sum()),
+                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        prune(self.path.parent, KEEP_AGREEMENTS)
+        return bool(self.verdict)
+
+    def describe(self) -> str:
+        how = "measured on the first input" if self.measured_now else "cached for this checkpoint"
+        return (f"bf16 mask Dice {self.dice:.4f} vs fp32 ({how}; bf16 needs >= {BF16_MIN_DICE})"
+                if self.dice is not None else "bf16 masks not yet checked against fp32")

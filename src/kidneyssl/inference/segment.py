@@ -136,7 +136,8 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     t0 = time.perf_counter()
     split_x = int(find_split_x(None, image))
     plan = plan_inference(image.shape, split_x, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
-                          precision=engine.precision, device=engine.device, backend=engine.backend)
+                          precision="fp32" if engine.agreement_pending else engine.precision,
+                          device=engine.device, backend=engine.backend)
     prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
                         progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
                         roi_size=plan.roi_size)
