@@ -97,6 +97,7 @@ def bf16_faster(monkeypatch, tmp_path):
     monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda cpuinfo=None: True)
     monkeypatch.setattr(precision, "_best_times", lambda runs, rounds=3: {"fp32": 2.0, "bf16": 1.0})
+    monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 100)
 
 
 def _with_bf16_output(engine, monkeypatch, change):
@@ -115,10 +116,11 @@ def _with_bf16_output(engine, monkeypatch, change):
 
 @pytest.mark.parametrize("agrees", [True, False])
 def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_faster, trained_toy_model,
-                                                                       monkeypatch, caplog, agrees):
-    x = torch.randn(1, 1, 16, 32, 32)
+                                                                       make_blob_image, monkeypatch, caplog, agrees):
+    x = torch.from_numpy(make_blob_image(shape=(16, 32, 48), seed=7))[None, None]
     with torch.inference_mode():
         expected = trained_toy_model(x).logits
+    assert int((expected > 0).sum()) >= 100  # enough mask voxels to judge on this input
     change = (lambda t: t * 1.5) if agrees else (lambda t: -t)  # the same mask, or its complement
     engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
     runs = _with_bf16_output(engine, monkeypatch, change)
@@ -153,3 +155,21 @@ def test_an_asked_precision_is_not_checked(bf16_faster, trained_toy_model, monke
     runs = _with_bf16_output(engine, monkeypatch, lambda t: -t)
     engine.logits(torch.randn(1, 1, 16, 32, 32))
     assert runs == ["bf16"] and not engine.agreement_pending
+
+
+def test_inputs_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_toy_model, monkeypatch, caplog):
+    import kidneyssl.inference.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CHECK_MAX_INPUTS", 3)
+    engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
+    runs = _with_bf16_output(engine, monkeypatch, lambda t: t)
+    background = lambda x, precision: runs.append(precision) or -torch.ones_like(x)  # noqa: E731
+    monkeypatch.setattr(engine, "_torch_run", background)
+    x = torch.randn(1, 1, 16, 32, 32)
+    with caplog.at_level("INFO", logger="kidneyssl"):
+        for _ in range(4):
+            engine.logits(x)
+    assert runs == ["fp32", "bf16"] * 3 + ["fp32"]  # checked 3 times, then float32
+    assert engine.precision == "fp32" and not engine.agreement_pending
+    assert "not checked against fp32: fewer than 100 mask voxels in 3 inputs" in caplog.text
+    assert InferenceModel(trained_toy_model, backend="torch", precision="auto").agreement_pending  # not cached

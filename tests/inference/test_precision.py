@@ -91,19 +91,25 @@ def test_the_real_probe_times_both_precisions_interleaved():
     assert set(best) == {"fp32", "bf16"} and all(t >= 0 for t in best.values())
 
 
-def test_mask_agreement_verdicts_are_cached_per_weights_and_pruned(fake_probe, monkeypatch):
+def test_mask_agreement_pools_inputs_until_it_can_judge_and_is_cached_per_weights(fake_probe, monkeypatch):
     import torch
 
     monkeypatch.setattr(precision, "KEEP_AGREEMENTS", 2)
-    logits = torch.tensor([[-1.0, 2.0, 3.0, -4.0]])
+    monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 3)
+    logits = torch.tensor([[-1.0, 2.0, 3.0, -4.0]])  # 2 mask voxels
     check = precision.AgreementCheck("openvino", 2, "weights-a")
     assert check.verdict is None
-    assert check.record(logits, logits * 0.5) is True and check.dice == 1.0
+    assert check.add(-logits.abs(), -logits.abs()) is None  # no mask voxels: nothing to judge
+    assert check.add(logits, logits * 0.5) is None  # 2 of the 3 needed
+    assert check.add(logits, logits * 0.5) is True and check.dice == 1.0 and check.inputs == 3
+    assert "measured on 3 inputs" in check.describe()
     assert precision.AgreementCheck("openvino", 2, "weights-a").verdict is True  # cached
     assert precision.AgreementCheck("openvino", 1, "weights-a").verdict is None  # other threads
     failing = precision.AgreementCheck("openvino", 2, "weights-b")
-    assert failing.record(logits, -logits) is False and failing.dice == 0.0
+    failing.add(logits, torch.tensor([[-1.0, 2.0, -3.0, -4.0]]))
+    assert failing.add(logits, torch.tensor([[-1.0, 2.0, -3.0, -4.0]])) is False
+    assert failing.dice == pytest.approx(2 * 2 / 6)  # pooled: 2 shared of 4 + 2 voxels
     assert precision.AgreementCheck("openvino", 2, "weights-b").verdict is False
-    precision.AgreementCheck("openvino", 2, "weights-c").record(logits, logits)
+    precision.AgreementCheck("openvino", 2, "weights-c").add(logits, logits)
+    precision.AgreementCheck("openvino", 2, "weights-c").add(logits, logits)
     assert len(list(cache_dir("precision/agreement").iterdir())) == 2
-    assert precision.mask_dice([[0, 0]], [[0, 0]]) == 1.0 and precision.mask_dice([1, 1], [1, 0]) == pytest.approx(2 / 3)

@@ -27,7 +27,13 @@ from typing import Any, Callable, Literal
 
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.inference.ov_backend import INSTALL_HINT, openvino_version
-from kidneyssl.inference.precision import PROBE_SHAPE, AgreementCheck, PrecisionChoice, choose_precision
+from kidneyssl.inference.precision import (
+    CHECK_MAX_INPUTS,
+    PROBE_SHAPE,
+    AgreementCheck,
+    PrecisionChoice,
+    choose_precision,
+)
 from kidneyssl.inference.strategy import Precision
 
 __all__ = ["Backend", "BACKENDS", "resolve_backend", "torch_logits", "InferenceModel"]
@@ -152,10 +158,11 @@ class InferenceModel:
 
     @property
     def agreement_pending(self) -> bool:
-        """``auto`` chose bf16 by speed and the next input decides whether its masks agree (that
-        input runs in both precisions; plan memory for float32)."""
+        """``auto`` chose bf16 by speed and the next inputs decide whether its masks agree (they
+        run in both precisions; plan memory for float32)."""
         choice = self.precision_choice
-        return choice.precision == "bf16" and self._agreement is not None and self._agreement.verdict is None
+        return (choice.precision == "bf16" and self._agreement is not None and self._agreement.verdict is None
+                and self._agreement.inputs < CHECK_MAX_INPUTS)
 
     @property
     def precision(self) -> Precision:
@@ -207,8 +214,12 @@ class InferenceModel:
         assert self._agreement is not None and self._choice is not None
         reference = self._run(x, "fp32")
         low = self._run(x, "bf16")
-        self._agreement.record(reference, low)
-        self._choice = self._after_check(self._choice)
+        if self._agreement.add(reference, low) is not None:
+            self._choice = self._after_check(self._choice)
+        elif self._agreement.inputs >= CHECK_MAX_INPUTS:
+            self._choice = dataclasses.replace(self._choice, precision="fp32", note=self._agreement.describe())
+        else:
+            return low  # undecided: bf16's answer, as the inputs after a positive check get
         log.info("precision %s", self._choice.describe())
         return low if self._choice.precision == "bf16" else reference
 

@@ -12,8 +12,9 @@ the network's architecture; the decision and the measured ratio are reported onc
 Masks: speed alone does not decide. The probe's input is noise, so whether bf16 masks agree with
 float32 ones is checked on real input, once per checkpoint (its weights) and machine: the first
 network input after ``auto`` chose bf16 is run in both precisions, and bf16 is kept only when its
-mask (logits > 0) agrees with float32's at Dice >= :data:`BF16_MIN_DICE` (:class:`AgreementCheck`;
-the verdict is cached beside the probe's); that input's answer is the kept precision's. A
+mask (logits > 0) agrees with float32's at Dice >= :data:`BF16_MIN_DICE`, pooled over the first
+inputs until they hold :data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict
+is cached beside the probe's); the inputs checked answer in bf16, as later ones will if it is kept. A
 checkpoint whose outputs sit near the threshold (a few epochs of training) thus runs float32
 (``results/agreement_paper.json``), a well-trained one bf16 (``results/agreement_demo.json``).
 
@@ -30,12 +31,14 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
+import numpy as np
+
 from kidneyssl.inference.cache import cache_dir, prune, read_json, write_json
 from kidneyssl.inference.device import cpu_count, cpu_has_native_bf16, cpu_model_name
 from kidneyssl.inference.strategy import Precision
 
 __all__ = ["PROBE_SHAPE", "BF16_MIN_SPEEDUP", "BF16_MIN_DICE", "PrecisionChoice", "machine_key", "choose_precision",
-           "mask_dice", "AgreementCheck"]
+           "AgreementCheck", "CHECK_MIN_VOXELS", "CHECK_MAX_INPUTS"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,10 @@ BF16_MIN_SPEEDUP = 1.15
 BF16_MIN_DICE = 0.995
 #: Mask-agreement verdicts kept (one per checkpoint; validation makes one per epoch on a GPU).
 KEEP_AGREEMENTS = 64
+#: Mask voxels the agreement check pools before it decides, and the inputs it runs twice at most
+#: (then float32, not cached: a scan without kidneys cannot show agreement).
+CHECK_MIN_VOXELS = 2000
+CHECK_MAX_INPUTS = 64
 _PROBE_VERSION = 1
 
 
@@ -160,18 +167,12 @@ def choose_precision(requested: str, device: Any, *, backend: str = "torch",
     return choice
 
 
-def mask_dice(a: Any, b: Any) -> float:
-    """Dice of two boolean masks (tensors or arrays); 1.0 when both are empty."""
-    import numpy as np
-
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    total = int(a.sum()) + int(b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
-
-
 class AgreementCheck:
     """Whether bf16 masks agree with float32 masks for one checkpoint on this machine: the cached
-    verdict, or (``verdict is None``) one to measure with :meth:`record` on the first input.
+    verdict, or (``verdict is None``) one to measure with :meth:`add` on the first inputs.
+
+    The masks of the inputs checked are pooled until they hold :data:`CHECK_MIN_VOXELS` mask
+    voxels (a sliding window of background holds none, and two empty masks say nothing).
 
     Args:
         backend, threads: part of the cache key, as for the probe.
@@ -188,25 +189,36 @@ class AgreementCheck:
         ok = cached is not None and cached.get("key") == key and isinstance(cached.get("dice"), (int, float))
         self.dice: float | None = float(cached["dice"]) if ok else None  # type: ignore[index]
         self.measured_now = False
+        self.inputs = 0
+        self._both = self._total = 0
 
     @property
     def verdict(self) -> bool | None:
         """``True``: bf16 agrees, ``False``: it does not, ``None``: not measured yet."""
         return None if self.dice is None else self.dice >= BF16_MIN_DICE
 
-    def record(self, fp32_logits: Any, bf16_logits: Any) -> bool:
-        """Measure the agreement of the two outputs' masks, cache it, return the verdict."""
+    def add(self, fp32_logits: Any, bf16_logits: Any) -> bool | None:
+        """Pool the masks of one input's two outputs; once they hold enough mask voxels, decide,
+        cache the decision and return it (else ``None``)."""
         import torch
 
         a = (torch.as_tensor(fp32_logits) > 0).cpu().numpy()
         b = (torch.as_tensor(bf16_logits).float() > 0).cpu().numpy()
-        self.dice, self.measured_now = mask_dice(a, b), True
-        write_json(self.path, {"key": self._key, "dice": self.dice, "fp32_voxels": int(a.sum()),
-                               "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        self.inputs += 1
+        self._both += int(np.logical_and(a, b).sum())
+        self._total += int(a.sum()) + int(b.sum())
+        if self._total < 2 * CHECK_MIN_VOXELS:
+            return None
+        self.dice, self.measured_now = 2.0 * self._both / self._total, True
+        write_json(self.path, {"key": self._key, "dice": self.dice, "mask_voxels": self._total // 2,
+                               "inputs": self.inputs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         prune(self.path.parent, KEEP_AGREEMENTS)
-        return bool(self.verdict)
+        return self.verdict
 
     def describe(self) -> str:
-        how = "measured on the first input" if self.measured_now else "cached for this checkpoint"
-        return (f"bf16 mask Dice {self.dice:.4f} vs fp32 ({how}; bf16 needs >= {BF16_MIN_DICE})"
-                if self.dice is not None else "bf16 masks not yet checked against fp32")
+        if self.dice is None:
+            return (f"bf16 masks not checked against fp32: fewer than {CHECK_MIN_VOXELS} mask voxels "
+                    f"in {self.inputs} inputs")
+        how = f"measured on {self.inputs} input{'s' * (self.inputs > 1)}" if self.measured_now \
+            else "cached for this checkpoint"
+        return f"bf16 mask Dice {self.dice:.4f} vs fp32 ({how}; bf16 needs >= {BF16_MIN_DICE})"
