@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from kidneyssl.errors import DataError
 from kidneyssl.io.geometry import Geometry
-from kidneyssl.io.volumes import read_geometry, read_volume, write_mask, write_volume
+from kidneyssl.io.volumes import fortran_order, read_geometry, read_volume, write_mask, write_volume
 
 IPL = np.array([[0, 0, -0.8, 120.0], [0, -0.7, 0, 80.0], [-2.5, 0, 0, 30.0], [0, 0, 0, 1]])
 RAS = np.array([[3.0, 0, 0, -170.0], [0, 2.0, 0, 10.0], [0, 0, 1.5, 90.0], [0, 0, 0, 1]])
@@ -142,3 +142,23 @@ def test_nan_voxels(tmp_path):
     err = _assert_error(path, "values")
     assert "1 NaN" in str(err)
     assert read_volume(path, check_nan=False).array[1, 1, 1] == 0  # niftilib's NaN -> 0
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_fortran_order_copies_by_tiles_what_is_not_fortran_ordered(threads):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 255, size=(7, 45, 70), dtype=np.uint8)  # edges that are not whole tiles
+    for source in (array, array[:, ::2, 1:], np.ascontiguousarray(array.transpose(1, 0, 2))):
+        out = fortran_order(source, tile=16, threads=threads)
+        assert out.flags.f_contiguous and out.shape == source.shape
+        np.testing.assert_array_equal(out, source)
+    already = np.asfortranarray(array)
+    assert fortran_order(already) is already
+
+
+def test_a_c_ordered_mask_is_written_as_its_values(tmp_path):
+    geom = Geometry(IPL, (20, 40, 50))
+    mask = (np.random.default_rng(1).random((20, 40, 50)) > 0.7).astype(np.uint8)
+    assert mask.flags.c_contiguous
+    back = read_volume(write_mask(mask, tmp_path / "m.nii.gz", like=geom))
+    np.testing.assert_array_equal(back.array, mask)

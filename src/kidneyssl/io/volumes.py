@@ -27,7 +27,10 @@ Before any voxel memory is allocated, the file's size is compared with what the 
 or a bounded streaming count). NIfTI-2, which SimpleITK does not read, is read with nibabel.
 
 Writing uses nibabel (explicit sform and qform from one affine, gzip level 1) through an atomic
-temporary file, and the result reads back identically with nibabel and SimpleITK.
+temporary file, and the result reads back identically with nibabel and SimpleITK. NIfTI stores
+voxels in Fortran order; a C-ordered array (what resampling returns) is first copied to Fortran
+order by cache-sized tiles on a few threads (:func:`fortran_order`), because nibabel's strided copy
+took most of ``predict``'s write time (``benchmarks/results/write_mask.json``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import logging
 import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterator, cast
 
@@ -49,7 +53,8 @@ from kidneyssl.io.atomic import atomic_path
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.types import shape3
 
-__all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "affine_from_sitk", "NIFTI_SUFFIXES"]
+__all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "fortran_order", "affine_from_sitk",
+           "NIFTI_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -473,6 +478,31 @@ def _nifti_suffix(path: Path) -> str:
     raise ValueError(f"{path}: output must end with .nii.gz or .nii")
 
 
+def fortran_order(array: np.ndarray, tile: int = 32, threads: int | None = None) -> np.ndarray:
+    """``array`` (3-D) in Fortran memory order: itself when it already is, else a copy made tile
+    by tile (``tile`` x ``tile`` columns of the last two axes, whole along the first, so source and
+    target of each copy stay in cache) on ``threads`` threads (default: the available cores, at
+    most 4; numpy releases the GIL while copying)."""
+    if array.ndim != 3 or array.flags.f_contiguous:
+        return array
+    if threads is None:
+        threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+    out = np.empty(array.shape[::-1], dtype=array.dtype)  # C order of the reversed axes
+
+    def columns(j0: int) -> None:
+        for k0 in range(0, array.shape[2], tile):
+            out[k0:k0 + tile, j0:j0 + tile, :] = array[:, j0:j0 + tile, k0:k0 + tile].T
+
+    starts = range(0, array.shape[1], tile)
+    if threads > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            list(pool.map(columns, starts))
+    else:
+        for j0 in starts:
+            columns(j0)
+    return out.T
+
+
 def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
     """Write ``array`` with ``geometry`` as NIfTI (``.nii.gz`` or ``.nii``), atomically.
 
@@ -492,7 +522,7 @@ def write_volume(array: np.ndarray, geometry: Geometry, path: str | Path) -> Pat
                          f"{geometry.shape}")
     if array.dtype == bool:
         array = array.astype(np.uint8)
-    image = nib.Nifti1Image(array, geometry.affine)
+    image = nib.Nifti1Image(fortran_order(array), geometry.affine)
     image.set_sform(geometry.affine, code=1)
     image.set_qform(geometry.affine, code=1)
     image.header.set_data_dtype(array.dtype)
