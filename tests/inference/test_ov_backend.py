@@ -140,3 +140,23 @@ def test_float32_openvino_keeps_float32_accuracy_on_a_large_input(tmp_path):
         expected = copy.deepcopy(net).double()(x.double())
     got = OpenVINONetwork(export_openvino(net, tmp_path), "fp32", 2)(x).double()
     assert float((got - expected).abs().max()) < 1e-5 * float(expected.abs().max())
+
+
+def test_compiled_models_are_kept_by_openvinos_model_cache_and_pruned(tmp_path, monkeypatch):
+    import kidneyssl.inference.ov_backend as ov_backend
+    from kidneyssl.inference.cache import cache_dir
+    from kidneyssl.models import build_segmentation_model
+
+    monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    xml = ov_backend.exported_model(build_segmentation_model(load_preset("demo").model).eval())
+    first = ov_backend.OpenVINONetwork(xml, "fp32", 1)
+    first(torch.zeros(1, 1, 16, 32, 32))
+    assert first._compiled.get_property("LOADED_FROM_CACHE") is False
+    again = ov_backend.OpenVINONetwork(xml, "fp32", 1)
+    again(torch.zeros(1, 1, 16, 32, 32))
+    assert again._compiled.get_property("LOADED_FROM_CACHE") is True
+    assert len(list(cache_dir("openvino-compiled").iterdir())) == 1
+    monkeypatch.setattr(ov_backend, "KEEP_COMPILED", 1)
+    again(torch.zeros(1, 1, 16, 32, 48))  # another shape: compiled, the older entry pruned
+    assert len([p for p in cache_dir("openvino-compiled").iterdir() if not p.name.startswith(".")]) == 1
