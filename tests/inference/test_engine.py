@@ -40,10 +40,14 @@ def test_backend_rules():
         resolve_backend("tensorrt", "cpu")
 
 
-def test_auto_picks_openvino_when_installed(trained_toy_model):
+def test_auto_picks_openvino_when_installed_and_torch_for_float32(trained_toy_model):
     pytest.importorskip("openvino")
     assert resolve_backend("auto", "cpu")[0] == "openvino"
-    assert InferenceModel(trained_toy_model, backend="auto", precision="fp32").backend == "openvino"
+    assert InferenceModel(trained_toy_model, backend="auto", precision="bf16").backend == "openvino"
+    fp32 = InferenceModel(trained_toy_model, backend="auto", precision="fp32")
+    assert fp32.backend == "torch" and fp32._xml is None  # nothing exported
+    assert "float32" in fp32.backend_reason
+    assert InferenceModel(trained_toy_model, backend="openvino", precision="fp32").backend == "openvino"
 
 
 def test_a_network_openvino_cannot_export_falls_back_to_torch_when_auto(trained_toy_model, monkeypatch, caplog,
@@ -58,10 +62,10 @@ def test_a_network_openvino_cannot_export_falls_back_to_torch_when_auto(trained_
 
     monkeypatch.setattr(ov_backend, "export_openvino", fail)
     with caplog.at_level("WARNING", logger="kidneyssl"):
-        engine = InferenceModel(trained_toy_model, backend="auto", precision="fp32")
+        engine = InferenceModel(trained_toy_model, backend="auto", precision="bf16")
     assert engine.backend == "torch" and "unsupported operator" in caplog.text
     with pytest.raises(RuntimeError, match="unsupported"):
-        InferenceModel(trained_toy_model, backend="openvino", precision="fp32")
+        InferenceModel(trained_toy_model, backend="openvino", precision="bf16")
 
 
 def test_torch_backend_runs_the_fused_cpu_pass_explicitly(trained_toy_model, monkeypatch):
@@ -173,3 +177,17 @@ def test_inputs_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_t
     assert engine.precision == "fp32" and not engine.agreement_pending
     assert "not checked against fp32: fewer than 100 mask voxels in 3 inputs" in caplog.text
     assert InferenceModel(trained_toy_model, backend="torch", precision="auto").agreement_pending  # not cached
+
+
+def test_auto_backend_leaves_openvino_when_the_check_settles_on_float32(bf16_faster, trained_toy_model,
+                                                                        make_blob_image, monkeypatch, tmp_path):
+    pytest.importorskip("openvino")
+    engine = InferenceModel(trained_toy_model, backend="auto", precision="auto")
+    assert engine.backend == "openvino" and engine.precision == "bf16"
+    real = engine._run
+    monkeypatch.setattr(engine, "_run", lambda x, precision: -real(x, precision))  # bf16 masks disagree
+    x = torch.from_numpy(make_blob_image(shape=(16, 32, 48), seed=7))[None, None]
+    with torch.inference_mode():
+        expected = trained_toy_model(x).logits
+    assert torch.allclose(engine.logits(x), expected, atol=1e-4)  # PyTorch's float32 answer
+    assert engine.precision == "fp32" and engine.backend == "torch" and "float32" in engine.backend_reason

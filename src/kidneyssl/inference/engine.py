@@ -8,7 +8,10 @@ Backends:
   chosen here explicitly; bf16 by ``torch.autocast``.
 - ``openvino``: the network exported once and run by OpenVINO's CPU plugin
   (:mod:`kidneyssl.inference.ov_backend`); bf16 by OpenVINO's precision hint. CPU only.
-- ``auto``: ``openvino`` when it is installed and the network runs on a CPU, else ``torch``.
+- ``auto``: ``openvino`` when it is installed and the network runs on a CPU, else ``torch``; and
+  ``torch`` again once the precision is float32 (asked, measured or after the bf16 mask check):
+  OpenVINO's float32 pass was no faster end to end than PyTorch's fused one and needed about
+  twice its memory (``results/predict.json``); its gain is bf16.
 
 Who uses which: :func:`kidneyssl.inference.predict.load_model` (``predict``, ``locate``, the
 experiment's Table 1) returns an :class:`InferenceModel` with ``backend="auto"``, so the scores of
@@ -115,6 +118,9 @@ class InferenceModel:
         self._openvino: Any = None
         self._announced = False
         self._xml: Any = None
+        if precision == "fp32":
+            self._choice = PrecisionChoice("fp32", "asked")
+            self._settle_backend()
         if self.backend == "openvino":
             self._export()
 
@@ -148,7 +154,15 @@ class InferenceModel:
                 if self._agreement.verdict is not None:
                     choice = self._after_check(choice)
             self._choice = choice
+            self._settle_backend()
         return self._choice
+
+    def _settle_backend(self) -> None:
+        """``auto`` leaves OpenVINO for torch once the precision is float32 (module docstring)."""
+        if (self.backend == "openvino" and self.backend_reason.startswith("auto") and self._choice is not None
+                and self._choice.precision == "fp32"):
+            self.backend, self.backend_reason = "torch", "auto: float32 runs on PyTorch's fused pass"
+            self._openvino = None
 
     def _after_check(self, choice: PrecisionChoice) -> PrecisionChoice:
         assert self._agreement is not None
@@ -212,7 +226,9 @@ class InferenceModel:
         if not self.agreement_pending:
             return self._run(x, self.precision)
         assert self._agreement is not None and self._choice is not None
-        reference = self._run(x, "fp32")
+        # The reference is PyTorch's float32 (what the bf16 masks must agree with, and what runs
+        # when they do not); the candidate is this backend's bf16.
+        reference = self._torch_run(x.to(self.device), "fp32")
         low = self._run(x, "bf16")
         if self._agreement.add(reference, low) is not None:
             self._choice = self._after_check(self._choice)
@@ -220,7 +236,8 @@ class InferenceModel:
             self._choice = dataclasses.replace(self._choice, precision="fp32", note=self._agreement.describe())
         else:
             return low  # undecided: bf16's answer, as the inputs after a positive check get
-        log.info("precision %s", self._choice.describe())
+        self._settle_backend()
+        log.info("precision %s; backend %s (%s)", self._choice.describe(), self.backend, self.backend_reason)
         return low if self._choice.precision == "bf16" else reference
 
     __call__ = logits

@@ -1,10 +1,11 @@
-"""Precision ``auto`` by measurement: bfloat16 only where it is measured to be faster.
+"""Precision ``auto`` by measurement: bfloat16 only where it is measured to be faster and its
+masks agree with float32's.
 
-A CPU flag does not predict speed: with native bf16 (AVX512-BF16) PyTorch's bf16 convolutions were
-slower than its float32 ones on one machine while OpenVINO's bf16 hint was several times faster on
-the same machine (``results/precision_probe.json``). So on a CPU with native bf16 the first call
-times one short forward pass per precision (:data:`PROBE_SHAPE`, best of three interleaved rounds
-after a warm-up) for the backend in use, and picks bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The
+A CPU flag does not predict speed: with native bf16 (AVX512-BF16) PyTorch's bf16 convolutions ran
+at 0.4x its float32 speed on one machine while OpenVINO's bf16 hint ran at about 2x there
+(``results/backends.json``). So on a CPU with native bf16 the first call times one short forward
+pass per precision (:data:`PROBE_SHAPE`, best of three interleaved rounds after a warm-up) for the
+backend in use, and picks bf16 when it is at least :data:`BF16_MIN_SPEEDUP` times faster. The
 result is cached per machine in the user's cache folder (:mod:`kidneyssl.inference.cache`), keyed
 by the CPU model, the cores available, the thread count, the library versions, the backend and
 the network's architecture; the decision and the measured ratio are reported once.
@@ -19,7 +20,8 @@ checkpoint whose outputs sit near the threshold (a few epochs of training) thus 
 (``results/agreement_paper.json``), a well-trained one bf16 (``results/agreement_demo.json``).
 
 CPUs without native bf16 run float32 without probing (emulated bf16 takes minutes), and CUDA
-devices run bf16 where ``torch.cuda.is_bf16_supported()`` (not measured: no GPU was available).
+devices pick bf16 where ``torch.cuda.is_bf16_supported()`` (speed not measured: no GPU was
+available), subject to the same mask check.
 """
 
 from __future__ import annotations
