@@ -10,6 +10,7 @@ weights, but the noisy masks make post-processing and writing slower than real o
     python benchmarks/bench_predict.py [--ckpt RUN/best.pt]               # variants of this tree
     python benchmarks/bench_predict.py --variants auto,torch-fp32,openvino-bf16
     python benchmarks/bench_predict.py --ref 94ae64e [--rounds 2] [--ckpt RUN/best.pt]
+    python benchmarks/bench_predict.py --ref 94ae64e --candidate-flags "--precision bf16"
     python benchmarks/bench_predict.py --measure-factor                    # activation bytes/voxel
     python benchmarks/bench_predict.py --isa avx2 --variants auto         # an AVX2-only CPU, approximately
 
@@ -159,7 +160,8 @@ def child(args: argparse.Namespace) -> None:
     write_s = time.perf_counter() - t0
     stages = {"read": read_s, **res.timings, "write": write_s}
     print(json.dumps({
-        "strategy": res.strategy, "inference": choice, "plan": res.plan, "threads": torch.get_num_threads(),
+        "strategy": res.strategy, "inference": choice, "inference_after": model.describe(), "plan": res.plan,
+        "threads": torch.get_num_threads(),
         "load_model_s": round(load_s, 2), "stages_s": {k: round(v, 3) for k, v in stages.items()},
         "total_s": round(sum(stages.values()), 2), "peak_rss_mb": round(_peak_mb(), 1),
         "rss_after_imports_mb": round(base_mb, 1), "rss_after_model_load_mb": round(after_load_mb, 1),
@@ -298,7 +300,8 @@ def compare_with_ref(args: argparse.Namespace, scan: Path, ckpt: Path, work: Pat
         scan_dir = scan.parent.parent
         for rnd in range(args.rounds):
             for name, src in trees.items():
-                row = _cli_predict(src, scan_dir, ckpt, work / f"out_{name}", args.threads, cache, [])
+                extra = args.candidate_flags.split() if name == "candidate" else []
+                row = _cli_predict(src, scan_dir, ckpt, work / f"out_{name}", args.threads, cache, extra)
                 row.update(tree=name, round=rnd, cache="cold" if name == "candidate" and rnd == 0 else "warm")
                 runs.append(row)
                 print(f"{name} round {rnd}: {row.get('read_to_written_s', row.get('error'))} s "
@@ -350,6 +353,7 @@ def compare_with_ref(args: argparse.Namespace, scan: Path, ckpt: Path, work: Pat
             "dice_0_995": dice["candidate_vs_reference_fp32"] >= TARGET_DICE,
         }
     return {"benchmark": "predict_vs_reference", "reference_rev": rev, "threads": args.threads,
+            "candidate_flags": args.candidate_flags,
             "case": {"shape": SHAPE, "spacing_mm": SPACING, "format": "nii.gz int16, KiTS19 orientation (I, P, L)",
                      "content": "kidney phantom (kidneyssl.phantoms, seed 24)"},
             "checkpoint": str(ckpt), "cpu": cpu_description(), "load_average_start": load_start,
@@ -364,6 +368,8 @@ def main() -> None:
     parser.add_argument("--ckpt", default=None, help="a trained segmentation checkpoint (default: random weights)")
     parser.add_argument("--ref", default=None, help="compare `kidneyssl predict` with this git revision")
     parser.add_argument("--rounds", type=int, default=2, help="rounds of the --ref comparison")
+    parser.add_argument("--candidate-flags", default="", help="--ref: flags for this tree's predict "
+                        "(default none), e.g. '--precision bf16'")
     parser.add_argument("--measure-factor", action="store_true")
     parser.add_argument("--workdir", default=None, help="reuse a folder holding the scan/checkpoint")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native",
@@ -398,7 +404,8 @@ def main() -> None:
         ckpt = Path(args.ckpt) if args.ckpt else random_ckpt
         if args.ref:
             result = compare_with_ref(args, scan, ckpt, work)
-            name = "predict_ref.json"
+            name = "predict_ref.json" if not args.candidate_flags else \
+                f"predict_ref_{'_'.join(f.strip('-') for f in args.candidate_flags.split())}.json"
         else:
             runs = {}
             cache = Path(tempfile.mkdtemp(prefix="bench_predict_cache_"))

@@ -11,13 +11,14 @@ by the CPU model, the cores available, the thread count, the library versions, t
 the network's architecture; the decision and the measured ratio are reported once.
 
 Masks: speed alone does not decide. The probe's input is noise, so whether bf16 masks agree with
-float32 ones is checked on real input, once per checkpoint (its weights) and machine: the first
-network input after ``auto`` chose bf16 is run in both precisions, and bf16 is kept only when its
+PyTorch's float32 ones is checked on real input, once per checkpoint (its weights) and machine:
+the first network inputs after ``auto`` chose bf16 run in both, and bf16 is kept only when its
 mask (logits > 0) agrees with float32's at Dice >= :data:`BF16_MIN_DICE`, pooled over the first
 inputs until they hold :data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict
 is cached beside the probe's); the inputs checked answer in bf16, as later ones will if it is kept. A
 checkpoint whose outputs sit near the threshold (a few epochs of training) thus runs float32
-(``results/agreement_paper.json``), a well-trained one bf16 (``results/agreement_demo.json``).
+(``results/agreement_paper_export3.json``), a better-trained one bf16
+(``results/agreement_demo_export3.json``).
 
 CPUs without native bf16 run float32 without probing (emulated bf16 takes minutes), and CUDA
 devices pick bf16 where ``torch.cuda.is_bf16_supported()`` (speed not measured: no GPU was
