@@ -136,7 +136,8 @@ def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_fast
     assert torch.allclose(first, expected * 1.5 if agrees else expected, atol=1e-4)
     assert not engine.agreement_pending
     assert engine.precision == ("bf16" if agrees else "fp32")
-    assert ("mask Dice 1.0000" if agrees else "not bf16: bf16 mask Dice 0.0000") in caplog.text
+    assert ("" if agrees else "precision fp32 from here on (not bf16: bf16 mask Dice 0.0000") in caplog.text
+    assert "mask Dice 1.0000" in engine.describe() if agrees else "mask Dice 0.0000" in engine.describe()
     engine.logits(x)
     assert runs[2:] == ["bf16" if agrees else "fp32"]
 
@@ -175,7 +176,7 @@ def test_inputs_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_t
             engine.logits(x)
     assert runs == ["fp32", "bf16"] * 3 + ["fp32"]  # checked 3 times, then float32
     assert engine.precision == "fp32" and not engine.agreement_pending
-    assert "not checked against fp32: fewer than 100 mask voxels in 3 inputs" in caplog.text
+    assert "from here on (bf16 masks not checked against fp32: fewer than 100 mask voxels in 3 inputs)" in caplog.text
     assert InferenceModel(trained_toy_model, backend="torch", precision="auto").agreement_pending  # not cached
 
 

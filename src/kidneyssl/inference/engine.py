@@ -237,7 +237,10 @@ class InferenceModel:
         else:
             return low  # undecided: bf16's answer, as the inputs after a positive check get
         self._settle_backend()
-        log.info("precision %s; backend %s (%s)", self._choice.describe(), self.backend, self.backend_reason)
+        if self._choice.precision == "fp32":  # the start said bf16: say once that it changed
+            log.info("precision fp32 from here on (%s); backend %s", self._choice.note, self.backend)
+        else:
+            log.debug("precision %s", self._choice.describe())
         return low if self._choice.precision == "bf16" else reference
 
     __call__ = logits
