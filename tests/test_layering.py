@@ -11,7 +11,7 @@ import kidneyssl
 
 #: Stage of each top-level module/package of kidneyssl; a module may import its own stage or lower.
 STAGES: dict[str, int] = {
-    "__init__": 0, "errors": 0, "types": 0, "config": 0, "progress": 0, "io": 0,
+    "__init__": 0, "errors": 0, "types": 0, "config": 0, "progress": 0, "system": 0, "io": 0,
     "preprocessing": 1,
     "data": 2, "models": 2, "losses": 2, "metrics": 2, "phantoms": 2,
     "training": 3, "inference": 3, "unlabeled": 3,

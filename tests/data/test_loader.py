@@ -35,11 +35,12 @@ def test_loader_rejects_bad_arguments(make_cache, tmp_path):
 def test_worker_count_is_capped_at_the_cpus_available(make_cache, tmp_path, monkeypatch, caplog):
     import logging
 
+    from kidneyssl import system
     from kidneyssl.data import loader
 
     cache = make_cache(tmp_path, n_cases=1)
     ds = HalfVolumeDataset(cache, cache.case_ids)
-    monkeypatch.setattr(loader.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(system.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert loader.available_cpus() == 2
     with caplog.at_level(logging.INFO, logger="kidneyssl.data.loader"):
         assert build_loader(ds, [0, 1], num_workers=4).num_workers == 2  # type: ignore[attr-defined]
@@ -47,8 +48,8 @@ def test_worker_count_is_capped_at_the_cpus_available(make_cache, tmp_path, monk
         assert build_loader(ds, [0, 1], num_workers=1).num_workers == 1  # type: ignore[attr-defined]
     assert [r.getMessage() for r in caplog.records if r.name == "kidneyssl.data.loader"] == [
         "data loader: 2 reader processes instead of the 4 asked for (2 CPUs available to this process)"]
-    monkeypatch.delattr(loader.os, "sched_getaffinity")  # not Linux: os.cpu_count()
-    monkeypatch.setattr(loader.os, "cpu_count", lambda: 3)
+    monkeypatch.delattr(system.os, "sched_getaffinity")  # not Linux: os.cpu_count()
+    monkeypatch.setattr(system.os, "cpu_count", lambda: 3)
     assert loader.available_cpus() == 3
 
 

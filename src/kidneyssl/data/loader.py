@@ -10,21 +10,13 @@ The training loop decides the order of the items (seeded shuffling, sharding acr
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Iterable, Sequence
+
+from kidneyssl.system import available_cpus
 
 __all__ = ["build_loader", "available_cpus"]
 
 log = logging.getLogger(__name__)
-
-
-def available_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (``taskset``, a batch scheduler's
-    allocation), else ``os.cpu_count()``; at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def _as_is(item: Any) -> Any:

@@ -26,6 +26,7 @@ from kidneyssl.io.labels import KITS19_POLICY, LabelPolicy
 from kidneyssl.io.outputs import check_outputs
 from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
 from kidneyssl.progress import progress
+from kidneyssl.system import available_cpus
 
 __all__ = ["PrepareSummary", "prepare_dataset", "prepare_cases", "prepare_case"]
 
@@ -270,7 +271,7 @@ def _run(todo: list[Case], cache_dir: Path, cfg_dict: dict[str, Any],
          workers: int, labels_dict: dict[str, Any]) -> list[tuple[str, str, list[str], list[str]]]:
     if not todo:
         return []
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cpus()
     workers = max(1, min(workers, len(todo)))
     threads = max(1, cores // workers)
     if workers == 1:

@@ -8,10 +8,10 @@ plan (strategy, precision, window) of a volume.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from kidneyssl.config import InferenceConfig, ModelConfig
+from kidneyssl.system import available_cpus
 
 __all__ = [
     "PAPER_BYTES_PER_VOXEL",
@@ -127,11 +127,8 @@ def cpu_model_name(cpuinfo: str | None = None) -> str:
 
 
 def cpu_count() -> int:
-    """Cores this process may run on (its affinity mask, else ``os.cpu_count``)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """Cores this process may run on (:func:`kidneyssl.system.available_cpus`)."""
+    return available_cpus()
 
 
 def _meminfo_available_mb() -> float | None:

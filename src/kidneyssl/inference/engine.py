@@ -10,8 +10,8 @@ Backends:
   (:mod:`kidneyssl.inference.ov_backend`); bf16 by OpenVINO's precision hint. CPU only.
 - ``auto``: ``openvino`` when it is installed and the network runs on a CPU, else ``torch``; and
   ``torch`` again once the precision is float32 (asked, measured or after the bf16 mask check):
-  OpenVINO's float32 pass was no faster end to end than PyTorch's fused one and needed about
-  twice its memory (``results/predict.json``); its gain is bf16.
+  OpenVINO's float32 pass is no faster end to end than PyTorch's fused one and needs more memory
+  (``results/predict.json``); its gain is bf16.
 
 Who uses which: :func:`kidneyssl.inference.predict.load_model` (``predict``, ``locate``, the
 experiment's Table 1) returns an :class:`InferenceModel` with ``backend="auto"``, so the scores of
@@ -165,10 +165,13 @@ class InferenceModel:
             self._openvino = None
 
     def _after_check(self, choice: PrecisionChoice) -> PrecisionChoice:
+        """``choice`` once the check has ended: bf16 where its masks agreed, else fp32 (they
+        disagreed, or the inputs held too few mask voxels to tell)."""
         assert self._agreement is not None
-        if self._agreement.verdict:
-            return dataclasses.replace(choice, note=self._agreement.describe())
-        return dataclasses.replace(choice, precision="fp32", note=f"not bf16: {self._agreement.describe()}")
+        verdict, said = self._agreement.verdict, self._agreement.describe()
+        if verdict:
+            return dataclasses.replace(choice, note=said)
+        return dataclasses.replace(choice, precision="fp32", note=said if verdict is None else f"not bf16: {said}")
 
     @property
     def agreement_pending(self) -> bool:
@@ -230,12 +233,9 @@ class InferenceModel:
         # when they do not); the candidate is this backend's bf16.
         reference = self._torch_run(x.to(self.device), "fp32")
         low = self._run(x, "bf16")
-        if self._agreement.add(reference, low) is not None:
-            self._choice = self._after_check(self._choice)
-        elif self._agreement.inputs >= CHECK_MAX_INPUTS:
-            self._choice = dataclasses.replace(self._choice, precision="fp32", note=self._agreement.describe())
-        else:
+        if self._agreement.add(reference, low) is None and self._agreement.inputs < CHECK_MAX_INPUTS:
             return low  # undecided: bf16's answer, as the inputs after a positive check get
+        self._choice = self._after_check(self._choice)
         self._settle_backend()
         if self._choice.precision == "fp32":  # the start said bf16: say once that it changed
             log.info("precision fp32 from here on (%s); backend %s", self._choice.note, self.backend)

@@ -17,16 +17,16 @@ layout conversions around every one of the 38 GroupNorms took about a third of a
 time; the per-channel form keeps the convolutions' blocked layout (``results/backends.json``).
 Each mean over the voxels is taken one axis at a time, as a sum divided by the axis length:
 OpenVINO merges consecutive ``ReduceMean`` ops (and a mean over several axes is one) into a single
-reduction whose float32 accumulation over a whole half volume drifted by up to 1e-2, so float32
-OpenVINO masks differed from PyTorch's; a sum followed by a division is not merged, and no sum
-spans more than one axis (``results/openvino_fp32_accuracy.json``).
+reduction whose float32 accumulation over a whole half volume drifts, so float32 OpenVINO masks
+differed from PyTorch's; a sum followed by a division is not merged, and no sum spans more than one
+axis (``results/openvino_fp32_accuracy.json``).
 
-Compilation is per static input shape: a model compiled for one shape ran a 96x256x160 half
-volume at 1.77x PyTorch's float32 speed, the same model compiled with free dimensions at 1.5x
-(``results/backends.json``), and compiling takes a fraction of a second. Only the latest compiled model is kept, since each
-holds its activation memory. Compiled models are also kept on disk by OpenVINO's own model cache
-(``CACHE_DIR``, in ``<cache>/openvino-compiled``, the :data:`KEEP_COMPILED` most recent): loading
-one took about half the time of compiling it (``results/openvino_compile_cache.json``).
+Compilation is per static input shape: a model compiled for one shape ran a half volume faster
+than the same model compiled with free dimensions (``results/backends.json``), and compiling takes
+a fraction of a second. Only the latest compiled model is kept in memory, since each holds its
+activation memory; OpenVINO's own model cache keeps the compiled models on disk (``CACHE_DIR``,
+``<cache>/openvino-compiled``, the :data:`KEEP_COMPILED` most recent), since loading one is faster
+than compiling it (``results/openvino_compile_cache.json``).
 """
 
 from __future__ import annotations

@@ -29,8 +29,8 @@ or a bounded streaming count). NIfTI-2, which SimpleITK does not read, is read w
 Writing uses nibabel (explicit sform and qform from one affine, gzip level 1) through an atomic
 temporary file, and the result reads back identically with nibabel and SimpleITK. NIfTI stores
 voxels in Fortran order; a C-ordered array (what resampling returns) is first copied to Fortran
-order by cache-sized tiles on a few threads (:func:`fortran_order`), because nibabel's strided copy
-took most of ``predict``'s write time (``benchmarks/results/write_mask.json``).
+order by cache-sized tiles on a few threads (:func:`fortran_order`), because nibabel's own strided
+copy is several times slower (``benchmarks/results/write_mask.json``).
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from nibabel import orientations as nio
 from kidneyssl.errors import DataError
 from kidneyssl.io.atomic import atomic_path
 from kidneyssl.io.geometry import Geometry, Volume
+from kidneyssl.system import available_cpus
 from kidneyssl.types import shape3
 
 __all__ = ["read_volume", "read_geometry", "write_volume", "write_mask", "fortran_order", "affine_from_sitk",
@@ -486,7 +487,7 @@ def fortran_order(array: np.ndarray, tile: int = 32, threads: int | None = None)
     if array.ndim != 3 or array.flags.f_contiguous:
         return array
     if threads is None:
-        threads = max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+        threads = min(4, available_cpus())
     out = np.empty(array.shape[::-1], dtype=array.dtype)  # C order of the reversed axes
 
     def columns(j0: int) -> None:

@@ -33,13 +33,13 @@ an image) keeps Dice > 0.99 through a round trip.
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from kidneyssl.system import available_cpus
 from kidneyssl.types import Shape3, Spacing3
 
 __all__ = [
@@ -128,10 +128,7 @@ def _taps(n_in: int, n_out: int, order: str,
 
 
 def _default_threads() -> int:
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, min(4, os.cpu_count() or 1))
+    return min(4, available_cpus())
 
 
 def _run_chunks(fn: Callable[[slice], None], length: int, per_index: int, threads: int,
