@@ -1,5 +1,7 @@
-"""OpenVINO's model cache: compiling a half volume's model and its first inference, with an empty
-cache folder (compiled now) and with a warm one (loaded from ``CACHE_DIR``), in fresh processes
+"""The compiled-model cache: compiling a half volume's model and its first inference, with an empty
+cache folder (compiled now) and with a warm one (imported from ``<cache>/openvino-compiled``;
+``results/openvino_compile_cache_ov_cache_dir.json`` is the same benchmark with OpenVINO's own
+``CACHE_DIR``, used before it was found unsafe across processes), in fresh processes
 taken in turn; the paper network (random weights) and the two half-volume shapes of
 ``bench_predict.py``'s 300 x 512 x 512 case, bf16 hint, 2 threads.
 

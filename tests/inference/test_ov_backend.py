@@ -142,7 +142,7 @@ def test_float32_openvino_keeps_float32_accuracy_on_a_large_input(tmp_path):
     assert float((got - expected).abs().max()) < 1e-5 * float(expected.abs().max())
 
 
-def test_compiled_models_are_kept_by_openvinos_model_cache_and_pruned(tmp_path, monkeypatch):
+def test_compiled_models_are_kept_on_disk_loaded_and_pruned(tmp_path, monkeypatch):
     import kidneyssl.inference.ov_backend as ov_backend
     from kidneyssl.inference.cache import cache_dir
     from kidneyssl.models import build_segmentation_model
@@ -150,13 +150,68 @@ def test_compiled_models_are_kept_by_openvinos_model_cache_and_pruned(tmp_path, 
     monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)
     xml = ov_backend.exported_model(build_segmentation_model(load_preset("demo").model).eval())
+    x = torch.randn(1, 1, 16, 32, 32)
     first = ov_backend.OpenVINONetwork(xml, "fp32", 1)
-    first(torch.zeros(1, 1, 16, 32, 32))
-    assert first._compiled.get_property("LOADED_FROM_CACHE") is False
+    expected = first(x)
+    assert first.loaded_from_cache is False
     again = ov_backend.OpenVINONetwork(xml, "fp32", 1)
-    again(torch.zeros(1, 1, 16, 32, 32))
-    assert again._compiled.get_property("LOADED_FROM_CACHE") is True
+    assert torch.equal(again(x), expected) and again.loaded_from_cache is True
     assert len(list(cache_dir("openvino-compiled").iterdir())) == 1
+    other = ov_backend.OpenVINONetwork(xml, "fp32", 2)  # other settings: compiled for them
+    other(x)
+    assert other.loaded_from_cache is False
     monkeypatch.setattr(ov_backend, "KEEP_COMPILED", 1)
-    again(torch.zeros(1, 1, 16, 32, 48))  # another shape: compiled, the older entry pruned
+    again(torch.zeros(1, 1, 16, 32, 48))  # another shape: compiled, the older entries pruned
     assert len([p for p in cache_dir("openvino-compiled").iterdir() if not p.name.startswith(".")]) == 1
+
+
+def test_a_damaged_compiled_model_is_compiled_again(tmp_path, monkeypatch):
+    import kidneyssl.inference.ov_backend as ov_backend
+    from kidneyssl.inference.cache import cache_dir
+    from kidneyssl.models import build_segmentation_model
+
+    monkeypatch.setenv("KIDNEYSSL_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    xml = ov_backend.exported_model(build_segmentation_model(load_preset("demo").model).eval())
+    x = torch.randn(1, 1, 16, 32, 32)
+    expected = ov_backend.OpenVINONetwork(xml, "fp32", 1)(x)
+    (blob,) = cache_dir("openvino-compiled").iterdir()
+    for damaged in (blob.read_bytes()[:1000], b"not a compiled model"):
+        blob.write_bytes(damaged)
+        net = ov_backend.OpenVINONetwork(xml, "fp32", 1)
+        assert torch.equal(net(x), expected) and net.loaded_from_cache is False
+        assert blob.stat().st_size > 1000  # replaced by a complete one
+
+
+_CONCURRENT_CHILD = """
+import random, sys, time, torch
+from kidneyssl.inference.ov_backend import OpenVINONetwork
+random.seed()
+time.sleep(random.random() * 0.3)
+net = OpenVINONetwork(sys.argv[1], "fp32", 1)
+for _ in range(8):
+    net(torch.randn(1, 1, 32, 64, 64))
+    net.release()
+"""
+
+
+@pytest.mark.slow
+def test_processes_sharing_the_compiled_model_cache_do_not_crash(tmp_path):
+    """Three processes compile and load one shape over and over into one empty cache folder: each
+    must finish. With OpenVINO's own model cache (CACHE_DIR), which rewrites a blob that another
+    process is reading through a memory map, 4 of 10 such rounds lost a process to SIGBUS."""
+    import os
+    import subprocess
+    import sys
+
+    from kidneyssl.inference.ov_backend import exported_model
+    from kidneyssl.models import build_segmentation_model
+
+    torch.manual_seed(0)
+    xml = exported_model(build_segmentation_model(load_preset("demo").model).eval(), tmp_path / "export")
+    for round_ in range(3):
+        env = dict(os.environ, KIDNEYSSL_CACHE_DIR=str(tmp_path / f"cache{round_}"), OMP_NUM_THREADS="1")
+        procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_CHILD, str(xml)], env=env,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        assert all(rc == 0 for rc, _ in results), [(rc, err[-500:]) for rc, err in results]

@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["CACHE_ENV", "cache_dir", "read_json", "write_json", "publish_folder", "prune"]
+__all__ = ["CACHE_ENV", "cache_dir", "read_json", "write_json", "write_bytes", "publish_folder", "prune"]
 
 #: Environment variable naming the cache folder.
 CACHE_ENV = "KIDNEYSSL_CACHE_DIR"
@@ -43,14 +43,25 @@ def read_json(path: Path) -> dict[str, Any] | None:
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` to ``path`` atomically; a cache that cannot be written is only a lost
     shortcut, so ``OSError`` is swallowed."""
+    write_bytes(path, json.dumps(data, indent=2).encode("utf-8"))
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (a temporary sibling whose name starts with ``.``,
+    which :func:`prune` skips, then a rename); ``OSError`` is swallowed, as in :func:`write_json`."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
+        tmp = None
     except OSError:
         pass
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def publish_folder(target: Path, fill: Callable[[Path], object]) -> Path:

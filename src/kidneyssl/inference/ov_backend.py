@@ -24,17 +24,23 @@ axis (``results/openvino_fp32_accuracy.json``).
 Compilation is per static input shape: a model compiled for one shape ran a half volume faster
 than the same model compiled with free dimensions (``results/backends.json``), and compiling takes
 a fraction of a second. Only the latest compiled model is kept in memory, since each holds its
-activation memory; OpenVINO's own model cache keeps the compiled models on disk (``CACHE_DIR``,
-``<cache>/openvino-compiled``, the :data:`KEEP_COMPILED` most recent), since loading one is faster
-than compiling it (``results/openvino_compile_cache.json``).
+activation memory. Compiled models are kept on disk (``<cache>/openvino-compiled/<key>.blob``, the
+:data:`KEEP_COMPILED` most recent), since loading one is faster than compiling it
+(``results/openvino_compile_cache.json``). They are exported and imported here rather than through
+OpenVINO's own model cache (``CACHE_DIR``): that cache rewrites a blob in place while another
+process may be reading it through a memory map, which killed that process with SIGBUS (two
+``torchrun`` ranks predicting at once, or two ``predict`` runs); each blob here is written to a
+temporary name and renamed, and read whole, so a reader sees one complete blob or none.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 import os
+import platform
 import time
 import warnings
 from pathlib import Path
@@ -42,7 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from kidneyssl.inference.cache import cache_dir, prune, publish_folder
+from kidneyssl.inference.cache import cache_dir, prune, publish_folder, write_bytes
+from kidneyssl.inference.device import cpu_model_name
 
 __all__ = [
     "INSTALL_HINT",
@@ -61,8 +68,8 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install kidneyssl[openvino]"
 #: Exports kept in the cache folder (each ~10 MB for the paper network).
 KEEP_EXPORTS = 8
-#: Compiled models kept by OpenVINO's model cache (each ~12 MB for the paper network; one per
-#: half-volume shape and precision).
+#: Compiled models kept in ``<cache>/openvino-compiled`` (each ~12 MB for the paper network; one
+#: per half-volume shape and precision).
 KEEP_COMPILED = 16
 _EXPORT_VERSION = 3
 _EXAMPLE_SHAPE = (1, 1, 32, 32, 32)
@@ -203,6 +210,13 @@ def exported_model(module: Any, folder: Path | None = None) -> Path:
     return xml
 
 
+def _files_digest(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 @functools.cache
 def _core() -> Any:
     """The process's one OpenVINO ``Core``, shared by every network: several ``Core``s in one
@@ -229,30 +243,63 @@ class OpenVINONetwork:
         self._ov = ov
         self._core = _core()
         self._model = self._core.read_model(str(xml))
+        self._xml_key = _files_digest(Path(xml), Path(xml).with_suffix(".bin"))
         self.precision = precision
         self.threads = int(threads)
         self._shape: tuple[int, ...] | None = None
         self._request: Any = None
         self._compiled: Any = None
+        #: Whether the latest compiled model was loaded from ``<cache>/openvino-compiled``.
+        self.loaded_from_cache = False
 
     def _config(self) -> dict[str, Any]:
         return {"INFERENCE_NUM_THREADS": self.threads, "PERFORMANCE_HINT": "LATENCY",
-                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32",
-                "CACHE_DIR": str(cache_dir("openvino-compiled"))}
+                "INFERENCE_PRECISION_HINT": "bf16" if self.precision == "bf16" else "f32"}
+
+    def _blob_path(self, shape: tuple[int, ...]) -> Path:
+        """Where the model compiled for ``shape`` is kept: keyed by the exported files, the shape,
+        the compile settings, OpenVINO's version and the processor (a home folder may be shared
+        by machines with other instruction sets)."""
+        key = json.dumps({"model": self._xml_key, "shape": list(shape), "config": self._config(),
+                          "openvino": openvino_version(), "cpu": cpu_model_name(),
+                          "machine": platform.machine()}, sort_keys=True)
+        return cache_dir("openvino-compiled") / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.blob"
+
+    def _load_compiled(self, blob: Path) -> Any:
+        """The compiled model kept in ``blob``, or ``None`` (missing, pruned meanwhile, or not
+        importable: written by another OpenVINO build, say)."""
+        try:
+            data = blob.read_bytes()
+            compiled = self._core.import_model(data, "CPU", self._config())
+        except Exception as err:  # noqa: BLE001 - any failure only means compiling again
+            if blob.exists():
+                log.debug("could not load the compiled model %s (%s); compiling again", blob, err)
+            return None
+        try:
+            os.utime(blob)  # most recently used, for prune
+        except OSError:
+            pass
+        return compiled
 
     def _compile(self, shape: tuple[int, ...]) -> None:
         if shape == self._shape:
             return
         self._request = self._compiled = None  # free the previous shape's memory first
-        model = self._model.clone()
-        model.reshape({0: self._ov.PartialShape(list(shape))})
         t0 = time.perf_counter()
-        self._compiled = self._core.compile_model(model, "CPU", self._config())
+        blob = self._blob_path(shape)
+        self._compiled = self._load_compiled(blob)
+        self.loaded_from_cache = self._compiled is not None
+        if self._compiled is None:
+            model = self._model.clone()
+            model.reshape({0: self._ov.PartialShape(list(shape))})
+            self._compiled = self._core.compile_model(model, "CPU", self._config())
+            # A cache that cannot be written is only a lost shortcut.
+            write_bytes(blob, self._compiled.export_model().getvalue())
+            prune(blob.parent, KEEP_COMPILED)
         self._request = self._compiled.create_infer_request()
         self._shape = shape
-        prune(cache_dir("openvino-compiled"), KEEP_COMPILED)
-        log.debug("OpenVINO compiled for %s (%s) in %.2f s", "x".join(map(str, shape)), self.precision,
-                  time.perf_counter() - t0)
+        log.debug("OpenVINO %s for %s (%s) in %.2f s", "loaded" if self.loaded_from_cache else "compiled",
+                  "x".join(map(str, shape)), self.precision, time.perf_counter() - t0)
 
     def release(self) -> None:
         """Free the compiled model and its memory (compiled again on the next call)."""
