@@ -194,3 +194,29 @@ def test_auto_backend_leaves_openvino_when_the_check_settles_on_float32(bf16_fas
         expected = trained_toy_model(x).logits
     assert torch.allclose(engine.logits(x), expected, atol=1e-4)  # PyTorch's float32 answer
     assert engine.precision == "fp32" and engine.backend == "torch" and "float32" in engine.backend_reason
+
+
+def test_the_check_frees_a_compiled_model_of_another_shape_before_the_float32_pass(bf16_faster, trained_toy_model,
+                                                                                    monkeypatch):
+    """While the check runs, OpenVINO's compiled model for the previous input's shape is dropped
+    before PyTorch's float32 pass on an input of another shape (the bf16 run would drop it anyway),
+    so the two do not hold memory at once; one of the same shape is kept."""
+    pytest.importorskip("openvino")
+    import kidneyssl.inference.precision as precision
+
+    monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 10**9)  # undecided: every input runs both
+    engine = InferenceModel(trained_toy_model, backend="openvino", precision="auto")
+    assert engine.agreement_pending
+    held = []
+    real = engine._torch_run
+
+    def run(x, precision):
+        held.append(engine._openvino.compiled_shape if engine._openvino is not None else None)
+        return real(x, precision)
+
+    monkeypatch.setattr(engine, "_torch_run", run)
+    a, b = torch.randn(1, 1, 16, 32, 32), torch.randn(1, 1, 16, 32, 48)
+    for x in (a, a, b):
+        engine.logits(x)
+    assert held == [None, tuple(a.shape), None]
+    assert engine._openvino.compiled_shape == tuple(b.shape)

@@ -29,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from kidneyssl.cli._common import resolve_device
+    from kidneyssl.system import fix_mmap_threshold
     from kidneyssl.unlabeled import locate_path
+
+    fix_mmap_threshold()  # a lower peak (see its docstring)
 
     if args.threads is not None and args.threads < 1:
         log.error("kidneyssl locate: --threads must be >= 1")

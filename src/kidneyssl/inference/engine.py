@@ -230,7 +230,11 @@ class InferenceModel:
             return self._run(x, self.precision)
         assert self._agreement is not None and self._choice is not None
         # The reference is PyTorch's float32 (what the bf16 masks must agree with, and what runs
-        # when they do not); the candidate is this backend's bf16.
+        # when they do not); the candidate is this backend's bf16. A compiled model for another
+        # shape would be dropped by the bf16 run anyway: dropped first, its memory does not add to
+        # the float32 pass's.
+        if self._openvino is not None and self._openvino.compiled_shape != tuple(x.shape):
+            self._openvino.release()
         reference = self._torch_run(x.to(self.device), "fp32")
         low = self._run(x, "bf16")
         if self._agreement.add(reference, low) is None and self._agreement.inputs < CHECK_MAX_INPUTS:

@@ -301,6 +301,11 @@ class OpenVINONetwork:
         log.debug("OpenVINO %s for %s (%s) in %.2f s", "loaded" if self.loaded_from_cache else "compiled",
                   "x".join(map(str, shape)), self.precision, time.perf_counter() - t0)
 
+    @property
+    def compiled_shape(self) -> tuple[int, ...] | None:
+        """The input shape of the compiled model held in memory (``None``: none held)."""
+        return self._shape
+
     def release(self) -> None:
         """Free the compiled model and its memory (compiled again on the next call)."""
         self._request = self._compiled = self._shape = None
