@@ -215,3 +215,21 @@ def test_processes_sharing_the_compiled_model_cache_do_not_crash(tmp_path):
                                   stderr=subprocess.PIPE, text=True) for _ in range(3)]
         results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
         assert all(rc == 0 for rc, _ in results), [(rc, err[-500:]) for rc, err in results]
+
+
+def test_a_scan_frees_its_compiled_model_unless_every_scan_has_its_window_shape(trained_toy_model, make_blob_image,
+                                                                                small_cfg, exports):
+    """After a scan, the compiled model for its halves is freed (the next scan's halves have their
+    own shapes); one for windows of the configured size (a crop-trained network) is kept for the
+    next scan, which runs the same shape."""
+    import dataclasses
+
+    from kidneyssl.inference.segment import segment_image
+
+    cfg = dataclasses.replace(small_cfg, model=trained_toy_model.cfg)
+    cropped = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, crop_size=(16, 16, 16)))
+    for config, kept in ((cfg, None), (cropped, (1, 1, 16, 16, 16))):
+        engine = InferenceModel(trained_toy_model, backend="openvino", precision="fp32")
+        for seed in (7, 8):
+            segment_image(engine, make_blob_image(shape=(16, 32, 48), seed=seed), config, spacing_mm=(1.0, 1.0, 1.0))
+            assert engine._openvino.compiled_shape == kept

@@ -141,7 +141,11 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
                         progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
                         roi_size=plan.roi_size)
-    engine.release()
+    # A compiled model holds its activation memory: freed before the next scan is read, unless it
+    # runs windows of the configured size, the shape every scan's windows have (kept, it is not
+    # compiled and its memory not touched afresh for each scan).
+    if plan.strategy != "sliding" or plan.roi_size != tuple(icfg.sw_roi_size):
+        engine.release()
     timings["infer"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
