@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,21 +119,30 @@ def _with_bf16_output(engine, monkeypatch, change):
     return runs
 
 
+def _scan(x):
+    """What segment_image gives InferenceModel.segment: a scan run with the logits it is handed,
+    returning (logits, final mask)."""
+    def scan(logits):
+        out = logits(x)
+        return out, (out > 0).numpy()[0, 0]
+    return scan
+
+
 @pytest.mark.parametrize("agrees", [True, False])
-def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_faster, trained_toy_model,
-                                                                       make_blob_image, monkeypatch, caplog, agrees):
+def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_scan(bf16_faster, trained_toy_model,
+                                                                      make_blob_image, monkeypatch, caplog, agrees):
     x = torch.from_numpy(make_blob_image(shape=(16, 32, 48), seed=7))[None, None]
     with torch.inference_mode():
         expected = trained_toy_model(x).logits
-    assert int((expected > 0).sum()) >= 100  # enough mask voxels to judge on this input
+    assert int((expected > 0).sum()) >= 100  # enough mask voxels to judge on this scan
     change = (lambda t: t * 1.5) if agrees else (lambda t: -t)  # the same mask, or its complement
     engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
     runs = _with_bf16_output(engine, monkeypatch, change)
     assert engine.precision == "bf16" and engine.agreement_pending
     with caplog.at_level("INFO", logger="kidneyssl"):
-        first = engine.logits(x)
-    assert runs == ["fp32", "bf16"]  # the first input runs in both precisions...
-    # ...and its answer is the kept precision's, as for every later input
+        first, _ = engine.segment(_scan(x))
+    assert runs == ["fp32", "bf16"]  # the first scan runs in both precisions...
+    # ...and its answer is the kept precision's, as for every later scan
     assert torch.allclose(first, expected * 1.5 if agrees else expected, atol=1e-4)
     assert not engine.agreement_pending
     assert engine.precision == ("bf16" if agrees else "fp32")
@@ -140,7 +150,8 @@ def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_fast
         assert "from here on" not in caplog.text and "mask Dice 1.0000" in engine.describe()
     else:
         assert "precision fp32 from here on (not bf16: bf16 mask Dice 0.0000" in caplog.text
-    engine.logits(x)
+        assert "measured on 1 scan;" in caplog.text
+    engine.segment(_scan(x))
     assert runs[2:] == ["bf16" if agrees else "fp32"]
 
     # the verdict is kept for this checkpoint on this machine: no second check
@@ -157,17 +168,28 @@ def test_auto_keeps_bf16_only_where_its_masks_agree_on_the_first_input(bf16_fast
             next(trained_toy_model.parameters()).sub_(0.01)
 
 
+def test_the_check_judges_final_masks(bf16_faster, trained_toy_model, monkeypatch):
+    """What the check compares is the mask the scan returns (post-processed), not the raw logits:
+    bf16 logits that differ everywhere but give the same final mask pass."""
+    engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
+    _with_bf16_output(engine, monkeypatch, lambda t: -t)  # raw bf16 masks: the complement
+    final = np.zeros((16, 32, 32), dtype=np.uint8)
+    final[4:12, 8:24, 8:24] = 1  # the same post-processed mask from both
+    engine.segment(lambda logits: (logits(torch.randn(1, 1, 16, 32, 32)), final))
+    assert engine.precision == "bf16" and "mask Dice 1.0000" in engine.describe()
+
+
 def test_an_asked_precision_is_not_checked(bf16_faster, trained_toy_model, monkeypatch):
     engine = InferenceModel(trained_toy_model, backend="torch", precision="bf16")
     runs = _with_bf16_output(engine, monkeypatch, lambda t: -t)
-    engine.logits(torch.randn(1, 1, 16, 32, 32))
+    engine.segment(_scan(torch.randn(1, 1, 16, 32, 32)))
     assert runs == ["bf16"] and not engine.agreement_pending
 
 
-def test_inputs_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_toy_model, monkeypatch, caplog):
+def test_scans_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_toy_model, monkeypatch, caplog):
     import kidneyssl.inference.engine as engine_module
 
-    monkeypatch.setattr(engine_module, "CHECK_MAX_INPUTS", 3)
+    monkeypatch.setattr(engine_module, "CHECK_MAX_SCANS", 3)
     engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
     runs = _with_bf16_output(engine, monkeypatch, lambda t: t)
     background = lambda x, precision: runs.append(precision) or -torch.ones_like(x)  # noqa: E731
@@ -175,10 +197,10 @@ def test_inputs_without_mask_voxels_cannot_show_agreement(bf16_faster, trained_t
     x = torch.randn(1, 1, 16, 32, 32)
     with caplog.at_level("INFO", logger="kidneyssl"):
         for _ in range(4):
-            engine.logits(x)
+            engine.segment(_scan(x))
     assert runs == ["fp32", "bf16"] * 3 + ["fp32"]  # checked 3 times, then float32
     assert engine.precision == "fp32" and not engine.agreement_pending
-    assert "from here on (bf16 masks not checked against fp32: fewer than 100 mask voxels in 3 inputs)" in caplog.text
+    assert "from here on (bf16 masks not checked against fp32: fewer than 100 mask voxels in 3 scans)" in caplog.text
     assert InferenceModel(trained_toy_model, backend="torch", precision="auto").agreement_pending  # not cached
 
 
@@ -192,19 +214,17 @@ def test_auto_backend_leaves_openvino_when_the_check_settles_on_float32(bf16_fas
     x = torch.from_numpy(make_blob_image(shape=(16, 32, 48), seed=7))[None, None]
     with torch.inference_mode():
         expected = trained_toy_model(x).logits
-    assert torch.allclose(engine.logits(x), expected, atol=1e-4)  # PyTorch's float32 answer
+    assert torch.allclose(engine.segment(_scan(x))[0], expected, atol=1e-4)  # PyTorch's float32 answer
     assert engine.precision == "fp32" and engine.backend == "torch" and "float32" in engine.backend_reason
 
 
-def test_the_check_frees_a_compiled_model_of_another_shape_before_the_float32_pass(bf16_faster, trained_toy_model,
-                                                                                    monkeypatch):
-    """While the check runs, OpenVINO's compiled model for the previous input's shape is dropped
-    before PyTorch's float32 pass on an input of another shape (the bf16 run would drop it anyway),
-    so the two do not hold memory at once; one of the same shape is kept."""
+def test_the_check_frees_a_compiled_model_before_the_float32_pass(bf16_faster, trained_toy_model, monkeypatch):
+    """While the check runs, a compiled OpenVINO model kept from the scan before (windows keep
+    theirs) is dropped before PyTorch's float32 pass, so the two do not hold memory at once."""
     pytest.importorskip("openvino")
     import kidneyssl.inference.precision as precision
 
-    monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 10**9)  # undecided: every input runs both
+    monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 10**9)  # undecided: every scan runs both
     engine = InferenceModel(trained_toy_model, backend="openvino", precision="auto")
     assert engine.agreement_pending
     held = []
@@ -215,8 +235,8 @@ def test_the_check_frees_a_compiled_model_of_another_shape_before_the_float32_pa
         return real(x, precision)
 
     monkeypatch.setattr(engine, "_torch_run", run)
-    a, b = torch.randn(1, 1, 16, 32, 32), torch.randn(1, 1, 16, 32, 48)
-    for x in (a, a, b):
-        engine.logits(x)
-    assert held == [None, tuple(a.shape), None]
-    assert engine._openvino.compiled_shape == tuple(b.shape)
+    x = torch.randn(1, 1, 16, 32, 32)
+    for _ in range(2):
+        engine.segment(_scan(x))
+        assert engine._openvino.compiled_shape == tuple(x.shape)  # the bf16 pass compiled it
+    assert held == [None, None]

@@ -91,25 +91,28 @@ def test_the_real_probe_times_both_precisions_interleaved():
     assert set(best) == {"fp32", "bf16"} and all(t >= 0 for t in best.values())
 
 
-def test_mask_agreement_pools_inputs_until_it_can_judge_and_is_cached_per_weights(fake_probe, monkeypatch):
-    import torch
+def test_mask_agreement_pools_scans_until_it_can_judge_and_is_cached_per_weights(fake_probe, monkeypatch):
+    import numpy as np
 
     monkeypatch.setattr(precision, "KEEP_AGREEMENTS", 2)
     monkeypatch.setattr(precision, "CHECK_MIN_VOXELS", 3)
-    logits = torch.tensor([[-1.0, 2.0, 3.0, -4.0]])  # 2 mask voxels
+    mask = np.array([[0, 1, 1, 0]], dtype=np.uint8)  # 2 mask voxels
+    other = np.array([[0, 1, 0, 0]], dtype=np.uint8)
     check = precision.AgreementCheck("openvino", 2, "weights-a")
     assert check.verdict is None
-    assert check.add(-logits.abs(), -logits.abs()) is None  # no mask voxels: nothing to judge
-    assert check.add(logits, logits * 0.5) is None  # 2 of the 3 needed
-    assert check.add(logits, logits * 0.5) is True and check.dice == 1.0 and check.inputs == 3
-    assert "measured on 3 inputs" in check.describe()
+    assert check.add(np.zeros_like(mask), np.zeros_like(mask)) is None  # no mask voxels: nothing to judge
+    assert check.add(mask, mask.astype(bool)) is None  # 2 of the 3 needed
+    assert check.add(mask, mask * 2) is True and check.dice == 1.0 and check.scans == 3
+    assert "measured on 3 scans" in check.describe()
     assert precision.AgreementCheck("openvino", 2, "weights-a").verdict is True  # cached
     assert precision.AgreementCheck("openvino", 1, "weights-a").verdict is None  # other threads
     failing = precision.AgreementCheck("openvino", 2, "weights-b")
-    failing.add(logits, torch.tensor([[-1.0, 2.0, -3.0, -4.0]]))
-    assert failing.add(logits, torch.tensor([[-1.0, 2.0, -3.0, -4.0]])) is False
+    failing.add(mask, other)
+    assert failing.add(mask, other) is False
     assert failing.dice == pytest.approx(2 * 2 / 6)  # pooled: 2 shared of 4 + 2 voxels
     assert precision.AgreementCheck("openvino", 2, "weights-b").verdict is False
-    precision.AgreementCheck("openvino", 2, "weights-c").add(logits, logits)
-    precision.AgreementCheck("openvino", 2, "weights-c").add(logits, logits)
+    with pytest.raises(ValueError, match="differ in shape"):
+        failing.add(mask, mask[:, :2])
+    precision.AgreementCheck("openvino", 2, "weights-c").add(mask, mask)
+    precision.AgreementCheck("openvino", 2, "weights-c").add(mask, mask)
     assert len(list(cache_dir("precision/agreement").iterdir())) == 2

@@ -31,7 +31,7 @@ from typing import Any, Callable, Literal
 from kidneyssl.errors import KidneySSLError
 from kidneyssl.inference.ov_backend import INSTALL_HINT, openvino_version
 from kidneyssl.inference.precision import (
-    CHECK_MAX_INPUTS,
+    CHECK_MAX_SCANS,
     PROBE_SHAPE,
     AgreementCheck,
     PrecisionChoice,
@@ -166,7 +166,7 @@ class InferenceModel:
 
     def _after_check(self, choice: PrecisionChoice) -> PrecisionChoice:
         """``choice`` once the check has ended: bf16 where its masks agreed, else fp32 (they
-        disagreed, or the inputs held too few mask voxels to tell)."""
+        disagreed, or the scans held too few mask voxels to tell)."""
         assert self._agreement is not None
         verdict, said = self._agreement.verdict, self._agreement.describe()
         if verdict:
@@ -175,11 +175,11 @@ class InferenceModel:
 
     @property
     def agreement_pending(self) -> bool:
-        """``auto`` chose bf16 by speed and the next inputs decide whether its masks agree (they
-        run in both precisions; plan memory for float32)."""
+        """``auto`` chose bf16 by speed and the next scans decide whether its masks agree (they
+        run in both precisions, float32 first: plan memory for float32)."""
         choice = self.precision_choice
         return (choice.precision == "bf16" and self._agreement is not None and self._agreement.verdict is None
-                and self._agreement.inputs < CHECK_MAX_INPUTS)
+                and self._agreement.scans < CHECK_MAX_SCANS)
 
     @property
     def precision(self) -> Precision:
@@ -223,22 +223,25 @@ class InferenceModel:
         return self._openvino(x)
 
     def logits(self, x: Any) -> Any:
-        """``(B, 1, Z, Y, X)`` logits for ``x`` (on this model's device) in the chosen precision.
-        While :attr:`agreement_pending`, ``x`` runs in both precisions and the answer is that of
-        the precision the check keeps, so a scan's mask does not depend on whether it came first."""
+        """``(B, 1, Z, Y, X)`` logits for ``x`` (on this model's device) in the chosen precision
+        (bf16 while :attr:`agreement_pending`: use :meth:`segment` for whole scans, which checks)."""
+        return self._run(x, self.precision)
+
+    def segment(self, scan: Callable[[Callable[[Any], Any]], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """One scan: ``scan(logits)`` runs inference with ``logits`` and returns ``(result, final
+        mask)``. While :attr:`agreement_pending` the scan runs twice, in PyTorch's float32 (what the
+        bf16 masks must agree with, and what runs when they do not) and in this backend's bf16; the
+        two final masks go to the check, and the result is the kept precision's, so a scan's mask
+        does not depend on whether it came first (bf16's while still undecided, as the scans after
+        a positive check get)."""
         if not self.agreement_pending:
-            return self._run(x, self.precision)
+            return scan(self.logits)
         assert self._agreement is not None and self._choice is not None
-        # The reference is PyTorch's float32 (what the bf16 masks must agree with, and what runs
-        # when they do not); the candidate is this backend's bf16. A compiled model for another
-        # shape would be dropped by the bf16 run anyway: dropped first, its memory does not add to
-        # the float32 pass's.
-        if self._openvino is not None and self._openvino.compiled_shape != tuple(x.shape):
-            self._openvino.release()
-        reference = self._torch_run(x.to(self.device), "fp32")
-        low = self._run(x, "bf16")
-        if self._agreement.add(reference, low) is None and self._agreement.inputs < CHECK_MAX_INPUTS:
-            return low  # undecided: bf16's answer, as the inputs after a positive check get
+        self.release()  # a compiled model held from an earlier scan would add to the float32 pass
+        reference = scan(lambda x: self._torch_run(x.to(self.device), "fp32"))
+        low = scan(lambda x: self._run(x, "bf16"))
+        if self._agreement.add(reference[1], low[1]) is None and self._agreement.scans < CHECK_MAX_SCANS:
+            return low
         self._choice = self._after_check(self._choice)
         self._settle_backend()
         if self._choice.precision == "fp32":  # the start said bf16: say once that it changed

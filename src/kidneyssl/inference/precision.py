@@ -12,11 +12,14 @@ the network's architecture; the decision and the measured ratio are reported onc
 
 Masks: speed alone does not decide. The probe's input is noise, so whether bf16 masks agree with
 PyTorch's float32 ones is checked on real input, once per checkpoint (its weights) and machine:
-the first network inputs after ``auto`` chose bf16 run in both, and bf16 is kept only when its
-mask (logits > 0) agrees with float32's at Dice >= :data:`BF16_MIN_DICE`, pooled over the first
-inputs until they hold :data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict
-is cached beside the probe's); the inputs checked answer in bf16, as later ones will if it is kept. A
-checkpoint whose outputs sit near the threshold (a few epochs of training) thus runs float32
+the first scans after ``auto`` chose bf16 are segmented in both, and bf16 is kept only when its
+final masks (post-processed, the masks ``predict`` writes and Table 1 scores) agree with float32's
+at Dice >= :data:`BF16_MIN_DICE`, pooled over the first scans until they hold
+:data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict is cached beside the
+probe's); each scan checked answers in the precision kept. The final masks, not the network's raw
+ones, are what the target is about: the raw masks of a network with random weights are noise whose
+every voxel sits near the threshold, while its final masks agreed (``results/predict_ref*.json``).
+A checkpoint whose final masks still differ (a few epochs of training) runs float32
 (``results/agreement_paper_export3.json``), a better-trained one bf16
 (``results/agreement_demo_export3.json``).
 
@@ -41,7 +44,7 @@ from kidneyssl.inference.device import cpu_count, cpu_has_native_bf16, cpu_model
 from kidneyssl.inference.strategy import Precision
 
 __all__ = ["PROBE_SHAPE", "BF16_MIN_SPEEDUP", "BF16_MIN_DICE", "PrecisionChoice", "machine_key", "choose_precision",
-           "AgreementCheck", "CHECK_MIN_VOXELS", "CHECK_MAX_INPUTS"]
+           "AgreementCheck", "CHECK_MIN_VOXELS", "CHECK_MAX_SCANS"]
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +57,10 @@ BF16_MIN_SPEEDUP = 1.15
 BF16_MIN_DICE = 0.995
 #: Mask-agreement verdicts kept (one per checkpoint; validation makes one per epoch on a GPU).
 KEEP_AGREEMENTS = 64
-#: Mask voxels the agreement check pools before it decides, and the inputs it runs twice at most
-#: (then float32, not cached: a scan without kidneys cannot show agreement).
+#: Mask voxels the agreement check pools before it decides, and the scans it segments twice at
+#: most (then float32, not cached: scans without kidneys cannot show agreement).
 CHECK_MIN_VOXELS = 2000
-CHECK_MAX_INPUTS = 64
+CHECK_MAX_SCANS = 8
 _PROBE_VERSION = 1
 
 
@@ -172,10 +175,10 @@ def choose_precision(requested: str, device: Any, *, backend: str = "torch",
 
 class AgreementCheck:
     """Whether bf16 masks agree with float32 masks for one checkpoint on this machine: the cached
-    verdict, or (``verdict is None``) one to measure with :meth:`add` on the first inputs.
+    verdict, or (``verdict is None``) one to measure with :meth:`add` on the first scans.
 
-    The masks of the inputs checked are pooled until they hold :data:`CHECK_MIN_VOXELS` mask
-    voxels (a sliding window of background holds none, and two empty masks say nothing).
+    The final masks of the scans checked are pooled until they hold :data:`CHECK_MIN_VOXELS` mask
+    voxels (two empty masks say nothing).
 
     Args:
         backend, threads: part of the cache key, as for the probe.
@@ -184,7 +187,7 @@ class AgreementCheck:
 
     def __init__(self, backend: str, threads: int, weights_key: str) -> None:
         key = machine_key(backend, threads, weights_key)
-        key["check"] = "bf16-mask-agreement"
+        key["check"] = "bf16-final-mask-agreement"
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
         self.path = cache_dir("precision/agreement") / f"{backend}-{digest}.json"
         self._key = key
@@ -192,7 +195,7 @@ class AgreementCheck:
         ok = cached is not None and cached.get("key") == key and isinstance(cached.get("dice"), (int, float))
         self.dice: float | None = float(cached["dice"]) if ok else None  # type: ignore[index]
         self.measured_now = False
-        self.inputs = 0
+        self.scans = 0
         self._both = self._total = 0
 
     @property
@@ -200,28 +203,27 @@ class AgreementCheck:
         """``True``: bf16 agrees, ``False``: it does not, ``None``: not measured yet."""
         return None if self.dice is None else self.dice >= BF16_MIN_DICE
 
-    def add(self, fp32_logits: Any, bf16_logits: Any) -> bool | None:
-        """Pool the masks of one input's two outputs; once they hold enough mask voxels, decide,
-        cache the decision and return it (else ``None``)."""
-        import torch
-
-        a = (torch.as_tensor(fp32_logits) > 0).cpu().numpy()
-        b = (torch.as_tensor(bf16_logits).float() > 0).cpu().numpy()
-        self.inputs += 1
+    def add(self, fp32_mask: Any, bf16_mask: Any) -> bool | None:
+        """Pool one scan's two final masks (nonzero = kidney); once they hold enough mask voxels,
+        decide, cache the decision and return it (else ``None``)."""
+        a, b = np.asarray(fp32_mask) != 0, np.asarray(bf16_mask) != 0
+        if a.shape != b.shape:
+            raise ValueError(f"masks of one scan differ in shape: {a.shape} vs {b.shape}")
+        self.scans += 1
         self._both += int(np.logical_and(a, b).sum())
         self._total += int(a.sum()) + int(b.sum())
         if self._total < 2 * CHECK_MIN_VOXELS:
             return None
         self.dice, self.measured_now = 2.0 * self._both / self._total, True
         write_json(self.path, {"key": self._key, "dice": self.dice, "mask_voxels": self._total // 2,
-                               "inputs": self.inputs, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                               "scans": self.scans, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         prune(self.path.parent, KEEP_AGREEMENTS)
         return self.verdict
 
     def describe(self) -> str:
         if self.dice is None:
             return (f"bf16 masks not checked against fp32: fewer than {CHECK_MIN_VOXELS} mask voxels "
-                    f"in {self.inputs} inputs")
-        how = f"measured on {self.inputs} input{'s' * (self.inputs > 1)}" if self.measured_now \
+                    f"in {self.scans} scans")
+        how = f"measured on {self.scans} scan{'s' * (self.scans > 1)}" if self.measured_now \
             else "cached for this checkpoint"
         return f"bf16 mask Dice {self.dice:.4f} vs fp32 ({how}; bf16 needs >= {BF16_MIN_DICE})"

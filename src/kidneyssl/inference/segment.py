@@ -132,24 +132,32 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
     if record is not None:
         spacing_mm = record.spacing_mm
     spacing = tuple(float(s) for s in (spacing_mm if spacing_mm is not None else cfg.preprocess.spacing_mm))
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = {"infer": 0.0, "postprocess": 0.0}
     t0 = time.perf_counter()
     split_x = int(find_split_x(None, image))
     plan = plan_inference(image.shape, split_x, icfg, spacing[2], cfg.model, strategy=strategy,  # type: ignore[arg-type]
                           precision="fp32" if engine.agreement_pending else engine.precision,
                           device=engine.device, backend=engine.backend)
-    prob = infer_volume(engine.logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
-                        progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
-                        roi_size=plan.roi_size)
+    timings["infer"] += time.perf_counter() - t0
+
+    def scan(logits: Any) -> tuple[np.ndarray, np.ndarray]:
+        t0 = time.perf_counter()
+        prob = infer_volume(logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
+                            progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
+                            roi_size=plan.roi_size)
+        timings["infer"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
+        timings["postprocess"] += time.perf_counter() - t0
+        return prob, mask
+
+    # Once, while the bf16 check is pending, the scan runs in both precisions (InferenceModel.segment).
+    prob, mask = engine.segment(scan)
     # A compiled model holds its activation memory: freed before the next scan is read, unless it
     # runs windows of the configured size, the shape every scan's windows have (kept, it is not
     # compiled and its memory not touched afresh for each scan).
     if plan.strategy != "sliding" or plan.roi_size != tuple(icfg.sw_roi_size):
         engine.release()
-    timings["infer"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
-    timings["postprocess"] = time.perf_counter() - t0
     result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=plan.strategy,
                           timings=timings, plan=plan)
     if record is None:
