@@ -240,3 +240,27 @@ def test_the_check_frees_a_compiled_model_before_the_float32_pass(bf16_faster, t
         engine.segment(_scan(x))
         assert engine._openvino.compiled_shape == tuple(x.shape)  # the bf16 pass compiled it
     assert held == [None, None]
+
+
+def test_segment_image_checks_the_masks_it_writes_on_the_original_grid(bf16_faster, trained_toy_model, small_cfg,
+                                                                        make_blob_image, monkeypatch):
+    """With a preprocessing record, the masks the check compares are the restored ones (what
+    ``predict`` writes and Table 1 scores), on the original file's grid."""
+    import dataclasses
+
+    import kidneyssl.inference.precision as precision
+    from kidneyssl.inference.segment import segment_image
+    from kidneyssl.io.geometry import Geometry, Volume
+    from kidneyssl.preprocessing.pipeline import preprocess_image
+
+    hu = (make_blob_image(shape=(24, 40, 56), seed=7) * 200.0).astype(np.int16)
+    image, record = preprocess_image(Volume(hu, Geometry(np.diag([2.5, 2.0, 2.0, 1.0]), hu.shape)),
+                                     small_cfg.preprocess)
+    compared = []
+    real_add = precision.AgreementCheck.add
+    monkeypatch.setattr(precision.AgreementCheck, "add",
+                        lambda self, a, b: compared.append((a.shape, b.shape)) or real_add(self, a, b))
+    engine = InferenceModel(trained_toy_model, backend="torch", precision="auto")
+    assert engine.agreement_pending
+    seg = segment_image(engine, image, dataclasses.replace(small_cfg, model=trained_toy_model.cfg), record=record)
+    assert compared == [(hu.shape, hu.shape)] and seg.original_mask.shape == hu.shape

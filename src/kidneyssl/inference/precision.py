@@ -13,7 +13,8 @@ the network's architecture; the decision and the measured ratio are reported onc
 Masks: speed alone does not decide. The probe's input is noise, so whether bf16 masks agree with
 PyTorch's float32 ones is checked on real input, once per checkpoint (its weights) and machine:
 the first scans after ``auto`` chose bf16 are segmented in both, and bf16 is kept only when its
-final masks (post-processed, the masks ``predict`` writes and Table 1 scores) agree with float32's
+final masks (post-processed and, with a preprocessing record, restored to the original grid: the
+masks ``predict`` writes and Table 1 scores) agree with float32's
 at Dice >= :data:`BF16_MIN_DICE`, pooled over the first scans until they hold
 :data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict is cached beside the
 probe's); each scan checked answers in the precision kept. The final masks, not the network's raw

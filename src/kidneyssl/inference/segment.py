@@ -140,7 +140,7 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
                           device=engine.device, backend=engine.backend)
     timings["infer"] += time.perf_counter() - t0
 
-    def scan(logits: Any) -> tuple[np.ndarray, np.ndarray]:
+    def scan(logits: Any) -> tuple[tuple[Any, ...], np.ndarray]:
         t0 = time.perf_counter()
         prob = infer_volume(logits, image, icfg, split_x=split_x, device=device, sw_device=sw_device,
                             progress=progress, spacing_mm=spacing, strategy=plan.strategy,  # type: ignore[arg-type]
@@ -149,30 +149,31 @@ def segment_image(model: Any, image: np.ndarray, cfg: ExperimentConfig, *,
         t0 = time.perf_counter()
         mask = keep_kidney_components(prob, split_x, icfg.threshold, icfg.largest_component)
         timings["postprocess"] += time.perf_counter() - t0
-        return prob, mask
+        if record is None:
+            return (prob, mask, None, None), mask
+        t0 = time.perf_counter()
+        if keep_probabilities:
+            restored = record.restore(prob, order="linear")
+            original, original_prob = threshold_probabilities(restored, icfg.threshold), np.asarray(restored, np.float32)
+            del restored
+        else:  # thresholded chunk by chunk: no full-resolution float32 array
+            original, original_prob = record.restore(prob, order="linear", threshold=icfg.threshold), None
+        timings["restore"] = timings.get("restore", 0.0) + time.perf_counter() - t0
+        return (prob, mask, original, original_prob), original  # the check judges the mask written
 
     # Once, while the bf16 check is pending, the scan runs in both precisions (InferenceModel.segment).
-    prob, mask = engine.segment(scan)
+    (prob, mask, original, original_prob), _ = engine.segment(scan)
     # A compiled model holds its activation memory: freed before the next scan is read, unless it
     # runs windows of the configured size, the shape every scan's windows have (kept, it is not
     # compiled and its memory not touched afresh for each scan).
     if plan.strategy != "sliding" or plan.roi_size != tuple(icfg.sw_roi_size):
         engine.release()
-    result = Segmentation(mask=mask, probabilities=prob, split_x=split_x, strategy=plan.strategy,
-                          timings=timings, plan=plan)
+    result = Segmentation(mask=mask, probabilities=prob if record is None or keep_probabilities else None,
+                          split_x=split_x, strategy=plan.strategy, timings=timings, plan=plan)
     if record is None:
         return result
-    t0 = time.perf_counter()
-    if keep_probabilities:
-        restored = record.restore(prob, order="linear")
-        result.original_mask = threshold_probabilities(restored, icfg.threshold)
-        result.original_probabilities = np.asarray(restored, dtype=np.float32)
-        del restored
-    else:  # thresholded chunk by chunk: no full-resolution float32 array
-        result.original_mask = record.restore(prob, order="linear", threshold=icfg.threshold)
-        result.probabilities = None
+    result.original_mask, result.original_probabilities = original, original_prob
     if tuple(result.original_mask.shape) != tuple(record.original.shape):  # the data layer's contract
         raise RuntimeError(f"restored mask shape {result.original_mask.shape} differs from the input's "
                            f"{record.original.shape}")
-    timings["restore"] = time.perf_counter() - t0
     return result
