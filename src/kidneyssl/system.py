@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 
 __all__ = ["available_cpus", "fix_mmap_threshold"]
@@ -30,11 +29,8 @@ def fix_mmap_threshold(nbytes: int = 128 * 1024) -> bool:
     allocates such buffers all the time (PyTorch's activations, OpenVINO's compiled models), and
     ``predict``'s peak is its memory limit; fixing the threshold lowers that peak for a few page
     faults more (``benchmarks/results/predict_memory.json``). Setting it disables glibc's raising."""
-    name = ctypes.util.find_library("c")
     try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
-    if mallopt is None:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on (musl's is a no-op)
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), no CDLL(None) (Windows)
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, int(nbytes)))
