@@ -329,8 +329,11 @@ class InferenceConfig:
             fit); the window is grown towards the half volume as far as the budget allows.
         sw_overlap: sliding-window overlap fraction.
         half_context_mm: image context each half takes across the split plane (mm).
-        precision: ``auto`` (bfloat16 where the CPU has native bf16/AMX or on CUDA, else
-            float32), ``fp32`` or ``bf16``.
+        precision: ``auto`` (bfloat16 where a probe measures it faster on this machine and the
+            checkpoint's bf16 masks agree with float32's: :mod:`kidneyssl.inference.precision`;
+            else float32), ``fp32`` or ``bf16``. Each checkpoint is checked on its own, so models
+            compared in one experiment may be scored in different precisions; ``fp32`` scores
+            them all alike.
     """
 
     threshold: float = 0.5
