@@ -240,11 +240,13 @@ sys.exit(code)
 
 
 def _cli_predict(src: Path, scan_dir: Path, ckpt: Path, out: Path, threads: int, cache: Path,
-                 extra: list[str]) -> dict:
+                 extra: list[str], prelude: str = "") -> dict:
+    """``kidneyssl predict`` of tree ``src`` in a fresh process (``prelude``: Python run first in
+    it); wall time, peak RSS and the stages of ``predict_summary.json``."""
     if out.exists():
         shutil.rmtree(out)
     env = dict(os.environ, PYTHONPATH=str(src), KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache))
-    cmd = [sys.executable, "-c", LAUNCH, "predict", "--model", str(ckpt), "--input", str(scan_dir),
+    cmd = [sys.executable, "-c", prelude + LAUNCH, "predict", "--model", str(ckpt), "--input", str(scan_dir),
            "--out", str(out), "--threads", str(threads), *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)

@@ -25,41 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-LAUNCH = r"""
-import resource, runpy, sys
-if sys.argv[1] == "dynamic":
-    import kidneyssl.system
-    kidneyssl.system.fix_mmap_threshold = lambda nbytes=0: False
-sys.argv = ["kidneyssl"] + sys.argv[2:]
-code = 0
-try:
-    runpy.run_module("kidneyssl.cli.main", run_name="__main__")
-except SystemExit as stop:
-    code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
-sys.exit(code)
-"""
+#: Run before the CLI in the "dynamic" variant: glibc keeps its dynamic threshold.
+DYNAMIC = "import kidneyssl.system\nkidneyssl.system.fix_mmap_threshold = lambda nbytes=0: False\n"
 VARIANTS = ("fixed", "dynamic")
-
-
-def run_predict(variant: str, scan_dir: Path, ckpt: Path, out: Path, cache: Path, threads: int) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache))
-    cmd = [sys.executable, "-c", LAUNCH, variant, "predict", "--model", str(ckpt), "--input", str(scan_dir),
-           "--out", str(out), "--threads", str(threads)]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    row = {"variant": variant, "wall_s": round(time.perf_counter() - t0, 2), "returncode": proc.returncode,
-           "load_average": os.getloadavg()}
-    peak = [line for line in proc.stderr.splitlines() if line.startswith("PEAK_RSS_KB")]
-    if proc.returncode or not peak:
-        raise RuntimeError(f"predict ({variant}) failed:\n{proc.stderr[-2000:]}")
-    row["peak_rss_mb"] = round(int(peak[-1].split()[1]) / 1024.0, 1)
-    summary = json.loads((out / "predict_summary.json").read_text())
-    timings = next(iter(summary["timings_s"].values()))
-    row["read_to_written_s"] = round(timings["total"], 2)
-    row["stages_s"] = {k: round(v, 3) for k, v in timings.items()}
-    return row
 
 
 def main() -> None:
@@ -70,7 +38,14 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     sys.path.insert(0, str(ROOT / "src"))
-    from bench_predict import cpu_description
+    from bench_predict import _cli_predict, cpu_description
+
+    def run_predict(variant: str, out: Path, cache: Path) -> dict:
+        row = _cli_predict(ROOT / "src", scan.parent.parent, ckpt, out, args.threads, cache, [],
+                           prelude=DYNAMIC if variant == "dynamic" else "")
+        if "error" in row or "peak_rss_mb" not in row:
+            raise RuntimeError(f"predict ({variant}) failed:\n{row.get('error', '')}")
+        return {"variant": variant, **row}
 
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="bench_predict_memory_"))
     scan = work / "case_00000" / "imaging.nii.gz"
@@ -86,7 +61,7 @@ def main() -> None:
             cache = work / f"cache_{variant}_{r}"
             shutil.rmtree(cache, ignore_errors=True)
             for state in ("cold", "warm"):
-                row = run_predict(variant, scan.parent.parent, ckpt, work / "out", cache, args.threads)
+                row = run_predict(variant, work / "out", cache)
                 runs.append({**row, "round": r, "cache": state})
                 print(json.dumps(runs[-1]), file=sys.stderr)
             shutil.rmtree(cache, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""Facts about the machine this process runs on that every stage needs."""
+"""Facts about the machine this process runs on, and process-wide settings, that stages share."""
 
 from __future__ import annotations
 

@@ -17,12 +17,10 @@ final masks (post-processed and, with a preprocessing record, restored to the or
 masks ``predict`` writes and Table 1 scores) agree with float32's
 at Dice >= :data:`BF16_MIN_DICE`, pooled over the first scans until they hold
 :data:`CHECK_MIN_VOXELS` mask voxels (:class:`AgreementCheck`; the verdict is cached beside the
-probe's); each scan checked answers in the precision kept. The final masks, not the network's raw
-ones, are what the target is about: the raw masks of a network with random weights are noise whose
-every voxel sits near the threshold, while its final masks agreed (``results/predict_ref*.json``).
-A checkpoint whose final masks still differ (a few epochs of training) runs float32
-(``results/agreement_paper_export3.json``), a better-trained one bf16
-(``results/agreement_demo_export3.json``).
+probe's); each scan checked answers in the precision kept. Final masks, not the network's raw
+output, because they are what must agree: raw masks put every uncertain voxel near the threshold,
+where bf16 rounding flips it, and post-processing removes most of those. A checkpoint whose final
+masks still differ runs float32 (``results/agreement_*_final_mask_check.json``).
 
 CPUs without native bf16 run float32 without probing (emulated bf16 takes minutes), and CUDA
 devices pick bf16 where ``torch.cuda.is_bf16_supported()`` (speed not measured: no GPU was
