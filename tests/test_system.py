@@ -45,3 +45,32 @@ def test_predict_and_locate_fix_the_mmap_threshold(monkeypatch, tmp_path):
     for command in ("predict", "locate"):
         main([command, "--model", str(missing), "--input", str(tmp_path), "--out", str(tmp_path / command)])
     assert len(calls) == 2
+
+
+def _virtio_device(root, name: str, device: str, features: str) -> None:
+    folder = root / "bus" / "virtio" / "devices" / name
+    folder.mkdir(parents=True)
+    (folder / "device").write_text(device + "\n")
+    (folder / "features").write_text(features + "\n")
+
+
+def test_a_balloon_with_free_page_reporting_is_a_hypervisor_taking_free_pages(tmp_path):
+    from kidneyssl.system import free_pages_go_to_hypervisor, huge_pages_pay
+
+    bits = "0110010100000000000000000000000010"  # as the kernel lists them: bit 0 first
+    _virtio_device(tmp_path, "virtio0", "0x0002", "1" * 40)  # a block device: its bit 5 is not reporting
+    assert not free_pages_go_to_hypervisor(tmp_path) and huge_pages_pay(tmp_path)
+    _virtio_device(tmp_path, "virtio1", "0x0005", bits[:5] + "0" + bits[6:])  # a balloon without reporting
+    assert not free_pages_go_to_hypervisor(tmp_path) and huge_pages_pay(tmp_path)
+    _virtio_device(tmp_path, "virtio2", "0x0005", bits)  # bit 5 set: free page reporting
+    assert free_pages_go_to_hypervisor(tmp_path) and not huge_pages_pay(tmp_path)
+
+
+def test_no_virtio_devices_or_unreadable_ones_mean_huge_pages(tmp_path):
+    from kidneyssl.system import free_pages_go_to_hypervisor
+
+    assert not free_pages_go_to_hypervisor(tmp_path / "absent")
+    _virtio_device(tmp_path, "virtio0", "not-hex", "11111111")
+    (tmp_path / "bus" / "virtio" / "devices" / "virtio1").mkdir()  # no device file
+    _virtio_device(tmp_path, "virtio2", "0x0005", "11")  # features shorter than bit 5
+    assert not free_pages_go_to_hypervisor(tmp_path)

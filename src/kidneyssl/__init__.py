@@ -33,14 +33,14 @@ def _check_torch_version() -> None:
 
 _check_torch_version()
 
-# Back PyTorch's large CPU tensors with transparent huge pages (read by torch at its first
-# allocation, so set before any submodule imports torch; a user's own value wins). Every fresh
-# 256 MB activation otherwise costs ~65 000 page faults: a channels-last copy of 64 x 64x128x128
-# floats takes 168 ms with 4 KB pages and 43 ms with huge pages, and the paper network's CPU
-# forward pass at 64x128x128 took 3.5 s instead of 4.3-4.6 s (same process setup, with and without
-# the variable, 2 threads). No effect where the kernel has transparent huge pages off or outside
-# Linux.
-_os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+# Whether PyTorch backs its large CPU tensors with transparent huge pages: read by torch at its
+# first allocation, so decided before any submodule imports torch; a user's own value wins. They
+# pay where freed memory stays with the machine and cost where a hypervisor takes it back
+# (kidneyssl.system.huge_pages_pay). No effect where the kernel has them off or outside Linux.
+if "THP_MEM_ALLOC_ENABLE" not in _os.environ:
+    from kidneyssl.system import huge_pages_pay as _huge_pages_pay
+
+    _os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if _huge_pages_pay() else "0"
 
 from kidneyssl.config import (
     ExperimentConfig,
