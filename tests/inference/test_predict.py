@@ -200,3 +200,36 @@ def test_predict_says_its_plan_once_and_each_case_only_when_verbose(demo_checkpo
     assert "predicted 3 of 3 scans" in default
     verbose = predict("-v")
     assert verbose.count("half volume") == 3
+
+
+def test_predict_path_holds_no_scan_voxels_through_inference(demo_checkpoint, make_kidney_scan, tmp_path,
+                                                             monkeypatch):
+    """Only the scan's grid is kept once it is preprocessed: its voxels (150-300 MB for a KiTS
+    scan) are freed before the network runs, whose activations make predict's peak memory."""
+    import gc
+    import weakref
+
+    import kidneyssl.inference.predict as predict_module
+    import kidneyssl.inference.segment as segment_module
+
+    img, _, aff = make_kidney_scan(shape=(30, 48, 56))
+    src = save_nifti(img, aff, tmp_path / "scan.nii.gz")
+    voxels: list[weakref.ref] = []
+    alive_at_inference: list[bool] = []
+    real_read, real_segment = predict_module.read_input, segment_module.segment_image
+
+    def read_input(*args, **kwargs):
+        volume = real_read(*args, **kwargs)
+        voxels.append(weakref.ref(volume.array))
+        return volume
+
+    def segment_image(*args, **kwargs):
+        gc.collect()
+        alive_at_inference.append(voxels[-1]() is not None)
+        return real_segment(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "read_input", read_input)
+    monkeypatch.setattr(segment_module, "segment_image", segment_image)
+    summary = predict_path(demo_checkpoint, src, tmp_path / "out")
+    assert summary.ok and alive_at_inference == [False]
+    assert_same_geometry(tmp_path / "out" / "prediction_scan.nii.gz", src)

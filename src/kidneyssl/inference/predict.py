@@ -1,6 +1,6 @@
 """Segment kidneys in new scans with a trained checkpoint, and write masks on the input's grid.
 
-The pipeline of one scan (``predict_volume``), every stage timed:
+The pipeline of one scan (``predict_volume``; ``predict_preprocessed`` from step 2), every stage timed:
 
 1. **preprocess** exactly as at training, with the ``PreprocessConfig`` stored in the checkpoint
    (canonical orientation, resampling, HU window, z-score, padding);
@@ -28,7 +28,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -38,11 +38,15 @@ from kidneyssl.inference.inputs import PredictionInput, find_inputs, read_input
 from kidneyssl.io.geometry import Geometry, Volume
 from kidneyssl.io.paths import describe_os_error
 
+if TYPE_CHECKING:
+    from kidneyssl.preprocessing.pipeline import PreprocessRecord
+
 __all__ = [
     "PredictionResult",
     "PredictSummary",
     "load_model",
     "predict_volume",
+    "predict_preprocessed",
     "predict_path",
 ]
 
@@ -135,18 +139,30 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
         precision: ``auto``, ``fp32`` or ``bf16`` for a bare network (default: the checkpoint's
             ``inference.precision``).
     """
-    from kidneyssl.inference.segment import segment_image
     from kidneyssl.preprocessing.pipeline import preprocess_image
 
     t0 = time.perf_counter()
     image, record = preprocess_image(volume, cfg.preprocess)
-    preprocess_s = time.perf_counter() - t0
+    return predict_preprocessed(model, image, record, volume.geometry, cfg, preprocess_s=time.perf_counter() - t0,
+                                device=device, sw_device=sw_device, keep_probabilities=keep_probabilities,
+                                bf16=bf16, strategy=strategy, progress=progress, precision=precision)
+
+
+def predict_preprocessed(model: Any, image: np.ndarray, record: PreprocessRecord, geometry: Geometry,
+                         cfg: ExperimentConfig, *, preprocess_s: float = 0.0, device: Any = "cpu",
+                         sw_device: Any = None, keep_probabilities: bool = False, bf16: bool = False,
+                         strategy: str = "auto", progress: bool = False,
+                         precision: str | None = None) -> PredictionResult:
+    """:func:`predict_volume` after preprocessing: ``image`` and ``record`` from
+    ``preprocess_image(volume, cfg.preprocess)``, ``geometry`` the scan's own grid. A caller that
+    holds the scan can release its voxels before inference (only its grid is needed from here)."""
+    from kidneyssl.inference.segment import segment_image
+
     seg = segment_image(model, image, cfg, record=record, device=device, sw_device=sw_device, bf16=bf16,
                         strategy=strategy, progress=progress, keep_probabilities=keep_probabilities,
                         precision=precision)
-    del image
     assert seg.original_mask is not None
-    return PredictionResult(mask=seg.original_mask, geometry=volume.geometry,
+    return PredictionResult(mask=seg.original_mask, geometry=geometry,
                             probabilities=seg.original_probabilities,
                             timings={"preprocess": preprocess_s, **seg.timings}, strategy=seg.strategy,
                             plan=dataclasses.asdict(seg.plan) if seg.plan else {},
@@ -222,6 +238,7 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     from kidneyssl.inference.device import estimate_bytes_per_voxel, resolve_memory_budget_mb
     from kidneyssl.inference.strategy import describe_rule
     from kidneyssl.io.atomic import atomic_write_json
+    from kidneyssl.preprocessing.pipeline import preprocess_image
     from kidneyssl.progress import progress
 
     if threads is not None:
@@ -253,9 +270,14 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             t0 = time.perf_counter()
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
-            result = predict_volume(model, volume, cfg, device=device, sw_device=sw_device,
-                                    keep_probabilities=save_probabilities, strategy=strategy)
-            del volume
+            t0 = time.perf_counter()
+            image, record = preprocess_image(volume, cfg.preprocess)
+            geometry, preprocess_s = volume.geometry, time.perf_counter() - t0
+            del volume  # its voxels (a KiTS scan: 150-300 MB) are not held through inference's peak
+            result = predict_preprocessed(model, image, record, geometry, cfg, preprocess_s=preprocess_s,
+                                          device=device, sw_device=sw_device,
+                                          keep_probabilities=save_probabilities, strategy=strategy)
+            del image
             t0 = time.perf_counter()
             written = _write_outputs(result, item, out_dir, probability_format if save_probabilities else None)
             result.timings = {"read": read_s, **result.timings, "write": time.perf_counter() - t0,
