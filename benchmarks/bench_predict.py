@@ -5,7 +5,9 @@ The scan is a synthetic kidney phantom (``kidneyssl.phantoms``) rendered on a 30
 grid at 1 x 0.8 x 0.8 mm (KiTS19 orientation, int16, .nii.gz). The network is ``--ckpt`` (a
 trained paper-network checkpoint: realistic masks, so realistic post-processing and writing) or,
 without it, the paper's ModelConfig with random weights (inference time does not depend on the
-weights, but the noisy masks make post-processing and writing slower than real ones).
+weights, but the noisy masks make post-processing and writing slower than real ones). Every
+variant is ``kidneyssl predict`` itself in a fresh process (its process settings included), timed
+from reading the scan to its mask written (``predict_summary.json``).
 
     python benchmarks/bench_predict.py [--ckpt RUN/best.pt]               # variants of this tree
     python benchmarks/bench_predict.py --variants auto,torch-fp32,openvino-bf16
@@ -37,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -63,10 +64,6 @@ VARIANTS = {  # name -> child options
     "openvino-bf16": ["--backend", "openvino", "--precision", "bf16"],
     "sliding": ["--strategy", "sliding"],
 }
-
-
-def _peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def cpu_description() -> dict:
@@ -133,40 +130,6 @@ def make_case(folder: Path) -> tuple[Path, Path]:
     save_checkpoint(ckpt, kind="segmentation", config=config_to_dict(cfg),
                     model_state=build_segmentation_model(cfg.model).state_dict())
     return scan, ckpt
-
-
-def child(args: argparse.Namespace) -> None:
-    """One prediction in this (fresh) process, through the library's calls; prints one JSON line."""
-    import kidneyssl  # noqa: F401  first, as the CLI does: it sets torch's allocator environment
-    import torch
-
-    torch.set_num_threads(args.threads)
-    base_mb = _peak_mb()
-    from kidneyssl.inference.inputs import PredictionInput, read_input
-    from kidneyssl.inference.predict import load_model, predict_volume
-    from kidneyssl.io.volumes import write_mask
-
-    t0 = time.perf_counter()
-    model, cfg = load_model(args.ckpt, backend=args.backend, precision=args.precision)
-    choice = model.describe()  # resolves the precision (a probe on first use per machine)
-    load_s = time.perf_counter() - t0
-    after_load_mb = _peak_mb()
-    t0 = time.perf_counter()
-    volume = read_input(PredictionInput("case_00000", "00000", Path(args.scan)))
-    read_s = time.perf_counter() - t0
-    res = predict_volume(model, volume, cfg, strategy=args.strategy)
-    t0 = time.perf_counter()
-    write_mask(res.mask, Path(args.out) / "prediction_00000.nii.gz", like=volume.geometry)
-    write_s = time.perf_counter() - t0
-    stages = {"read": read_s, **res.timings, "write": write_s}
-    print(json.dumps({
-        "strategy": res.strategy, "inference": choice, "inference_after": model.describe(), "plan": res.plan,
-        "threads": torch.get_num_threads(),
-        "load_model_s": round(load_s, 2), "stages_s": {k: round(v, 3) for k, v in stages.items()},
-        "total_s": round(sum(stages.values()), 2), "peak_rss_mb": round(_peak_mb(), 1),
-        "rss_after_imports_mb": round(base_mb, 1), "rss_after_model_load_mb": round(after_load_mb, 1),
-        "mask_voxels": int(res.mask.sum()),
-    }))
 
 
 FACTOR_CODE = r"""
@@ -240,12 +203,14 @@ sys.exit(code)
 
 
 def _cli_predict(src: Path, scan_dir: Path, ckpt: Path, out: Path, threads: int, cache: Path,
-                 extra: list[str], prelude: str = "") -> dict:
+                 extra: list[str], prelude: str = "", env_extra: dict[str, str] | None = None) -> dict:
     """``kidneyssl predict`` of tree ``src`` in a fresh process (``prelude``: Python run first in
-    it); wall time, peak RSS and the stages of ``predict_summary.json``."""
+    it; ``env_extra``: added to its environment); wall time, peak RSS and the stages of
+    ``predict_summary.json``."""
     if out.exists():
         shutil.rmtree(out)
-    env = dict(os.environ, PYTHONPATH=str(src), KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache))
+    env = dict(os.environ, PYTHONPATH=str(src), KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache),
+               **(env_extra or {}))
     cmd = [sys.executable, "-c", prelude + LAUNCH, "predict", "--model", str(ckpt), "--input", str(scan_dir),
            "--out", str(out), "--threads", str(threads), *extra]
     t0 = time.perf_counter()
@@ -376,19 +341,10 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="reuse a folder holding the scan/checkpoint")
     parser.add_argument("--isa", choices=("native", "avx2"), default="native",
                         help="avx2: PyTorch and oneDNN limited to AVX2 kernels (see the docstring)")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--scan", help=argparse.SUPPRESS)
-    parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--strategy", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--backend", default="auto", help=argparse.SUPPRESS)
-    parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--make-case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.make_case:
         make_case(Path(args.make_case))
-        return
-    if args.child:
-        child(args)
         return
     if args.measure_factor:
         result = measure_factor(args)
@@ -416,20 +372,16 @@ def main() -> None:
                 options = VARIANTS[variant]
                 if args.isa == "avx2" and variant == "auto":
                     options = ["--precision", "fp32"]  # auto on a CPU without native bf16
-                cmd = [sys.executable, __file__, "--child", "--scan", str(scan), "--ckpt", str(ckpt),
-                       "--out", str(work), "--threads", str(args.threads), *options]
-                env = dict(os.environ, KIDNEYSSL_NO_PROGRESS="1", KIDNEYSSL_CACHE_DIR=str(cache),
-                           PYTHONPATH=str(ROOT / "src"), **isa_env)
-                out = subprocess.run(cmd, capture_output=True, text=True, env=env)
-                if out.returncode != 0:
-                    runs[variant] = {"error": out.stderr.strip().splitlines()[-1:] or ["?"]}
+                # `kidneyssl predict` itself, as a user runs it (its process settings included)
+                row = _cli_predict(ROOT / "src", scan.parent.parent, ckpt, work / f"out_{variant}", args.threads,
+                                   cache, options, env_extra=isa_env)
+                if "error" in row:
+                    runs[variant] = row
                     continue
-                row = json.loads(out.stdout.strip().splitlines()[-1])
                 target_s = TARGET_S if args.isa == "native" else TARGET_AVX2_S
-                row["meets_target"] = row["total_s"] < target_s and row["peak_rss_mb"] < TARGET_MB
-                row["load_average"] = os.getloadavg()
+                row["meets_target"] = row["read_to_written_s"] < target_s and row["peak_rss_mb"] < TARGET_MB
                 runs[variant] = row
-                print(f"{variant}: {row['total_s']} s, {row['peak_rss_mb']} MB", file=sys.stderr)
+                print(f"{variant}: {row['read_to_written_s']} s, {row['peak_rss_mb']} MB", file=sys.stderr)
             shutil.rmtree(cache, ignore_errors=True)
             result = {"benchmark": "predict_end_to_end", "case": {"shape": SHAPE, "spacing_mm": SPACING,
                       "format": "nii.gz int16, KiTS19 orientation (I, P, L)"}, "checkpoint": str(ckpt),
