@@ -1,13 +1,14 @@
 """Transparent huge pages for PyTorch's CPU tensors (``THP_MEM_ALLOC_ENABLE``) on and off, in one run:
 the paper network's fused CPU inference pass on one KiTS-size half (96x256x144, what ``predict``
-runs for a 300x512x512 scan at 1x0.8x0.8 mm) and a CPU training step at 64x128x64.
+runs for a 300x512x512 scan at 1x0.8x0.8 mm), a paper-network CPU training step at 64x128x64, and
+40 training steps of the demo's network on its 32x48x48 crops (what ``kidneyssl demo`` trains).
 
 Each measurement is a fresh subprocess (2 threads) with the variable set explicitly, on and off
 alternating; each reports every call's wall time with the process's user and system CPU seconds
 and page faults, so the cost of faulting memory in (system time) is seen apart from the arithmetic
 (user time). The JSON records whether this machine hands its free pages to a hypervisor
-(:func:`kidneyssl.system.free_pages_go_to_hypervisor`, what ``import kidneyssl`` decides by), the
-kernel's huge page settings and the load average.
+(:func:`kidneyssl.system.free_pages_go_to_hypervisor`, by which ``predict`` and ``locate`` decide),
+the kernel's huge page settings and the load average.
 
     python benchmarks/bench_thp.py [--rounds 2]
 
@@ -27,12 +28,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+TASKS = ("infer", "train", "demo_train")  # demo_train: each call is 10 steps
 
 CHILD = r"""
 import kidneyssl, json, resource, sys, time, torch
 torch.set_num_threads(2)
 torch.manual_seed(0)
-from kidneyssl.config import ModelConfig, SegTrainConfig
+from kidneyssl.config import ModelConfig, SegTrainConfig, load_preset
 from kidneyssl.models import build_segmentation_model
 
 def usage():
@@ -49,15 +51,20 @@ if task == "infer":
     n = 3
 else:
     from kidneyssl.losses import BCEDiceLoss, segmentation_loss
-    m = build_segmentation_model(ModelConfig())
-    x = torch.randn(1, 1, 64, 128, 64)
+    demo = task == "demo_train"
+    model_cfg = load_preset("demo").model if demo else ModelConfig()
+    m = build_segmentation_model(model_cfg)
+    x = torch.randn(1, 1, *((32, 48, 48) if demo else (64, 128, 64)))
     y = (x > 1.0).float()
     opt = torch.optim.Adam(m.parameters(), lr=1e-3, weight_decay=1e-2)
     crit, cfg = BCEDiceLoss(), SegTrainConfig()
-    def step():
+    def one_step():
         opt.zero_grad(set_to_none=True)
         segmentation_loss(m(x), x, y, 0, 10, cfg, crit)["total"].backward()
         opt.step()
+    def step():
+        for _ in range(10 if demo else 1):
+            one_step()
     n = 4
 for _ in range(n):
     u0, s0, f0 = usage(); t = time.perf_counter()
@@ -79,7 +86,7 @@ def _read(path: str) -> str | None:
 def machine() -> dict:
     from bench_predict import cpu_description  # this folder is on sys.path when run as a script
 
-    from kidneyssl.system import free_pages_go_to_hypervisor, huge_pages_pay
+    from kidneyssl.system import free_pages_go_to_hypervisor
 
     reporting = "/sys/module/page_reporting/parameters"
     return {
@@ -89,7 +96,8 @@ def machine() -> dict:
         "free_pages_go_to_hypervisor": free_pages_go_to_hypervisor(),
         "page_reporting": ({p.name: _read(str(p)) for p in sorted(Path(reporting).iterdir())}
                            if Path(reporting).is_dir() else None),
-        "kidneyssl_default_thp": "1" if huge_pages_pay() else "0",
+        "kidneyssl_thp": {"import kidneyssl": "1",
+                          "predict, locate": "0" if free_pages_go_to_hypervisor() else "1"},
     }
 
 
@@ -109,14 +117,14 @@ def main() -> None:
     result: dict = {"benchmark": "thp", "threads": 2, "machine": machine(),
                     "load_average_start": os.getloadavg(), "runs": []}
     for r in range(args.rounds):
-        for task in ("infer", "train"):
+        for task in TASKS:
             for thp in (("1", "0") if r % 2 == 0 else ("0", "1")):
                 row = run(task, thp)
                 row["round"] = r
                 result["runs"].append(row)
                 print(task, thp, [c["wall_s"] for c in row["calls"]], file=sys.stderr, flush=True)
     summary = {}
-    for task in ("infer", "train"):
+    for task in TASKS:
         for thp in ("1", "0"):
             rows = [x for x in result["runs"] if x["task"] == task and x["thp"] == thp]
             first = [x["calls"][0]["wall_s"] for x in rows]

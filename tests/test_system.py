@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -35,16 +36,29 @@ def test_a_fixed_mmap_threshold_keeps_mid_size_blocks_out_of_the_heap():
     assert where("fixed") == "mapped"  # its own map, returned to the system when freed
 
 
-def test_predict_and_locate_fix_the_mmap_threshold(monkeypatch, tmp_path):
+def test_predict_and_locate_settle_the_process_for_whole_scans(monkeypatch, tmp_path):
     import kidneyssl.system
     from kidneyssl.cli.main import main
 
     calls = []
-    monkeypatch.setattr(kidneyssl.system, "fix_mmap_threshold", lambda *a: calls.append(a) or True)
+    monkeypatch.setattr(kidneyssl.system, "settle_whole_scan_inference", lambda *a: calls.append(a) or {})
     missing = tmp_path / "missing.pt"
     for command in ("predict", "locate"):
         main([command, "--model", str(missing), "--input", str(tmp_path), "--out", str(tmp_path / command)])
     assert len(calls) == 2
+
+
+def test_whole_scan_inference_turns_huge_pages_off_only_where_free_pages_go_to_the_hypervisor(monkeypatch):
+    import kidneyssl.system as system
+
+    monkeypatch.setattr(system, "fix_mmap_threshold", lambda *a: True)
+    for user_chose, reporting, before, after in ((False, True, "1", "0"), (False, False, "1", "1"),
+                                                 (True, True, "1", "1"), (True, False, "0", "0")):
+        monkeypatch.setattr(system, "_user_chose_huge_pages", user_chose)
+        monkeypatch.setattr(system, "free_pages_go_to_hypervisor", lambda *a, r=reporting: r)
+        monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", before)
+        assert system.settle_whole_scan_inference() == {"mmap_threshold_fixed": True, "huge_pages": after == "1"}
+        assert os.environ["THP_MEM_ALLOC_ENABLE"] == after
 
 
 def _virtio_device(root, name: str, device: str, features: str) -> None:
@@ -55,15 +69,15 @@ def _virtio_device(root, name: str, device: str, features: str) -> None:
 
 
 def test_a_balloon_with_free_page_reporting_is_a_hypervisor_taking_free_pages(tmp_path):
-    from kidneyssl.system import free_pages_go_to_hypervisor, huge_pages_pay
+    from kidneyssl.system import free_pages_go_to_hypervisor
 
     bits = "0110010100000000000000000000000010"  # as the kernel lists them: bit 0 first
     _virtio_device(tmp_path, "virtio0", "0x0002", "1" * 40)  # a block device: its bit 5 is not reporting
-    assert not free_pages_go_to_hypervisor(tmp_path) and huge_pages_pay(tmp_path)
+    assert not free_pages_go_to_hypervisor(tmp_path)
     _virtio_device(tmp_path, "virtio1", "0x0005", bits[:5] + "0" + bits[6:])  # a balloon without reporting
-    assert not free_pages_go_to_hypervisor(tmp_path) and huge_pages_pay(tmp_path)
+    assert not free_pages_go_to_hypervisor(tmp_path)
     _virtio_device(tmp_path, "virtio2", "0x0005", bits)  # bit 5 set: free page reporting
-    assert free_pages_go_to_hypervisor(tmp_path) and not huge_pages_pay(tmp_path)
+    assert free_pages_go_to_hypervisor(tmp_path)
 
 
 def test_no_virtio_devices_or_unreadable_ones_mean_huge_pages(tmp_path):

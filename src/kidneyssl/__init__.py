@@ -5,7 +5,6 @@ Heavy modules (torch, SimpleITK, matplotlib) are imported by the submodules that
 """
 
 import importlib.metadata as _metadata
-import os as _os
 import re as _re
 
 #: The oldest torch this package runs on: checkpoints are read with
@@ -33,14 +32,12 @@ def _check_torch_version() -> None:
 
 _check_torch_version()
 
-# Whether PyTorch backs its large CPU tensors with transparent huge pages: read by torch at its
-# first allocation, so decided before any submodule imports torch; a user's own value wins. They
-# pay where freed memory stays with the machine and cost where a hypervisor takes it back
-# (kidneyssl.system.huge_pages_pay). No effect where the kernel has them off or outside Linux.
-if "THP_MEM_ALLOC_ENABLE" not in _os.environ:
-    from kidneyssl.system import huge_pages_pay as _huge_pages_pay
+# Huge pages for PyTorch's large CPU tensors, decided before any tensor exists (torch reads the
+# variable at its first allocation); a user's own value wins. No effect where the kernel has them
+# off or outside Linux.
+from kidneyssl.system import default_huge_pages as _default_huge_pages
 
-    _os.environ["THP_MEM_ALLOC_ENABLE"] = "1" if _huge_pages_pay() else "0"
+_default_huge_pages()
 
 from kidneyssl.config import (
     ExperimentConfig,

@@ -6,11 +6,19 @@ import ctypes
 import os
 from pathlib import Path
 
-__all__ = ["available_cpus", "fix_mmap_threshold", "free_pages_go_to_hypervisor", "huge_pages_pay"]
+__all__ = [
+    "available_cpus",
+    "default_huge_pages",
+    "fix_mmap_threshold",
+    "free_pages_go_to_hypervisor",
+    "settle_whole_scan_inference",
+]
 
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 _VIRTIO_BALLOON = 0x0005  # virtio device id of a memory balloon
 _BALLOON_F_REPORTING = 5  # its feature bit: free page reporting
+_THP = "THP_MEM_ALLOC_ENABLE"  # PyTorch reads it at its first tensor allocation, not at import
+_user_chose_huge_pages: bool | None = None  # set by default_huge_pages (import kidneyssl)
 
 
 def available_cpus() -> int:
@@ -59,14 +67,31 @@ def free_pages_go_to_hypervisor(sysfs: str | os.PathLike[str] = "/sys") -> bool:
     return False
 
 
-def huge_pages_pay(sysfs: str | os.PathLike[str] = "/sys") -> bool:
-    """Whether PyTorch should back its large CPU tensors with transparent huge pages
-    (``THP_MEM_ALLOC_ENABLE``), which ``import kidneyssl`` decides before torch loads.
+def default_huge_pages() -> None:
+    """Back PyTorch's large CPU tensors with transparent huge pages unless the user set
+    ``THP_MEM_ALLOC_ENABLE`` (``import kidneyssl`` calls this, before any tensor exists).
 
-    A fresh 3-D activation of hundreds of MB costs tens of thousands of 4 KB page faults, and on a
-    machine that keeps its freed memory huge pages cut them (faster forward passes and training
-    steps there). A guest that reports its free pages to the hypervisor gives every freed huge
-    page back at once, so each new one is faulted in again by the host as well: there, huge pages
-    made the forward pass and the training step slower, not faster. Both measurements:
-    ``benchmarks/results/thp.json``."""
-    return not free_pages_go_to_hypervisor(sysfs)
+    A fresh activation of a few MB costs a page fault per 4 KB without them: the demo's training
+    steps (32x48x48 crops) ran ~1.3x faster with them even on a VM that hands its free pages to
+    the hypervisor, and round 4's forward pass at 64x128x128 ~1.25x faster
+    (``benchmarks/results/thp.json``). Whole-scan inference, whose activations are hundreds of MB,
+    decides again (:func:`settle_whole_scan_inference`)."""
+    global _user_chose_huge_pages
+    if _user_chose_huge_pages is None:
+        _user_chose_huge_pages = _THP in os.environ
+    os.environ.setdefault(_THP, "1")
+
+
+def settle_whole_scan_inference(sysfs: str | os.PathLike[str] = "/sys") -> dict[str, bool]:
+    """Process settings for inference on whole scans (``predict``, ``locate``); call before the
+    process's first tensor. Returns what was set.
+
+    - glibc's mmap threshold fixed (:func:`fix_mmap_threshold`): a lower peak.
+    - Huge pages off where free pages go to the hypervisor (:func:`free_pages_go_to_hypervisor`),
+      unless the user set ``THP_MEM_ALLOC_ENABLE``: that guest gives every freed huge page back
+      at once, so each activation of hundreds of MB is faulted in by the host as well, and a
+      KiTS-size half ran ~1.5x slower with huge pages than without
+      (``benchmarks/results/thp.json``)."""
+    if not _user_chose_huge_pages and free_pages_go_to_hypervisor(sysfs):
+        os.environ[_THP] = "0"
+    return {"mmap_threshold_fixed": fix_mmap_threshold(), "huge_pages": os.environ.get(_THP) == "1"}

@@ -233,3 +233,44 @@ def test_predict_path_holds_no_scan_voxels_through_inference(demo_checkpoint, ma
     summary = predict_path(demo_checkpoint, src, tmp_path / "out")
     assert summary.ok and alive_at_inference == [False]
     assert_same_geometry(tmp_path / "out" / "prediction_scan.nii.gz", src)
+
+
+_PREDICT_THEN_ALLOCATE = r"""
+import sys, kidneyssl.system
+kidneyssl.system.free_pages_go_to_hypervisor = lambda *a: sys.argv[1] == "reporting"
+from kidneyssl.cli.main import main
+main(["predict", "--model", sys.argv[2], "--input", sys.argv[3], "--out", sys.argv[4]])
+import torch
+big = torch.ones(64 << 20)  # 256 MB, after predict: huge or not as torch decided at its first tensor
+print(sum(int(line.split()[1]) for line in open("/proc/self/smaps_rollup") if line.startswith("AnonHugePages")))
+"""
+
+
+def _kernel_gives_huge_pages_on_request() -> bool:
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode
+
+
+@pytest.mark.skipif(not _kernel_gives_huge_pages_on_request(), reason="transparent huge pages off or not Linux")
+def test_predict_settles_huge_pages_before_torch_decides(demo_checkpoint, make_kidney_scan, tmp_path):
+    """`kidneyssl predict` turns huge pages off where free pages go to the hypervisor before torch
+    reads the variable (at its first tensor), and leaves them on elsewhere."""
+    import os
+    import subprocess
+    import sys
+
+    img, _, aff = make_kidney_scan(shape=(30, 48, 56))
+    scan = save_nifti(img, aff, tmp_path / "scan.nii.gz")
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+
+    def huge_kb(machine: str) -> int:
+        out = subprocess.run([sys.executable, "-c", _PREDICT_THEN_ALLOCATE, machine, str(demo_checkpoint), str(scan),
+                              str(tmp_path / machine)], env=env, capture_output=True, text=True, check=True)
+        assert (tmp_path / machine / "prediction_scan.nii.gz").is_file(), out.stderr
+        return int(out.stdout.strip().splitlines()[-1])
+
+    assert huge_kb("reporting") == 0
+    assert huge_kb("bare") > 0

@@ -28,11 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kidneyssl.cli._common import resolve_device
-    from kidneyssl.system import fix_mmap_threshold
-    from kidneyssl.unlabeled import locate_path
+    from kidneyssl.system import settle_whole_scan_inference
 
-    fix_mmap_threshold()  # a lower peak (see its docstring)
+    settle_whole_scan_inference()  # before the first tensor (see its docstring)
+    from kidneyssl.cli._common import resolve_device
+    from kidneyssl.unlabeled import locate_path
 
     if args.threads is not None and args.threads < 1:
         log.error("kidneyssl locate: --threads must be >= 1")

@@ -44,14 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kidneyssl.system import settle_whole_scan_inference
+
+    settle_whole_scan_inference()  # before the first tensor (see its docstring)
     import logging
 
     from kidneyssl.cli._common import resolve_device
     from kidneyssl.inference.predict import predict_path
     from kidneyssl.io.paths import check_output_folder, remove_stale_temp_files
-    from kidneyssl.system import fix_mmap_threshold
 
-    fix_mmap_threshold()  # a lower peak (see its docstring)
     out = check_output_folder(args.out, what="--out")  # before any inference: an unwritable --out fails now
     remove_stale_temp_files(out)  # left by a killed run
     device = resolve_device(args.device)
