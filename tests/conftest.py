@@ -24,6 +24,19 @@ def _inference_cache_dir(tmp_path_factory):
     patch.undo()
 
 
+@pytest.fixture(autouse=True)
+def _huge_pages_setting():
+    """``predict`` and ``locate`` run in this process may turn PyTorch's huge pages off for the
+    process (kidneyssl.system.settle_whole_scan_inference); later tests' subprocesses start with
+    the setting ``import kidneyssl`` made instead."""
+    before = os.environ.get("THP_MEM_ALLOC_ENABLE")
+    yield
+    if before is None:
+        os.environ.pop("THP_MEM_ALLOC_ENABLE", None)
+    else:
+        os.environ["THP_MEM_ALLOC_ENABLE"] = before
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The ../shared folder; skips the test when it is absent (fresh clone without data)."""

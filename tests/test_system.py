@@ -80,7 +80,7 @@ def test_a_balloon_with_free_page_reporting_is_a_hypervisor_taking_free_pages(tm
     assert free_pages_go_to_hypervisor(tmp_path)
 
 
-def test_no_virtio_devices_or_unreadable_ones_mean_huge_pages(tmp_path):
+def test_no_virtio_devices_or_unreadable_ones_mean_no_reporting(tmp_path):
     from kidneyssl.system import free_pages_go_to_hypervisor
 
     assert not free_pages_go_to_hypervisor(tmp_path / "absent")
