@@ -71,11 +71,10 @@ def default_huge_pages() -> None:
     """Back PyTorch's large CPU tensors with transparent huge pages unless the user set
     ``THP_MEM_ALLOC_ENABLE`` (``import kidneyssl`` calls this, before any tensor exists).
 
-    A fresh activation of a few MB costs a page fault per 4 KB without them: the demo's training
-    steps (32x48x48 crops) ran ~1.3x faster with them even on a VM that hands its free pages to
-    the hypervisor, and round 4's forward pass at 64x128x128 ~1.25x faster
-    (``benchmarks/results/thp.json``). Whole-scan inference, whose activations are hundreds of MB,
-    decides again (:func:`settle_whole_scan_inference`)."""
+    A fresh activation costs a page fault per 4 KB without them; with activations of a few MB (the
+    demo's crops, training) huge pages paid even on a VM that hands its free pages to the
+    hypervisor (``benchmarks/results/thp.json``). Whole-scan inference, whose activations are
+    hundreds of MB, decides again (:func:`settle_whole_scan_inference`)."""
     global _user_chose_huge_pages
     if _user_chose_huge_pages is None:
         _user_chose_huge_pages = _THP in os.environ
@@ -89,9 +88,8 @@ def settle_whole_scan_inference(sysfs: str | os.PathLike[str] = "/sys") -> dict[
     - glibc's mmap threshold fixed (:func:`fix_mmap_threshold`): a lower peak.
     - Huge pages off where free pages go to the hypervisor (:func:`free_pages_go_to_hypervisor`),
       unless the user set ``THP_MEM_ALLOC_ENABLE``: that guest gives every freed huge page back
-      at once, so each activation of hundreds of MB is faulted in by the host as well, and a
-      KiTS-size half ran ~1.5x slower with huge pages than without
-      (``benchmarks/results/thp.json``)."""
+      at once, so each activation of hundreds of MB is faulted in by the host as well, which
+      costs more than huge pages save (``benchmarks/results/thp.json``)."""
     if not _user_chose_huge_pages and free_pages_go_to_hypervisor(sysfs):
         os.environ[_THP] = "0"
     return {"mmap_threshold_fixed": fix_mmap_threshold(), "huge_pages": os.environ.get(_THP) == "1"}

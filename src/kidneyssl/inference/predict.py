@@ -139,13 +139,19 @@ def predict_volume(model: Any, volume: Volume, cfg: ExperimentConfig, *, device:
         precision: ``auto``, ``fp32`` or ``bf16`` for a bare network (default: the checkpoint's
             ``inference.precision``).
     """
+    image, record, preprocess_s = _preprocess(volume, cfg)
+    return predict_preprocessed(model, image, record, volume.geometry, cfg, preprocess_s=preprocess_s,
+                                device=device, sw_device=sw_device, keep_probabilities=keep_probabilities,
+                                bf16=bf16, strategy=strategy, progress=progress, precision=precision)
+
+
+def _preprocess(volume: Volume, cfg: ExperimentConfig) -> tuple[np.ndarray, PreprocessRecord, float]:
+    """``preprocess_image(volume, cfg.preprocess)`` and the seconds it took."""
     from kidneyssl.preprocessing.pipeline import preprocess_image
 
     t0 = time.perf_counter()
     image, record = preprocess_image(volume, cfg.preprocess)
-    return predict_preprocessed(model, image, record, volume.geometry, cfg, preprocess_s=time.perf_counter() - t0,
-                                device=device, sw_device=sw_device, keep_probabilities=keep_probabilities,
-                                bf16=bf16, strategy=strategy, progress=progress, precision=precision)
+    return image, record, time.perf_counter() - t0
 
 
 def predict_preprocessed(model: Any, image: np.ndarray, record: PreprocessRecord, geometry: Geometry,
@@ -238,7 +244,6 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
     from kidneyssl.inference.device import estimate_bytes_per_voxel, resolve_memory_budget_mb
     from kidneyssl.inference.strategy import describe_rule
     from kidneyssl.io.atomic import atomic_write_json
-    from kidneyssl.preprocessing.pipeline import preprocess_image
     from kidneyssl.progress import progress
 
     if threads is not None:
@@ -270,9 +275,8 @@ def predict_path(model_path: str | Path, input_path: str | Path, out_dir: str | 
             t0 = time.perf_counter()
             volume = read_input(item, check=True)  # refuses implausible scans (io/plausibility.py)
             read_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            image, record = preprocess_image(volume, cfg.preprocess)
-            geometry, preprocess_s = volume.geometry, time.perf_counter() - t0
+            image, record, preprocess_s = _preprocess(volume, cfg)
+            geometry = volume.geometry
             del volume  # its voxels (a KiTS scan: 150-300 MB) are not held through inference's peak
             result = predict_preprocessed(model, image, record, geometry, cfg, preprocess_s=preprocess_s,
                                           device=device, sw_device=sw_device,
